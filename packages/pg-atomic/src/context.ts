@@ -1,0 +1,30 @@
+/**
+ * The one AsyncLocalStorage store: a linked list of frames, innermost first. Each frame is one
+ * active block; blocks of several databases can be nested in each other.
+ *
+ * @module
+ */
+import { AsyncLocalStorage } from 'node:async_hooks'
+import type { Block } from './atomic'
+
+/** One active block in the async call tree. @internal */
+export interface Frame {
+  readonly block: Block
+  readonly outer: Frame | undefined
+}
+
+/** @internal */
+export const storage = new AsyncLocalStorage<Frame>()
+
+/**
+ * The innermost block of database `db` visible from the current async context (possibly already
+ * ended: callers decide what an ended block means for them). @internal
+ */
+export function currentBlock(db: object): Block | undefined {
+  let frame = storage.getStore()
+  while (frame !== undefined) {
+    if (frame.block.tx.db === db) return frame.block
+    frame = frame.outer
+  }
+  return undefined
+}

@@ -1,0 +1,509 @@
+/**
+ * `createDatabase()`, the registry of aliases, query routing (ambient transaction or pool),
+ * cursors, the pg `Pool`-compatible facade, and `close()`.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events'
+import pg from 'pg'
+import type { Pool, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import Cursor from 'pg-cursor'
+import { Block, Transaction, enterAtomic, refuseTransactionControl, resolveBatchSize } from './atomic'
+import type { DatabaseCore } from './atomic'
+import { currentBlock } from './context'
+import { InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
+import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
+import type { AtomicLogger, AtomicOptions, DatabaseConfig, ResolvedDatabaseConfig, TransactionDefaults } from './options'
+import { ENDED_MESSAGE } from './atomic'
+import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
+
+/** Options of `db.close()`. */
+export interface CloseOptions {
+  /**
+   * How long to wait for running blocks before rolling them back (their connections are
+   * destroyed, so the server rolls back). Default: the database's `closeTimeoutMs` (10 000 ms).
+   */
+  timeoutMs?: number
+}
+
+/** A registered PostgreSQL database: the entry point for transactions and queries. */
+export interface Database {
+  /** The alias the database is registered under. */
+  readonly alias: string
+  /**
+   * A pg `Pool`-compatible facade: inside an `atomic()` block of this database, `query()` and
+   * `connect()` use the block's connection (a client's `release()` then does not return it);
+   * outside, they use the pool. Hand it to libraries that take a pool (Kysely, Drizzle, ...).
+   */
+  readonly pool: Pool
+  /** Runs `fn` in a block of this database (see the module-level {@link atomic}). */
+  atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  atomic<T>(options: Omit<AtomicOptions, 'using'>, fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  /**
+   * Runs a statement: inside a block of this database on the block's connection, outside on a
+   * pooled connection in autocommit mode. Returns pg's `QueryResult`.
+   */
+  query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
+  /**
+   * Streams rows through `pg-cursor`. Inside a block it reads on the block's connection (in its
+   * snapshot); outside it holds one pooled connection until the iteration ends. Breaking out of
+   * the loop or an error closes the cursor and frees the connection.
+   */
+  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R>
+  /** Whether the current async context is inside an active block of this database. */
+  inAtomicBlock(): boolean
+  /** A snapshot of the current transaction of this database, or `undefined` outside a block. */
+  currentTransaction(): TransactionInfo | undefined
+  /**
+   * Refuses new outermost blocks, waits for running ones (bounded by `timeoutMs`), rolls back
+   * those still running at the deadline, ends the pool if pg-atomic created it, and frees the alias.
+   */
+  close(options?: CloseOptions): Promise<void>
+}
+
+const registry = new Map<string, DatabaseImpl>()
+
+/** The 'error' listener kept on a connection while it is checked out outside a block. */
+function onCheckedOutClientError(): void {
+  // The failing query (if any) rejects with the error itself, and pg-pool destroys a client that
+  // is no longer queryable when it is released. Without a listener the process would crash.
+}
+
+type QueryCallback = (err: Error | null, result?: QueryResult) => void
+
+class DatabaseImpl implements Database, DatabaseCore {
+  readonly alias: string
+  readonly defaults: Readonly<TransactionDefaults>
+  readonly logger: AtomicLogger
+  readonly realPool: Pool
+  readonly pool: Pool
+  private readonly ownsPool: boolean
+  private readonly closeTimeoutMs: number
+  private closing = false
+  private closePromise: Promise<void> | undefined
+  private readonly transactions = new Set<Transaction>()
+  private drained: (() => void) | undefined
+
+  constructor(config: ResolvedDatabaseConfig) {
+    this.alias = config.alias
+    this.defaults = config.defaults
+    this.logger = config.logger
+    this.closeTimeoutMs = config.closeTimeoutMs
+    this.ownsPool = config.pool === undefined
+    this.realPool = config.pool ?? new pg.Pool(config.poolConfig)
+    if (this.ownsPool) {
+      // An idle client whose backend dies is removed by pg-pool, which then emits 'error' on the
+      // pool; without a listener that would crash the process.
+      this.realPool.on('error', (error) => {
+        if (this.realPool.listenerCount('error') === 1) this.logger.error(`An idle connection of database '${this.alias}' failed and was removed from the pool (${error.message}).`, error)
+      })
+    }
+    this.pool = new PoolFacade(this) as unknown as Pool
+  }
+
+  // ---- DatabaseCore -------------------------------------------------------------------------
+
+  connect(): Promise<PoolClient> {
+    return this.realPool.connect()
+  }
+
+  assertOpen(): void {
+    if (this.closing) {
+      throw new TransactionManagementError(`Database '${this.alias}' is closing or closed: no new atomic() block can start on it.`)
+    }
+  }
+
+  transactionStarted(tx: Transaction): void {
+    this.transactions.add(tx)
+  }
+
+  transactionEnded(tx: Transaction): void {
+    this.transactions.delete(tx)
+    if (this.transactions.size === 0 && this.drained !== undefined) this.drained()
+  }
+
+  // ---- public API ---------------------------------------------------------------------------
+
+  atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  atomic<T>(options: Omit<AtomicOptions, 'using'>, fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  atomic<T>(
+    optionsOrFn: Omit<AtomicOptions, 'using'> | ((tx: TransactionHandle) => T | Promise<T>),
+    maybeFn?: (tx: TransactionHandle) => T | Promise<T>,
+  ): Promise<T> {
+    try {
+      if (typeof optionsOrFn === 'function') return enterAtomic(this, resolveAtomicOptions(undefined), optionsOrFn)
+      const options = resolveAtomicOptions(optionsOrFn)
+      if (options.using !== 'default' && options.using !== this.alias) {
+        throw new InvalidOptionError('using', `Invalid option "using" for db.atomic(): this database is '${this.alias}'; use the module-level atomic() to pick another database.`)
+      }
+      return enterAtomic(this, options, maybeFn as (tx: TransactionHandle) => T | Promise<T>)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** The active block of this database in the current context, `undefined` outside, or throws for an ended one. */
+  activeBlock(): Block | undefined {
+    const block = currentBlock(this)
+    if (block === undefined) return undefined
+    if (block.ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    return block
+  }
+
+  query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = QueryResultRow>(textOrConfig: string | QueryConfig, values?: readonly unknown[]): Promise<QueryResult<R>> {
+    let block: Block | undefined
+    try {
+      block = this.activeBlock()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    if (block !== undefined) return block.run<R>(textOrConfig, values)
+    return this.queryOutside<R>(textOrConfig, values)
+  }
+
+  /** Autocommit query on a pooled connection, which is checked before it goes back. */
+  async queryOutside<R extends QueryResultRow>(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): Promise<QueryResult<R>> {
+    const config: QueryConfig = typeof textOrConfig === 'string' ? { text: textOrConfig, values: values as unknown[] | undefined } : values === undefined ? textOrConfig : { ...textOrConfig, values: values as unknown[] }
+    if (typeof config.text !== 'string') throw new InvalidOptionError('text', 'query() expects SQL text (a string) or a QueryConfig object with a "text" string.')
+    refuseTransactionControl(config.text, false)
+    this.assertNotClosed()
+    const client = await this.checkout()
+    let failure: unknown
+    try {
+      return await client.query<R>(config)
+    } catch (error) {
+      failure = error
+      throw error
+    } finally {
+      this.checkin(client, failure)
+    }
+  }
+
+  private assertNotClosed(): void {
+    if (this.closePromise !== undefined && this.transactions.size === 0 && this.closing) {
+      // Queries outside blocks are still allowed while running blocks finish; not after the pool ended.
+      if (this.realPool.ended || this.realPool.ending) throw new TransactionManagementError(`Database '${this.alias}' is closed.`)
+    }
+  }
+
+  async checkout(): Promise<PoolClient> {
+    const client = await this.realPool.connect()
+    client.on('error', onCheckedOutClientError)
+    return client
+  }
+
+  /** Returns a connection used outside a block: destroyed when lost or not idle. */
+  checkin(client: PoolClient, failure: unknown): void {
+    if (failure !== undefined && isConnectionLoss(failure)) {
+      client.release(failure instanceof Error ? failure : true)
+      return
+    }
+    const status = client.getTransactionStatus?.()
+    if (status !== undefined && status !== 'I') {
+      this.logger.error(
+        `A connection of database '${this.alias}' was about to go back to the pool inside a transaction (status '${status}'); it was destroyed instead, which rolled the transaction back. Use atomic() to run transactions.`,
+      )
+      client.release(new Error(`transaction status '${status}' at release`))
+      return
+    }
+    client.removeListener('error', onCheckedOutClientError)
+    client.release()
+  }
+
+  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
+    const batchSize = resolveBatchSize(options)
+    const block = this.activeBlock()
+    if (block !== undefined) return block.cursorRows<R>(text, values, batchSize)
+    refuseTransactionControl(text, false)
+    return this.cursorOutside<R>(text, values, batchSize)
+  }
+
+  private async *cursorOutside<R extends QueryResultRow>(text: string, values: readonly unknown[] | undefined, batchSize: number): AsyncGenerator<R, void, undefined> {
+    const client = await this.checkout()
+    let failure: unknown
+    let cursor: Cursor<R> | undefined
+    try {
+      cursor = client.query(new Cursor<R>(text, values as unknown[] | undefined))
+      for (;;) {
+        const rows = await cursor.read(batchSize)
+        if (rows.length === 0) break
+        yield* rows
+      }
+    } catch (error) {
+      failure = error
+      throw error
+    } finally {
+      try {
+        if (cursor !== undefined && failure === undefined) await cursor.close()
+      } catch (error) {
+        failure = error
+        // The close error replaces nothing: it is thrown only when the iteration itself succeeded.
+        throw error
+      } finally {
+        // A cursor that failed leaves the portal's implicit transaction in an unknown state: destroy.
+        if (failure !== undefined) client.release(failure instanceof Error ? failure : true)
+        else this.checkin(client, undefined)
+      }
+    }
+  }
+
+  inAtomicBlock(): boolean {
+    const block = currentBlock(this)
+    return block !== undefined && !block.ended
+  }
+
+  currentTransaction(): TransactionInfo | undefined {
+    const block = currentBlock(this)
+    return block === undefined || block.ended ? undefined : block.info()
+  }
+
+  close(options?: CloseOptions): Promise<void> {
+    if (this.closePromise !== undefined) return this.closePromise
+    let timeoutMs = this.closeTimeoutMs
+    if (options?.timeoutMs !== undefined) {
+      if (!Number.isInteger(options.timeoutMs) || options.timeoutMs < 0) {
+        return Promise.reject(new InvalidOptionError('timeoutMs', 'Invalid option "timeoutMs" for close(): it must be a whole number of milliseconds of at least 0.'))
+      }
+      timeoutMs = options.timeoutMs
+    }
+    this.closing = true
+    this.closePromise = this.shutdown(timeoutMs)
+    return this.closePromise
+  }
+
+  private async shutdown(timeoutMs: number): Promise<void> {
+    if (this.transactions.size > 0) {
+      let timer: NodeJS.Timeout | undefined
+      await new Promise<void>((resolve) => {
+        this.drained = resolve
+        timer = setTimeout(resolve, timeoutMs)
+      })
+      clearTimeout(timer)
+      this.drained = undefined
+      for (const tx of this.transactions) {
+        // Destroying the connection makes the server roll the transaction back; the block's
+        // caller gets a ConnectionLostError whose cause says why.
+        const reason = new TransactionManagementError(
+          `Database '${this.alias}' was closed while this transaction was still running after ${timeoutMs} ms; it was rolled back.`,
+        )
+        tx.markLost(reason)
+        tx.releaseClient(reason)
+      }
+    }
+    if (registry.get(this.alias) === this) registry.delete(this.alias)
+    if (this.ownsPool) await this.realPool.end()
+  }
+}
+
+/**
+ * A pg `Pool` look-alike that routes to the ambient transaction of its database.
+ * @internal
+ */
+class PoolFacade extends EventEmitter {
+  private readonly db: DatabaseImpl
+
+  constructor(db: DatabaseImpl) {
+    super()
+    this.db = db
+  }
+
+  get totalCount(): number {
+    return this.db.realPool.totalCount
+  }
+  get idleCount(): number {
+    return this.db.realPool.idleCount
+  }
+  get waitingCount(): number {
+    return this.db.realPool.waitingCount
+  }
+  get expiredCount(): number {
+    return this.db.realPool.expiredCount
+  }
+  get ending(): boolean {
+    return this.db.realPool.ending
+  }
+  get ended(): boolean {
+    return this.db.realPool.ended
+  }
+  get options(): Pool['options'] {
+    return this.db.realPool.options
+  }
+
+  override on(event: string | symbol, listener: (...args: never[]) => void): this {
+    this.db.realPool.on(event as 'error', listener as () => void)
+    return this
+  }
+  override addListener(event: string | symbol, listener: (...args: never[]) => void): this {
+    return this.on(event, listener)
+  }
+  override once(event: string | symbol, listener: (...args: never[]) => void): this {
+    this.db.realPool.once(event as 'error', listener as () => void)
+    return this
+  }
+  override off(event: string | symbol, listener: (...args: never[]) => void): this {
+    this.db.realPool.off(event as 'error', listener as () => void)
+    return this
+  }
+  override removeListener(event: string | symbol, listener: (...args: never[]) => void): this {
+    return this.off(event, listener)
+  }
+
+  query(textOrConfig: string | QueryConfig, valuesOrCallback?: readonly unknown[] | QueryCallback, callback?: QueryCallback): Promise<QueryResult> | undefined {
+    const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
+    const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
+    const promise = this.db.query(textOrConfig as string, values)
+    if (cb === undefined) return promise
+    promise.then(
+      (result) => cb(null, result),
+      (error: Error) => cb(error),
+    )
+    return undefined
+  }
+
+  connect(callback?: (err: Error | undefined, client: PoolClient | undefined, done: (release?: unknown) => void) => void): Promise<PoolClient> | undefined {
+    const promise = this.connectClient()
+    if (callback === undefined) return promise
+    promise.then(
+      (client) => callback(undefined, client, (release?: unknown) => client.release(release as boolean | Error | undefined)),
+      (error: Error) => callback(error, undefined, () => undefined),
+    )
+    return undefined
+  }
+
+  private async connectClient(): Promise<PoolClient> {
+    const block = this.db.activeBlock()
+    if (block !== undefined) return new BlockClient(block) as unknown as PoolClient
+    const client = await this.db.realPool.connect()
+    client.on('error', onCheckedOutClientError)
+    const release = client.release.bind(client)
+    const db = this.db
+    let released = false
+    client.release = (err?: Error | boolean): void => {
+      if (released) {
+        release(err)
+        return
+      }
+      released = true
+      if (err !== undefined && err !== false) {
+        release(err)
+        return
+      }
+      const status = client.getTransactionStatus?.()
+      if (status !== undefined && status !== 'I') {
+        db.logger.error(
+          `A connection obtained from the pool of database '${db.alias}' was released inside a transaction (status '${status}'); it was destroyed instead of being returned, which rolled the transaction back. Commit or roll back before release(), or use atomic().`,
+        )
+        release(new Error(`transaction status '${status}' at release`))
+        return
+      }
+      client.removeListener('error', onCheckedOutClientError)
+      release()
+    }
+    return client
+  }
+
+  /** Ends the facade's database: `db.close()` (the pool itself is ended only if pg-atomic created it). */
+  end(callback?: () => void): Promise<void> | undefined {
+    const promise = this.db.close()
+    if (callback === undefined) return promise
+    promise.then(callback, callback)
+    return undefined
+  }
+}
+
+/**
+ * The client `db.pool.connect()` returns inside a block: every query goes through the block
+ * (queued, doom-checked, transaction control refused); `release()` does not return the connection.
+ * @internal
+ */
+class BlockClient extends EventEmitter {
+  private readonly block: Block
+
+  constructor(block: Block) {
+    super()
+    this.block = block
+  }
+
+  query(textOrConfig: string | QueryConfig, valuesOrCallback?: readonly unknown[] | QueryCallback, callback?: QueryCallback): Promise<QueryResult> | undefined {
+    const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
+    const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
+    if (typeof textOrConfig === 'object' && textOrConfig !== null && typeof (textOrConfig as { submit?: unknown }).submit === 'function') {
+      const error = new TransactionManagementError(
+        "Submittable queries (cursors, streams) cannot be passed to a client obtained from db.pool inside an atomic() block; use db.cursor() instead.",
+      )
+      if (cb !== undefined) {
+        cb(error)
+        return undefined
+      }
+      return Promise.reject(error)
+    }
+    const promise = this.block.query(textOrConfig as string, values)
+    if (cb === undefined) return promise
+    promise.then(
+      (result) => cb(null, result),
+      (error: Error) => cb(error),
+    )
+    return undefined
+  }
+
+  /** Does nothing: the connection belongs to the atomic() block and is returned when it ends. */
+  release(): void {}
+
+  escapeIdentifier(str: string): string {
+    return pg.escapeIdentifier(str)
+  }
+
+  escapeLiteral(str: string): string {
+    return pg.escapeLiteral(str)
+  }
+}
+
+/**
+ * Creates a database and registers it under `alias` (default `'default'`). The configuration is
+ * validated first: an invalid value throws `InvalidOptionError` naming the field, before anything
+ * connects. Connections are opened lazily.
+ *
+ * @example
+ * ```ts
+ * const db = createDatabase({ connectionString: process.env.DATABASE_URL, lockTimeout: 5000 })
+ * await db.atomic(async () => {
+ *   await db.query('update accounts set balance = balance - $1 where id = $2', [100, 1])
+ * })
+ * await db.close()
+ * ```
+ */
+export function createDatabase(config: DatabaseConfig = {}): Database {
+  const resolved = resolveDatabaseConfig(config)
+  const existing = registry.get(resolved.alias)
+  if (existing !== undefined) {
+    throw new InvalidOptionError(
+      'alias',
+      `A database is already registered under the alias '${resolved.alias}': close it first (db.close()), or choose another alias.`,
+    )
+  }
+  const db = new DatabaseImpl(resolved)
+  registry.set(resolved.alias, db)
+  return db
+}
+
+/** The database registered under `alias`, or `undefined`. */
+export function getDatabase(alias = 'default'): Database | undefined {
+  return registry.get(alias)
+}
+
+/** @internal */
+export function requireDatabase(alias: string): DatabaseImpl {
+  const db = registry.get(alias)
+  if (db === undefined) {
+    throw new TransactionManagementError(`No database is registered under the alias '${alias}': call createDatabase(${alias === 'default' ? '' : `{ alias: '${alias}', ... }`}) first.`)
+  }
+  return db
+}
+
+/** @internal */
+export function findDatabase(alias: string): DatabaseImpl | undefined {
+  return registry.get(alias)
+}

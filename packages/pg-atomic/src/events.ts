@@ -1,0 +1,56 @@
+/**
+ * Diagnostics: every control statement pg-atomic sends is published on `node:diagnostics_channel`.
+ * Publishing is skipped entirely (no object built) when nobody subscribes.
+ *
+ * @module
+ */
+import diagnostics_channel from 'node:diagnostics_channel'
+
+/** Channel name for control statements (`BEGIN`, `SET LOCAL`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `COMMIT`, `ROLLBACK`). */
+export const STATEMENT_CHANNEL = 'pg-atomic:statement'
+/** Channel name for errors of robust `onCommit` hooks and of `onRollback` hooks. */
+export const HOOK_ERROR_CHANNEL = 'pg-atomic:hook-error'
+
+/** Kind of control statement. */
+export type StatementKind = 'begin' | 'set-local' | 'savepoint' | 'release' | 'rollback-to' | 'commit' | 'rollback'
+
+/** Payload published on {@link STATEMENT_CHANNEL}, one per statement. */
+export interface StatementEvent {
+  /** What the statement does. */
+  readonly kind: StatementKind
+  /** The exact SQL of this statement (several may share one round trip). */
+  readonly sql: string
+  /** Process-unique id of the transaction (outermost block). */
+  readonly transactionId: number
+  /** Alias of the database. */
+  readonly database: string
+  /** Depth of the block the statement belongs to: 1 for the outermost block. */
+  readonly depth: number
+  /** Savepoint name for savepoint statements. */
+  readonly savepoint: string | undefined
+  /** The `name` option of the block, if any. */
+  readonly name: string | undefined
+  /** Duration of the round trip that carried the statement, in milliseconds. */
+  readonly durationMs: number
+  /** Number of statements sent in the same round trip. */
+  readonly batchSize: number
+  /** `undefined` on success, otherwise the error of the round trip. */
+  readonly error: unknown
+}
+
+/** Payload published on {@link HOOK_ERROR_CHANNEL}. */
+export interface HookErrorEvent {
+  /** `'commit'` for a robust `onCommit` hook, `'rollback'` for an `onRollback` hook. */
+  readonly kind: 'commit' | 'rollback'
+  /** The transaction the hook belonged to, or `undefined` when it ran outside a block. */
+  readonly transactionId: number | undefined
+  /** Alias of the database. */
+  readonly database: string
+  /** The hook's error. */
+  readonly error: unknown
+}
+
+/** @internal */
+export const statementChannel = diagnostics_channel.channel(STATEMENT_CHANNEL)
+/** @internal */
+export const hookErrorChannel = diagnostics_channel.channel(HOOK_ERROR_CHANNEL)

@@ -1,0 +1,332 @@
+/**
+ * Option schemas (zod), SQL vocabulary as `as const` arrays, and resolution of the options of a
+ * block against its database's defaults. Everything is validated once and frozen.
+ *
+ * @module
+ */
+import { z } from 'zod'
+import type { Pool, PoolConfig } from 'pg'
+import { InvalidOptionError } from './errors'
+
+/** Isolation levels accepted by `atomic()` and `createDatabase()` (PostgreSQL's words, lower case). */
+export const ISOLATION_LEVELS = ['read committed', 'repeatable read', 'serializable', 'read uncommitted'] as const
+/** One of {@link ISOLATION_LEVELS}. */
+export type IsolationLevel = (typeof ISOLATION_LEVELS)[number]
+
+/** Largest value PostgreSQL accepts for a millisecond timeout setting. */
+const MAX_TIMEOUT_MS = 2_147_483_647
+
+/** Per-transaction settings applied with `SET LOCAL`, option name → PostgreSQL setting. */
+export const TIMEOUT_SETTINGS = {
+  statementTimeout: 'statement_timeout',
+  lockTimeout: 'lock_timeout',
+  idleInTransactionSessionTimeout: 'idle_in_transaction_session_timeout',
+} as const
+/** Name of a timeout option: `'statementTimeout' | 'lockTimeout' | 'idleInTransactionSessionTimeout'`. */
+export type TimeoutOption = keyof typeof TIMEOUT_SETTINGS
+const TIMEOUT_OPTIONS = Object.keys(TIMEOUT_SETTINGS) as TimeoutOption[]
+
+/** Transaction characteristics shared by `atomic()` options and database defaults. */
+export interface TransactionDefaults {
+  /**
+   * Isolation level of the transaction (`BEGIN ISOLATION LEVEL ...`). Outermost block only: on a
+   * nested block it must equal the running transaction's level.
+   * Default: the database's `isolationLevel`, else the server's default (normally read committed).
+   */
+  isolationLevel?: IsolationLevel
+  /** `BEGIN ... READ ONLY` (`true`) or `READ WRITE` (`false`). Outermost only. Default: database default, else the server's. */
+  readOnly?: boolean
+  /** `BEGIN ... DEFERRABLE` (`true`) or `NOT DEFERRABLE` (`false`); matters for serializable read-only transactions. Outermost only. Default: database default, else the server's. */
+  deferrable?: boolean
+  /** `SET LOCAL statement_timeout` in milliseconds (0 disables). Default: database default, else not set. */
+  statementTimeout?: number
+  /** `SET LOCAL lock_timeout` in milliseconds (0 disables). Default: database default, else not set. */
+  lockTimeout?: number
+  /** `SET LOCAL idle_in_transaction_session_timeout` in milliseconds (0 disables). Default: database default, else not set. */
+  idleInTransactionSessionTimeout?: number
+}
+
+/** Options of `atomic()`, `db.atomic()`, `atomic.wrap()` and `@Atomic()`. */
+export interface AtomicOptions extends TransactionDefaults {
+  /**
+   * When this block is nested, create a savepoint for it (`true`), or join the enclosing block
+   * (`false`: an error inside then dooms the enclosing block, as in Django). Default: `true`.
+   */
+  savepoint?: boolean
+  /**
+   * The block must be the outermost one, so that leaving it really commits. Nesting it is a
+   * `TransactionManagementError` raised before any SQL. Default: `false`.
+   */
+  durable?: boolean
+  /** Alias of the registered database to use. Default: `'default'`. */
+  using?: string
+  /** A label carried in diagnostics events and error messages. Default: none. */
+  name?: string
+  /**
+   * Reserved for automatic retry of serialization failures (a later release). Passing it today is
+   * an `InvalidOptionError`.
+   */
+  retry?: never
+}
+
+/** A logger for errors the library reports without throwing (robust hooks, leaked connections). */
+export interface AtomicLogger {
+  /** Called with a full sentence; never contains bind values or passwords. */
+  error(message: string, error?: unknown): void
+}
+
+/** Database configuration accepted by `createDatabase()`. */
+export interface DatabaseConfig
+  extends TransactionDefaults,
+    Omit<PoolConfig, 'statement_timeout' | 'lock_timeout' | 'idle_in_transaction_session_timeout' | 'query_timeout' | 'pipeline'> {
+  /**
+   * An existing `pg.Pool` to use instead of creating one. pg-atomic never ends a pool it did not
+   * create. Mutually exclusive with connection fields. Default: a new pool from the other fields.
+   */
+  pool?: Pool
+  /** Name under which the database is registered for `atomic({ using })`. Default: `'default'`. */
+  alias?: string
+  /** Where robust hook errors and leaked-connection reports go. Default: `console`. */
+  logger?: AtomicLogger
+  /** How long `db.close()` waits for running blocks, in milliseconds. Default: `10000`. */
+  closeTimeoutMs?: number
+}
+
+/** Options after validation and merging with the database's defaults; frozen. @internal */
+export interface ResolvedOptions {
+  readonly savepoint: boolean
+  readonly durable: boolean
+  readonly using: string
+  readonly name: string | undefined
+  /** Only the keys the caller passed (used for nested-block checks). */
+  readonly isolationLevel: IsolationLevel | undefined
+  readonly readOnly: boolean | undefined
+  readonly deferrable: boolean | undefined
+  readonly statementTimeout: number | undefined
+  readonly lockTimeout: number | undefined
+  readonly idleInTransactionSessionTimeout: number | undefined
+}
+
+const ALLOWED: Record<string, string> = {
+  savepoint: 'true or false',
+  durable: 'true or false',
+  readOnly: 'true or false',
+  deferrable: 'true or false',
+  isolationLevel: `one of ${ISOLATION_LEVELS.map((l) => `'${l}'`).join(', ')}`,
+  statementTimeout: `a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (0 disables it)`,
+  lockTimeout: `a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (0 disables it)`,
+  idleInTransactionSessionTimeout: `a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (0 disables it)`,
+  using: 'a non-empty string naming a registered database',
+  alias: 'a non-empty string',
+  name: 'a string',
+  retry: 'not supported yet (reserved for automatic retry)',
+  closeTimeoutMs: 'a whole number of milliseconds of at least 0',
+  logger: "an object with an error(message) method",
+  pool: 'a pg.Pool (an object with connect() and query() methods)',
+  max: 'a whole number of at least 1',
+  min: 'a whole number of at least 0',
+  port: 'a whole number from 1 to 65535',
+}
+
+const isolation = z
+  .string()
+  .transform((s) => s.toLowerCase())
+  .pipe(z.enum(ISOLATION_LEVELS))
+const timeout = z.int().min(0).max(MAX_TIMEOUT_MS)
+
+const transactionDefaultsShape = {
+  isolationLevel: isolation.optional(),
+  readOnly: z.boolean().optional(),
+  deferrable: z.boolean().optional(),
+  statementTimeout: timeout.optional(),
+  lockTimeout: timeout.optional(),
+  idleInTransactionSessionTimeout: timeout.optional(),
+}
+
+const atomicOptionsSchema = z.strictObject({
+  ...transactionDefaultsShape,
+  savepoint: z.boolean().optional(),
+  durable: z.boolean().optional(),
+  using: z.string().min(1).optional(),
+  name: z.string().optional(),
+  retry: z.never().optional(),
+})
+
+const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function')
+const anything = z.unknown()
+
+const databaseConfigSchema = z.strictObject({
+  ...transactionDefaultsShape,
+  alias: z.string().min(1).optional(),
+  pool: z
+    .custom<Pool>((v) => typeof v === 'object' && v !== null && typeof (v as Pool).connect === 'function' && typeof (v as Pool).query === 'function')
+    .optional(),
+  logger: z.custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function').optional(),
+  closeTimeoutMs: z.int().min(0).optional(),
+  // node-postgres PoolConfig / ClientConfig fields, passed through to `new pg.Pool()`.
+  connectionString: z.string().optional(),
+  host: z.string().optional(),
+  port: z.int().min(1).max(65535).optional(),
+  user: z.string().optional(),
+  database: z.string().optional(),
+  password: z.union([z.string(), fn]).optional(),
+  ssl: anything.optional(),
+  sslnegotiation: z.enum(['postgres', 'direct']).optional(),
+  enableChannelBinding: z.boolean().optional(),
+  keepAlive: z.boolean().optional(),
+  keepAliveInitialDelayMillis: z.int().min(0).optional(),
+  stream: fn.optional(),
+  application_name: z.string().optional(),
+  fallback_application_name: z.string().optional(),
+  connectionTimeoutMillis: z.int().min(0).optional(),
+  types: anything.optional(),
+  options: z.string().optional(),
+  client_encoding: z.string().optional(),
+  max: z.int().min(1).optional(),
+  min: z.int().min(0).optional(),
+  idleTimeoutMillis: z.int().min(0).nullable().optional(),
+  log: fn.optional(),
+  Promise: anything.optional(),
+  allowExitOnIdle: z.boolean().optional(),
+  maxUses: z.int().min(1).optional(),
+  maxLifetimeSeconds: z.int().min(0).optional(),
+  Client: fn.optional(),
+  onConnect: fn.optional(),
+  verify: fn.optional(),
+})
+
+/** Connection settings that node-postgres would send as startup parameters or enforce client-side. */
+const REFUSED_POOL_FIELDS: Record<string, string> = {
+  statement_timeout:
+    'Use the statementTimeout option instead: pg sends statement_timeout as a startup parameter, which PgBouncer rejects; pg-atomic applies it with SET LOCAL in each transaction.',
+  lock_timeout: 'Use the lockTimeout option instead: it is applied with SET LOCAL in each transaction (PgBouncer-safe).',
+  idle_in_transaction_session_timeout:
+    'Use the idleInTransactionSessionTimeout option instead: it is applied with SET LOCAL in each transaction (PgBouncer-safe).',
+  query_timeout:
+    "query_timeout is a client-side timer that leaves the server statement running and the connection in an unknown state; use statementTimeout, which PostgreSQL enforces.",
+  pipeline: 'pg-atomic serializes the statements of a transaction itself; pipeline mode is not supported.',
+}
+
+function describeIssue(subject: string, issue: z.core.$ZodIssue): InvalidOptionError {
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0] ?? ''
+    const refused = REFUSED_POOL_FIELDS[key]
+    if (refused !== undefined) return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
+    return new InvalidOptionError(
+      key,
+      `Unknown option "${key}" for ${subject}. Check the spelling; the accepted options are listed in the documentation of ${subject}.`,
+    )
+  }
+  const field = issue.path.map(String).join('.') || 'options'
+  const allowed = ALLOWED[field]
+  const expectation = allowed ?? (issue.code === 'invalid_type' ? `of type ${issue.expected}` : 'valid')
+  return new InvalidOptionError(field, `Invalid option "${field}" for ${subject}: it must be ${expectation}.`)
+}
+
+function parse<T>(schema: z.ZodType<T>, input: unknown, subject: string): T {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new InvalidOptionError('options', `The options of ${subject} must be an object.`)
+  }
+  const result = schema.safeParse(input)
+  if (!result.success) {
+    const first = result.error.issues[0]
+    throw first ? describeIssue(subject, first) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
+  }
+  return result.data
+}
+
+/** Resolved options of `atomic(fn)` without options. @internal */
+export const DEFAULT_OPTIONS: ResolvedOptions = Object.freeze({
+  savepoint: true,
+  durable: false,
+  using: 'default',
+  name: undefined,
+  isolationLevel: undefined,
+  readOnly: undefined,
+  deferrable: undefined,
+  statementTimeout: undefined,
+  lockTimeout: undefined,
+  idleInTransactionSessionTimeout: undefined,
+})
+
+const frozenCache = new WeakMap<object, ResolvedOptions>()
+
+/**
+ * Validates `atomic()` options and freezes the result. Frozen option objects are cached by
+ * identity, so `@Atomic()`, `atomic.wrap()` and reused constants are validated only once.
+ * @internal
+ */
+export function resolveAtomicOptions(input: AtomicOptions | undefined): ResolvedOptions {
+  if (input === undefined) return DEFAULT_OPTIONS
+  const cached = frozenCache.get(input)
+  if (cached !== undefined) return cached
+  const o = parse(atomicOptionsSchema, input, 'atomic()')
+  const resolved: ResolvedOptions = Object.freeze({
+    savepoint: o.savepoint ?? true,
+    durable: o.durable ?? false,
+    using: o.using ?? 'default',
+    name: o.name,
+    isolationLevel: o.isolationLevel,
+    readOnly: o.readOnly,
+    deferrable: o.deferrable,
+    statementTimeout: o.statementTimeout,
+    lockTimeout: o.lockTimeout,
+    idleInTransactionSessionTimeout: o.idleInTransactionSessionTimeout,
+  })
+  frozenCache.set(resolved, resolved)
+  if (Object.isFrozen(input)) frozenCache.set(input, resolved)
+  return resolved
+}
+
+/** Validated database configuration. @internal */
+export interface ResolvedDatabaseConfig {
+  readonly alias: string
+  readonly pool: Pool | undefined
+  readonly poolConfig: PoolConfig
+  readonly defaults: Readonly<TransactionDefaults>
+  readonly logger: AtomicLogger
+  readonly closeTimeoutMs: number
+}
+
+/** Validates `createDatabase()` configuration. @internal */
+export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseConfig {
+  const c = parse(databaseConfigSchema, input, 'createDatabase()')
+  const {
+    alias,
+    pool,
+    logger,
+    closeTimeoutMs,
+    isolationLevel,
+    readOnly,
+    deferrable,
+    statementTimeout,
+    lockTimeout,
+    idleInTransactionSessionTimeout,
+    ...poolConfig
+  } = c
+  if (pool !== undefined && Object.keys(poolConfig).length > 0) {
+    const field = Object.keys(poolConfig)[0] ?? 'pool'
+    throw new InvalidOptionError(
+      field,
+      `Option "${field}" cannot be combined with "pool" in createDatabase(): configure the existing pool itself, or pass connection fields without "pool".`,
+    )
+  }
+  const defaults: TransactionDefaults = {}
+  if (isolationLevel !== undefined) defaults.isolationLevel = isolationLevel
+  if (readOnly !== undefined) defaults.readOnly = readOnly
+  if (deferrable !== undefined) defaults.deferrable = deferrable
+  if (statementTimeout !== undefined) defaults.statementTimeout = statementTimeout
+  if (lockTimeout !== undefined) defaults.lockTimeout = lockTimeout
+  if (idleInTransactionSessionTimeout !== undefined) defaults.idleInTransactionSessionTimeout = idleInTransactionSessionTimeout
+  return Object.freeze({
+    alias: alias ?? 'default',
+    pool,
+    poolConfig: poolConfig as PoolConfig,
+    defaults: Object.freeze(defaults),
+    logger: logger ?? console,
+    closeTimeoutMs: closeTimeoutMs ?? 10_000,
+  })
+}
+
+/** The names of the timeout options, in the order their SET LOCALs are sent. @internal */
+export { TIMEOUT_OPTIONS }

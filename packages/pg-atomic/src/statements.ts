@@ -1,0 +1,160 @@
+/**
+ * Every SQL string pg-atomic sends on its own, as pure functions (reviewable in one file), and the
+ * scanner that recognises transaction-control statements in user SQL.
+ *
+ * Identifiers are always quoted; option values are validated keywords or validated integers.
+ *
+ * @module
+ */
+import { escapeIdentifier } from 'pg'
+import type { IsolationLevel, TimeoutOption } from './options'
+import { TIMEOUT_SETTINGS } from './options'
+
+/** The transaction characteristics that go on `BEGIN`. @internal */
+export interface BeginCharacteristics {
+  readonly isolationLevel: IsolationLevel | undefined
+  readonly readOnly: boolean | undefined
+  readonly deferrable: boolean | undefined
+}
+
+/** `BEGIN [ISOLATION LEVEL x] [READ ONLY|READ WRITE] [[NOT] DEFERRABLE]`. */
+export function beginStatement(c: BeginCharacteristics): string {
+  let sql = 'BEGIN'
+  if (c.isolationLevel !== undefined) sql += ` ISOLATION LEVEL ${c.isolationLevel.toUpperCase()}`
+  if (c.readOnly !== undefined) sql += c.readOnly ? ' READ ONLY' : ' READ WRITE'
+  if (c.deferrable !== undefined) sql += c.deferrable ? ' DEFERRABLE' : ' NOT DEFERRABLE'
+  return sql
+}
+
+/** `SET LOCAL <setting> = <ms>`; `ms` is a validated integer. */
+export function setLocalStatement(option: TimeoutOption, ms: number): string {
+  return `SET LOCAL ${TIMEOUT_SETTINGS[option]} = ${ms}`
+}
+
+/** `SET LOCAL <setting> TO DEFAULT`, restoring the session value after a nested block. */
+export function resetLocalStatement(option: TimeoutOption): string {
+  return `SET LOCAL ${TIMEOUT_SETTINGS[option]} TO DEFAULT`
+}
+
+/** Savepoint name: fixed prefix + per-transaction counter. */
+export function savepointName(counter: number): string {
+  return `pga_${counter}`
+}
+
+/** `SAVEPOINT "name"`. */
+export function savepointStatement(name: string): string {
+  return `SAVEPOINT ${escapeIdentifier(name)}`
+}
+
+/** `RELEASE SAVEPOINT "name"`. */
+export function releaseStatement(name: string): string {
+  return `RELEASE SAVEPOINT ${escapeIdentifier(name)}`
+}
+
+/** `ROLLBACK TO SAVEPOINT "name"`. */
+export function rollbackToStatement(name: string): string {
+  return `ROLLBACK TO SAVEPOINT ${escapeIdentifier(name)}`
+}
+
+/** `COMMIT`. */
+export const COMMIT = 'COMMIT'
+/** `ROLLBACK`. */
+export const ROLLBACK = 'ROLLBACK'
+
+const CONTROL_WORDS = new Set(['begin', 'start', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])
+
+function isSpace(code: number): boolean {
+  return code === 32 || (code >= 9 && code <= 13)
+}
+
+function isWordChar(code: number): boolean {
+  return (code >= 97 && code <= 122) || (code >= 65 && code <= 90) || code === 95
+}
+
+/** Skips whitespace and comments from `i`; returns the index of the next significant character. */
+function skipInsignificant(sql: string, i: number): number {
+  const n = sql.length
+  while (i < n) {
+    const c = sql.charCodeAt(i)
+    if (isSpace(c)) i++
+    else if (c === 45 /* - */ && sql.charCodeAt(i + 1) === 45) {
+      const nl = sql.indexOf('\n', i)
+      i = nl === -1 ? n : nl + 1
+    } else if (c === 47 /* / */ && sql.charCodeAt(i + 1) === 42 /* * */) {
+      let depth = 1
+      i += 2
+      while (i < n && depth > 0) {
+        if (sql.charCodeAt(i) === 47 && sql.charCodeAt(i + 1) === 42) { depth++; i += 2 }
+        else if (sql.charCodeAt(i) === 42 && sql.charCodeAt(i + 1) === 47) { depth--; i += 2 }
+        else i++
+      }
+    } else break
+  }
+  return i
+}
+
+function readWord(sql: string, i: number): string {
+  let j = i
+  while (j < sql.length && isWordChar(sql.charCodeAt(j))) j++
+  return sql.slice(i, j).toLowerCase()
+}
+
+/** Classifies the statement that starts at `i` (after insignificant characters). */
+function controlWordAt(sql: string, i: number): string | undefined {
+  const start = skipInsignificant(sql, i)
+  const word = readWord(sql, start)
+  if (CONTROL_WORDS.has(word)) return word.toUpperCase()
+  if (word === 'prepare' || word === 'set') {
+    const nextStart = skipInsignificant(sql, start + word.length)
+    const next = readWord(sql, nextStart)
+    if (word === 'prepare' && next === 'transaction') return 'PREPARE TRANSACTION'
+    if (word === 'set' && next === 'transaction') return 'SET TRANSACTION'
+    if (word === 'set' && next === 'session') {
+      const third = readWord(sql, skipInsignificant(sql, nextStart + next.length))
+      if (third === 'characteristics') return 'SET SESSION CHARACTERISTICS'
+    }
+  }
+  return undefined
+}
+
+/**
+ * Returns the transaction-control command (`'BEGIN'`, `'COMMIT'`, `'SAVEPOINT'`, ...) found at the
+ * start of any statement of `sql`, or `undefined`. Quoted strings, quoted identifiers,
+ * dollar-quoted bodies and comments are skipped, so `insert ... values ('; commit')` is not a match.
+ */
+export function findTransactionControl(sql: string): string | undefined {
+  const first = controlWordAt(sql, 0)
+  if (first !== undefined || sql.indexOf(';') === -1) return first
+  const n = sql.length
+  let i = 0
+  while (i < n) {
+    const c = sql.charCodeAt(i)
+    if (c === 39 /* ' */) {
+      i++
+      while (i < n) {
+        if (sql.charCodeAt(i) === 39) {
+          if (sql.charCodeAt(i + 1) === 39) i += 2
+          else break
+        } else if (sql.charCodeAt(i) === 92 /* \ */) i += 2 // E'' strings; harmless for standard strings
+        else i++
+      }
+      i++
+    } else if (c === 34 /* " */) {
+      const end = sql.indexOf('"', i + 1)
+      i = end === -1 ? n : end + 1
+    } else if (c === 36 /* $ */) {
+      const m = /^\$([A-Za-z_][A-Za-z_0-9]*)?\$/.exec(sql.slice(i, i + 64))
+      if (m === null) { i++; continue }
+      const tag = m[0]
+      const end = sql.indexOf(tag, i + tag.length)
+      i = end === -1 ? n : end + tag.length
+    } else if ((c === 45 && sql.charCodeAt(i + 1) === 45) || (c === 47 && sql.charCodeAt(i + 1) === 42)) {
+      i = skipInsignificant(sql, i)
+    } else if (c === 59 /* ; */) {
+      const found = controlWordAt(sql, i + 1)
+      if (found !== undefined) return found
+      i++
+    } else i++
+  }
+  return undefined
+}
