@@ -45,8 +45,16 @@ export function runAtomic<T>(options: ResolvedOptions, fn: AtomicCallback<T>): P
   }
 }
 
+/** @internal */
+export function misplacedOptions(): InvalidOptionError {
+  return new InvalidOptionError('options', 'atomic() takes its options first: atomic(options, fn), not atomic(fn, options).')
+}
+
 function atomicImpl<T>(optionsOrFn: AtomicOptions | AtomicCallback<T>, maybeFn?: AtomicCallback<T>): Promise<T> {
-  if (typeof optionsOrFn === 'function') return runAtomic(resolveAtomicOptions(undefined), optionsOrFn)
+  if (typeof optionsOrFn === 'function') {
+    if (maybeFn !== undefined) return Promise.reject(misplacedOptions())
+    return runAtomic(resolveAtomicOptions(undefined), optionsOrFn)
+  }
   let options: ResolvedOptions
   try {
     options = resolveAtomicOptions(optionsOrFn)

@@ -132,7 +132,10 @@ class DatabaseImpl implements Database, DatabaseCore {
     maybeFn?: (tx: TransactionHandle) => T | Promise<T>,
   ): Promise<T> {
     try {
-      if (typeof optionsOrFn === 'function') return enterAtomic(this, resolveAtomicOptions(undefined), optionsOrFn)
+      if (typeof optionsOrFn === 'function') {
+        if (maybeFn !== undefined) throw new InvalidOptionError('options', 'db.atomic() takes its options first: db.atomic(options, fn), not db.atomic(fn, options).')
+        return enterAtomic(this, resolveAtomicOptions(undefined), optionsOrFn)
+      }
       const options = resolveAtomicOptions(optionsOrFn)
       if (options.using !== 'default' && options.using !== this.alias) {
         throw new InvalidOptionError('using', `Invalid option "using" for db.atomic(): this database is '${this.alias}'; use the module-level atomic() to pick another database.`)

@@ -1,0 +1,99 @@
+import pg from 'pg'
+import { createDatabase } from 'pg-atomic'
+import type { Database, DatabaseConfig } from 'pg-atomic'
+import { assertPoolIdle, createTestDatabase } from './database'
+import type { TestDatabase } from './database'
+
+/**
+ * Everything one test file needs: its own database, a pg-atomic database registered on a pool
+ * whose clients record every statement text sent and count ReadyForQuery messages (round trips),
+ * and a separate plain pool to inspect results.
+ */
+export interface Harness {
+  readonly testDb: TestDatabase
+  /** The pg-atomic database (registered under `alias`). */
+  readonly db: Database
+  /** The underlying recorded pool. */
+  readonly pool: pg.Pool
+  /** A plain pool for setup and verification (not recorded). */
+  readonly admin: pg.Pool
+  /** Statement texts sent through the recorded pool since the last `reset()`, in order. */
+  readonly statements: string[]
+  /** ReadyForQuery messages received by the recorded pool since the last `reset()`. */
+  roundTrips(): number
+  /** Clears the statement log and round-trip count. */
+  reset(): void
+  /** Runs SQL on the admin pool and returns the rows. */
+  rows<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, values?: unknown[]): Promise<R[]>
+  /** Values of the first column of `sql`, in order. */
+  column<V = unknown>(sql: string, values?: unknown[]): Promise<V[]>
+  /** Asserts the pool is idle, closes everything and drops the database (leak checks included). */
+  close(): Promise<void>
+}
+
+export interface HarnessOptions extends Omit<DatabaseConfig, 'pool'> {
+  /** Size of the recorded pool. Default 5. */
+  max?: number
+}
+
+export async function setupHarness(label: string, options: HarnessOptions = {}): Promise<Harness> {
+  const testDb = await createTestDatabase(label)
+  const statements: string[] = []
+  let rfq = 0
+  class RecordingClient extends pg.Client {
+    constructor(config?: string | pg.ClientConfig) {
+      super(config)
+      ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on('readyForQuery', () => {
+        rfq++
+      })
+    }
+    override query(...args: unknown[]): never {
+      const first = args[0]
+      statements.push(typeof first === 'string' ? first : typeof (first as { text?: unknown })?.text === 'string' ? (first as { text: string }).text : '<submittable>')
+      return (super.query as (...a: unknown[]) => never)(...args)
+    }
+  }
+  const { max, ...config } = options
+  const pool = new pg.Pool({ connectionString: testDb.url, max: max ?? 5, Client: RecordingClient as unknown as typeof pg.Client })
+  const db = createDatabase({ ...config, pool })
+  const admin = new pg.Pool({ connectionString: testDb.url, max: 3 })
+  return {
+    testDb,
+    db,
+    pool,
+    admin,
+    statements,
+    roundTrips: () => rfq,
+    reset() {
+      statements.length = 0
+      rfq = 0
+    },
+    async rows<R extends pg.QueryResultRow>(sql: string, values?: unknown[]) {
+      return (await admin.query<R>(sql, values)).rows
+    },
+    async column<V>(sql: string, values?: unknown[]) {
+      const result = await admin.query({ text: sql, values, rowMode: 'array' })
+      return result.rows.map((r: unknown[]) => r[0] as V)
+    },
+    async close() {
+      try {
+        assertPoolIdle(pool)
+      } finally {
+        await db.close()
+        await pool.end()
+        await admin.end()
+      }
+      await testDb.drop()
+    },
+  }
+}
+
+/** Captures what `fn` rejects with (fails the test if it resolves). */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected the promise to reject, but it resolved')
+}
