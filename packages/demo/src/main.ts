@@ -1,0 +1,162 @@
+/**
+ * A tour of pg-atomic on a real PostgreSQL: every statement the library sends is printed as it
+ * goes, followed by what happened to the data.
+ *
+ * Uses DATABASE_URL (or PG* variables) when set; otherwise starts an embedded PostgreSQL in a
+ * temporary folder and removes it afterwards.
+ */
+import pg from 'pg'
+import { startDatabase } from '@pg-atomic/devdb'
+import { Atomic, TransactionManagementError, atomic, createDatabase, onCommit, setRollback } from 'pg-atomic'
+
+const dim = (s: string): string => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s)
+const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s)
+
+let roundTrips = 0
+/** A pg Client that prints every statement it sends and counts round trips (ReadyForQuery). */
+class TracingClient extends pg.Client {
+  constructor(config?: string | pg.ClientConfig) {
+    super(config)
+    ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on('readyForQuery', () => {
+      roundTrips++
+    })
+  }
+  override query(...args: unknown[]): never {
+    const first = args[0] as string | { text?: string }
+    const text = typeof first === 'string' ? first : first.text ?? '(cursor)'
+    console.log(dim(`     → ${text.replace(/\s+/g, ' ')}`))
+    return (super.query as (...a: unknown[]) => never)(...args)
+  }
+}
+
+function section(title: string): void {
+  roundTrips = 0
+  console.log(`\n${bold(title)}`)
+}
+
+function outcome(text: string): void {
+  console.log(`   ✓ ${text} ${dim(`(${roundTrips} round trips)`)}`)
+}
+
+async function main(): Promise<void> {
+  const server = await startDatabase()
+  const tracingPool = new pg.Pool({ connectionString: server.url, max: 4, Client: TracingClient as unknown as typeof pg.Client })
+  const setup = new pg.Pool({ connectionString: server.url, max: 2 })
+  // Pools created by the application need an 'error' listener, or a server restart crashes Node.
+  for (const pool of [tracingPool, setup]) pool.on('error', (error) => console.error(`   (idle connection closed: ${error.message})`))
+  const db = createDatabase({ pool: tracingPool, lockTimeout: 2000 })
+  try {
+    const version = (await setup.query<{ v: string }>("select current_setting('server_version') as v")).rows[0]?.v
+    console.log(`pg-atomic demo — PostgreSQL ${version ?? '?'} (${server.source === 'env' ? 'from DATABASE_URL' : server.source})`)
+    await setup.query(`
+      drop table if exists demo_audit, demo_accounts;
+      create table demo_accounts (id int primary key, owner text not null, balance int not null check (balance >= 0));
+      create table demo_audit (id serial primary key, note text not null);
+      insert into demo_accounts values (1, 'alice', 100), (2, 'bob', 50);`)
+    const balances = async (): Promise<string> =>
+      (await setup.query<{ owner: string; balance: number }>('select owner, balance from demo_accounts order by id')).rows.map((r) => `${r.owner}=${r.balance}`).join(', ')
+
+    section('1. A transfer: one transaction, BEGIN sent lazily (with SET LOCAL in the same round trip), an onCommit hook')
+    const sent: string[] = []
+    await atomic(async () => {
+      await db.query('update demo_accounts set balance = balance - $1 where id = $2', [30, 1])
+      await db.query('update demo_accounts set balance = balance + $1 where id = $2', [30, 2])
+      onCommit(() => {
+        sent.push('receipt for transfer of 30')
+      })
+    })
+    outcome(`committed: ${await balances()}; hook ran after COMMIT: ${JSON.stringify(sent)}`)
+
+    section('2. Nested blocks are savepoints: the failing one is rolled back, the rest commits (ROLLBACK TO merged with COMMIT)')
+    await atomic(async () => {
+      await db.query("insert into demo_audit(note) values ('outer')")
+      await atomic(() => db.query("insert into demo_audit(note) values ('first nested')"))
+      await atomic(() => db.query("insert into demo_audit(note) values ('second nested')"))
+      try {
+        await atomic(async () => {
+          await db.query('insert into demo_audit(note) values (null)') // violates NOT NULL
+        })
+      } catch (error) {
+        console.log(`   ✗ third nested block failed: ${(error as Error).message}`)
+      }
+    })
+    const notes = (await setup.query<{ note: string }>('select note from demo_audit order by id')).rows.map((r) => r.note)
+    outcome(`committed audit rows: ${JSON.stringify(notes)} — hand-written pg needs 12 round trips for this`)
+
+    section('3. A swallowed error never commits silently')
+    try {
+      await atomic(async () => {
+        await db.query("insert into demo_audit(note) values ('lost?')")
+        try {
+          await db.query('select 1/0')
+        } catch {
+          // swallowed on purpose
+        }
+      })
+    } catch (error) {
+      const e = error as TransactionManagementError
+      console.log(`   ✗ ${e.name}: ${e.message}`)
+      console.log(`     cause: ${(e.cause as Error).message}`)
+    }
+    outcome(`audit rows still ${(await setup.query('select count(*)::int as n from demo_audit')).rows[0].n}`)
+
+    section('4. setRollback(true): an intentional, silent rollback (a dry run)')
+    const preview = await atomic(async () => {
+      await db.query('update demo_accounts set balance = balance * 2')
+      const doubled = await balances().then(() => db.query<{ total: number }>('select sum(balance)::int as total from demo_accounts'))
+      setRollback(true)
+      return doubled.rows[0]?.total
+    })
+    outcome(`inside the dry run the total was ${preview}; after it: ${await balances()}`)
+
+    section('5. @Atomic({ durable: true }) refuses to run nested, before sending anything')
+    class Payments {
+      @Atomic({ durable: true, isolationLevel: 'serializable' })
+      async settle(): Promise<void> {
+        await db.query('update demo_accounts set balance = balance where id = 1')
+      }
+    }
+    await new Payments().settle()
+    try {
+      await atomic(() => new Payments().settle())
+    } catch (error) {
+      console.log(`   ✗ ${(error as Error).name}: ${(error as Error).message}`)
+    }
+    outcome('the durable block committed on its own; nested, it was refused')
+
+    section('6. Promise.all of sibling blocks in one transaction: serialized, never interleaved')
+    await atomic(async () => {
+      await Promise.all([
+        atomic(() => db.query("insert into demo_audit(note) values ('sibling A')")),
+        atomic(async () => {
+          await db.query("insert into demo_audit(note) values ('sibling B')")
+          throw new Error('B fails')
+        }).catch((error: Error) => console.log(`   ✗ sibling B: ${error.message}`)),
+        atomic(() => db.query("insert into demo_audit(note) values ('sibling C')")),
+      ])
+    })
+    const siblings = (await setup.query<{ note: string }>("select note from demo_audit where note like 'sibling%' order by id")).rows.map((r) => r.note)
+    outcome(`committed: ${JSON.stringify(siblings)}`)
+
+    section('7. A read-only serializable snapshot for reports')
+    const total = await atomic({ isolationLevel: 'serializable', readOnly: true, deferrable: true }, async () => {
+      const r = await db.query<{ total: number }>('select sum(balance)::int as total from demo_accounts')
+      return r.rows[0]?.total
+    })
+    outcome(`total balance ${total}`)
+
+    const idle = (await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")).rows[0].n
+    console.log(`\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`)
+    await setup.query('drop table demo_audit, demo_accounts')
+  } finally {
+    await db.close()
+    await tracingPool.end()
+    await setup.end()
+    await server.stop()
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error)
+  process.exitCode = 1
+})
