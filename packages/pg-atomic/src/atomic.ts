@@ -222,6 +222,11 @@ export class Transaction {
     return undefined
   }
 
+  /** Whether anything must happen before the next statement (the hot path skips `prepare()`). */
+  needsPrepare(): boolean {
+    return this.client === undefined || this.flushing !== undefined || this.mustFlush || this.materializedUpTo < this.stack.length
+  }
+
   /** Makes the connection ready for a statement of `block`: checkout, BEGIN, SAVEPOINTs, pending. */
   async prepare(block: Block): Promise<void> {
     if (this.flushing !== undefined) await this.flushing
@@ -615,12 +620,14 @@ export class Block implements TransactionHandle {
     if (early !== undefined) throw early
     refuseTransactionControl(config.text, true)
     const wait = this.acquire()
-    if (wait !== undefined) await wait
     try {
-      const late = tx.unusableError(this)
-      if (late !== undefined) throw late
+      if (wait !== undefined) {
+        await wait
+        const late = tx.unusableError(this)
+        if (late !== undefined) throw late
+      }
       tx.busy = true
-      await tx.prepare(this)
+      if (tx.needsPrepare()) await tx.prepare(this)
       try {
         return await (tx.client as PoolClient).query<R>(config)
       } catch (error) {

@@ -95,13 +95,19 @@ function skipInsignificant(sql: string, i: number): number {
 
 function readWord(sql: string, i: number): string {
   let j = i
-  while (j < sql.length && isWordChar(sql.charCodeAt(j))) j++
+  // No control word is longer than 15 letters: stop early instead of copying long identifiers.
+  while (j < sql.length && j - i <= 15 && isWordChar(sql.charCodeAt(j))) j++
   return sql.slice(i, j).toLowerCase()
 }
+
+/** First letters (lower case) of the words {@link controlWordAt} looks for. */
+const CONTROL_INITIALS = new Set([97, 98, 99, 101, 112, 114, 115]) // a b c e p r s
 
 /** Classifies the statement that starts at `i` (after insignificant characters). */
 function controlWordAt(sql: string, i: number): string | undefined {
   const start = skipInsignificant(sql, i)
+  // Fast path: most statements start with a letter no control word starts with (insert, update, with, ...).
+  if (!CONTROL_INITIALS.has(sql.charCodeAt(start) | 0x20)) return undefined
   const word = readWord(sql, start)
   if (CONTROL_WORDS.has(word)) return word.toUpperCase()
   if (word === 'prepare' || word === 'set') {
