@@ -81,6 +81,8 @@ type TimeoutMap = Readonly<Partial<Record<TimeoutOption, number>>>
 const NO_TIMEOUTS: TimeoutMap = Object.freeze({})
 
 interface Pending {
+  /** The `name` option of the block the statement belongs to. */
+  readonly name: string | undefined
   readonly kind: StatementKind
   readonly sql: string
   readonly depth: number
@@ -101,10 +103,16 @@ function hookName(fn: Hook): string {
   return fn.name === '' ? 'an anonymous function' : fn.name
 }
 
-function normalizeQuery(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): QueryConfig {
+/** Validates and normalizes the arguments of `query()`. @internal */
+export function normalizeQuery(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): QueryConfig {
   if (typeof textOrConfig === 'string') return values === undefined ? { text: textOrConfig } : { text: textOrConfig, values: values as unknown[] }
   if (typeof textOrConfig !== 'object' || textOrConfig === null || typeof textOrConfig.text !== 'string') {
     throw new InvalidOptionError('text', 'query() expects SQL text (a string) or a QueryConfig object with a "text" string.')
+  }
+  if (typeof (textOrConfig as { submit?: unknown }).submit === 'function') {
+    // A submittable (pg-cursor, pg-query-stream) keeps the connection busy until it is closed; run
+    // through query() it would hang the transaction or go back to the pool still busy.
+    throw new TransactionManagementError('Submittable queries (cursors, streams) cannot be run through query(); use db.cursor() or tx.cursor() to stream rows.')
   }
   if (values !== undefined) return { ...textOrConfig, values: values as unknown[] }
   return textOrConfig
@@ -163,10 +171,13 @@ export class Transaction {
   cursor: { readonly cursor: Cursor; readonly block: Block } | undefined = undefined
   /** The async context the outermost block was entered from: hooks run there, outside the transaction. */
   readonly outer: Frame | undefined
+  /** The `name` option of the outermost block (carried by BEGIN, COMMIT and ROLLBACK events). */
+  readonly outermostName: string | undefined
 
   constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {
     this.db = db
     this.outer = outer
+    this.outermostName = options.name
     const d = db.defaults
     this.characteristics = {
       isolationLevel: options.isolationLevel ?? d.isolationLevel,
@@ -227,8 +238,8 @@ export class Transaction {
     return this.client === undefined || this.flushing !== undefined || this.mustFlush || this.materializedUpTo < this.stack.length
   }
 
-  /** Makes the connection ready for a statement of `block`: checkout, BEGIN, SAVEPOINTs, pending. */
-  async prepare(block: Block): Promise<void> {
+  /** Makes the connection ready for a statement of the block at the top of the stack: checkout, BEGIN, SAVEPOINTs, pending. */
+  async prepare(): Promise<void> {
     if (this.flushing !== undefined) await this.flushing
     if (this.client === undefined) {
       const client = await this.db.connect()
@@ -237,10 +248,11 @@ export class Transaction {
     }
     let statements: Pending[]
     if (!this.begun) {
-      statements = [{ kind: 'begin', sql: beginStatement(this.characteristics), depth: 1, savepoint: undefined, droppable: false }]
+      const name = this.outermostName
+      statements = [{ kind: 'begin', sql: beginStatement(this.characteristics), depth: 1, savepoint: undefined, droppable: false, name }]
       for (const option of TIMEOUT_OPTIONS) {
         const value = this.timeouts[option]
-        if (value !== undefined) statements.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: 1, savepoint: undefined, droppable: false })
+        if (value !== undefined) statements.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: 1, savepoint: undefined, droppable: false, name })
       }
       this.begun = true
     } else if (this.mustFlush || this.materializedUpTo < this.stack.length) {
@@ -252,11 +264,12 @@ export class Transaction {
     for (let i = this.materializedUpTo; i < stack.length; i++) {
       const b = stack[i] as Block
       if (b.savepointName === undefined) continue
-      statements.push({ kind: 'savepoint', sql: savepointStatement(b.savepointName), depth: b.depth, savepoint: b.savepointName, droppable: false })
+      const name = b.options.name
+      statements.push({ kind: 'savepoint', sql: savepointStatement(b.savepointName), depth: b.depth, savepoint: b.savepointName, droppable: false, name })
       if (b.ownTimeouts !== undefined) {
         for (const option of TIMEOUT_OPTIONS) {
           const value = b.ownTimeouts[option]
-          if (value !== undefined) statements.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: b.depth, savepoint: b.savepointName, droppable: false })
+          if (value !== undefined) statements.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: b.depth, savepoint: b.savepointName, droppable: false, name })
         }
       }
     }
@@ -284,7 +297,6 @@ export class Transaction {
       throw e
     } finally {
       const durationMs = performance.now() - start
-      const name = this.stack[this.stack.length - 1]?.options.name
       for (const s of statements) {
         statementChannel.publish({
           kind: s.kind,
@@ -293,7 +305,7 @@ export class Transaction {
           database: this.db.alias,
           depth: s.depth,
           savepoint: s.savepoint,
-          name,
+          name: s.name,
           durationMs,
           batchSize: statements.length,
           error,
@@ -304,17 +316,40 @@ export class Transaction {
 
   /** Queues the ROLLBACK TO of a failed nested block; sent with the next control statement or next turn. */
   queueRollbackTo(block: Block): void {
-    const name = block.savepointName as string
+    const savepoint = block.savepointName as string
+    const name = block.options.name
     // An enclosing ROLLBACK TO makes every pending statement of deeper blocks unnecessary.
     this.pending = this.pending.filter((p) => p.depth < block.depth)
     this.pending.push(
-      { kind: 'rollback-to', sql: rollbackToStatement(name), depth: block.depth, savepoint: name, droppable: false },
-      { kind: 'release', sql: releaseStatement(name), depth: block.depth, savepoint: name, droppable: false },
+      { kind: 'rollback-to', sql: rollbackToStatement(savepoint), depth: block.depth, savepoint, droppable: false, name },
+      { kind: 'release', sql: releaseStatement(savepoint), depth: block.depth, savepoint, droppable: false, name },
     )
     this.mustFlush = true
     if (!this.flushScheduled) {
       this.flushScheduled = true
       setImmediate(this.flushOnNextTurn)
+    }
+  }
+
+  hasRollbackHooksWithin(block: Block): boolean {
+    for (const h of this.hooks) if (h.kind === 'rollback' && isWithin(h.owner, block)) return true
+    return false
+  }
+
+  /** Sends the pending statements at once (the caller holds the turn of the running block). */
+  async flushNow(): Promise<void> {
+    if (this.flushing !== undefined) await this.flushing
+    if (this.pending.length === 0 || this.lost || this.fatal || this.client === undefined) return
+    const statements = this.pending
+    this.pending = []
+    this.mustFlush = false
+    this.busy = true
+    try {
+      await this.send(statements)
+    } catch (error) {
+      this.controlFailed(error)
+    } finally {
+      this.busy = false
     }
   }
 
@@ -346,7 +381,7 @@ export class Transaction {
     if (this.fatal) throw fatalError(this.fatalError)
     const statements = this.pending.filter((p) => !p.droppable)
     this.pending = []
-    statements.push({ kind: 'commit', sql: COMMIT, depth: 1, savepoint: undefined, droppable: false })
+    statements.push({ kind: 'commit', sql: COMMIT, depth: 1, savepoint: undefined, droppable: false, name: this.outermostName })
     let result: QueryResult | QueryResult[]
     this.busy = true
     try {
@@ -395,7 +430,7 @@ export class Transaction {
     }
     this.busy = true
     try {
-      await this.send([{ kind: 'rollback', sql: ROLLBACK, depth: 1, savepoint: undefined, droppable: false }])
+      await this.send([{ kind: 'rollback', sql: ROLLBACK, depth: 1, savepoint: undefined, droppable: false, name: this.outermostName }])
     } catch (error) {
       this.busy = false
       this.releaseClient(error)
@@ -627,7 +662,7 @@ export class Block implements TransactionHandle {
         if (late !== undefined) throw late
       }
       tx.busy = true
-      if (tx.needsPrepare()) await tx.prepare(this)
+      if (tx.needsPrepare()) await tx.prepare()
       try {
         return await (tx.client as PoolClient).query<R>(config)
       } catch (error) {
@@ -657,7 +692,7 @@ export class Block implements TransactionHandle {
       const late = tx.unusableError(this)
       if (late !== undefined) throw late
       tx.busy = true
-      await tx.prepare(this)
+      await tx.prepare()
       cursor = (tx.client as PoolClient).query(new Cursor<R>(text, values as unknown[] | undefined))
       tx.cursor = { cursor, block: this }
     } finally {
@@ -794,13 +829,13 @@ export class Block implements TransactionHandle {
     }
     if (!threw && !tx.needsRollback) {
       if (materialized) {
-        tx.pending.push({ kind: 'release', sql: releaseStatement(this.savepointName), depth: this.depth, savepoint: this.savepointName, droppable: true })
+        tx.pending.push({ kind: 'release', sql: releaseStatement(this.savepointName), depth: this.depth, savepoint: this.savepointName, droppable: true, name: this.options.name })
         if (this.ownTimeouts !== undefined) {
           for (const option of TIMEOUT_OPTIONS) {
             if (this.ownTimeouts[option] === undefined) continue
             const outer = this.parent?.timeouts[option]
             const sql = outer === undefined ? resetLocalStatement(option) : setLocalStatement(option, outer)
-            tx.pending.push({ kind: 'set-local', sql, depth: this.depth, savepoint: this.savepointName, droppable: true })
+            tx.pending.push({ kind: 'set-local', sql, depth: this.depth, savepoint: this.savepointName, droppable: true, name: this.options.name })
           }
           tx.mustFlush = true
         }
@@ -812,7 +847,11 @@ export class Block implements TransactionHandle {
     tx.needsRollback = false
     tx.rollbackByError = false
     tx.rollbackCause = undefined
-    if (materialized) tx.queueRollbackTo(this)
+    if (materialized) {
+      tx.queueRollbackTo(this)
+      // onRollback hooks promise that the rollback happened: send it now rather than merging it.
+      if (tx.hasRollbackHooksWithin(this)) await tx.flushNow()
+    }
     await tx.savepointRolledBack(this)
     if (threw) throw thrown
     if (byError) throw new TransactionManagementError(SWALLOWED_MESSAGE, { cause })

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events'
 import pg from 'pg'
 import type { Pool, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import Cursor from 'pg-cursor'
-import { Block, Transaction, enterAtomic, refuseTransactionControl, resolveBatchSize } from './atomic'
+import { Block, Transaction, enterAtomic, normalizeQuery, refuseTransactionControl, resolveBatchSize } from './atomic'
 import type { DatabaseCore } from './atomic'
 import { currentBlock } from './context'
 import { InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
@@ -169,8 +169,7 @@ class DatabaseImpl implements Database, DatabaseCore {
 
   /** Autocommit query on a pooled connection, which is checked before it goes back. */
   async queryOutside<R extends QueryResultRow>(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): Promise<QueryResult<R>> {
-    const config: QueryConfig = typeof textOrConfig === 'string' ? { text: textOrConfig, values: values as unknown[] | undefined } : values === undefined ? textOrConfig : { ...textOrConfig, values: values as unknown[] }
-    if (typeof config.text !== 'string') throw new InvalidOptionError('text', 'query() expects SQL text (a string) or a QueryConfig object with a "text" string.')
+    const config = normalizeQuery(textOrConfig, values)
     refuseTransactionControl(config.text, false)
     this.assertNotClosed()
     const client = await this.checkout()
@@ -239,17 +238,19 @@ class DatabaseImpl implements Database, DatabaseCore {
       failure = error
       throw error
     } finally {
-      try {
-        if (cursor !== undefined && failure === undefined) await cursor.close()
-      } catch (error) {
-        failure = error
-        // The close error replaces nothing: it is thrown only when the iteration itself succeeded.
-        throw error
-      } finally {
-        // A cursor that failed leaves the portal's implicit transaction in an unknown state: destroy.
-        if (failure !== undefined) client.release(failure instanceof Error ? failure : true)
-        else this.checkin(client, undefined)
+      let closeError: unknown
+      if (cursor !== undefined && failure === undefined) {
+        try {
+          await cursor.close()
+        } catch (error) {
+          closeError = error
+          this.logger.error(`Closing a cursor of database '${this.alias}' failed; its connection was destroyed (${error instanceof Error ? error.message : String(error)}).`, error)
+        }
       }
+      // A cursor that failed leaves the portal's implicit transaction in an unknown state: destroy.
+      const bad = failure ?? closeError
+      if (bad !== undefined) client.release(bad instanceof Error ? bad : true)
+      else this.checkin(client, undefined)
     }
   }
 
@@ -353,6 +354,33 @@ class PoolFacade extends EventEmitter {
   override removeListener(event: string | symbol, listener: (...args: never[]) => void): this {
     return this.off(event, listener)
   }
+  override prependListener(event: string | symbol, listener: (...args: never[]) => void): this {
+    this.db.realPool.prependListener(event as 'error', listener as () => void)
+    return this
+  }
+  override prependOnceListener(event: string | symbol, listener: (...args: never[]) => void): this {
+    this.db.realPool.prependOnceListener(event as 'error', listener as () => void)
+    return this
+  }
+  override removeAllListeners(event?: string | symbol): this {
+    this.db.realPool.removeAllListeners(event as 'error')
+    return this
+  }
+  override listenerCount(event: string | symbol): number {
+    return this.db.realPool.listenerCount(event as 'error')
+  }
+  override listeners(event: string | symbol): ReturnType<EventEmitter['listeners']> {
+    return this.db.realPool.listeners(event as 'error')
+  }
+  override rawListeners(event: string | symbol): ReturnType<EventEmitter['rawListeners']> {
+    return this.db.realPool.rawListeners(event as 'error')
+  }
+  override eventNames(): Array<string | symbol> {
+    return this.db.realPool.eventNames()
+  }
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    return this.db.realPool.emit(event as 'error', ...(args as [Error, pg.PoolClient]))
+  }
 
   query(textOrConfig: string | QueryConfig, valuesOrCallback?: readonly unknown[] | QueryCallback, callback?: QueryCallback): Promise<QueryResult> | undefined {
     const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
@@ -416,6 +444,11 @@ class PoolFacade extends EventEmitter {
     return undefined
   }
 }
+
+// Libraries decide how to run their own transactions with `pool instanceof pg.Pool` (Drizzle
+// does): the facade must pass that test. Every public Pool method and getter is defined above, so
+// nothing of pg-pool's internal state is ever used through this prototype link.
+Object.setPrototypeOf(PoolFacade.prototype, pg.Pool.prototype)
 
 /**
  * The client `db.pool.connect()` returns inside a block: every query goes through the block

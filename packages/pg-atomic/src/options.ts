@@ -207,15 +207,12 @@ const REFUSED_POOL_FIELDS: Record<string, string> = {
   pipeline: 'pg-atomic serializes the statements of a transaction itself; pipeline mode is not supported.',
 }
 
-function describeIssue(subject: string, issue: z.core.$ZodIssue): InvalidOptionError {
+function describeIssue(subject: string, issue: z.core.$ZodIssue, accepted: readonly string[]): InvalidOptionError {
   if (issue.code === 'unrecognized_keys') {
     const key = issue.keys[0] ?? ''
     const refused = REFUSED_POOL_FIELDS[key]
     if (refused !== undefined) return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
-    return new InvalidOptionError(
-      key,
-      `Unknown option "${key}" for ${subject}. Check the spelling; the accepted options are listed in the documentation of ${subject}.`,
-    )
+    return new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
   }
   const field = issue.path.map(String).join('.') || 'options'
   const allowed = ALLOWED[field]
@@ -223,14 +220,14 @@ function describeIssue(subject: string, issue: z.core.$ZodIssue): InvalidOptionE
   return new InvalidOptionError(field, `Invalid option "${field}" for ${subject}: it must be ${expectation}.`)
 }
 
-function parse<T>(schema: z.ZodType<T>, input: unknown, subject: string): T {
+function parse<S extends z.ZodObject>(schema: S, input: unknown, subject: string): z.output<S> {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw new InvalidOptionError('options', `The options of ${subject} must be an object.`)
   }
   const result = schema.safeParse(input)
   if (!result.success) {
     const first = result.error.issues[0]
-    throw first ? describeIssue(subject, first) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
+    throw first ? describeIssue(subject, first, Object.keys(schema.shape).filter((k) => k !== 'retry')) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
   }
   return result.data
 }

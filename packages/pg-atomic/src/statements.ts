@@ -93,6 +93,11 @@ function skipInsignificant(sql: string, i: number): number {
   return i
 }
 
+/** A character that can continue an identifier (letters, digits, _, $). */
+function isIdentChar(code: number): boolean {
+  return isWordChar(code) || (code >= 48 && code <= 57) || code === 36 || code > 127
+}
+
 function readWord(sql: string, i: number): string {
   let j = i
   // No control word is longer than 15 letters: stop early instead of copying long identifiers.
@@ -136,19 +141,22 @@ export function findTransactionControl(sql: string): string | undefined {
   while (i < n) {
     const c = sql.charCodeAt(i)
     if (c === 39 /* ' */) {
+      // Backslash escapes exist only in E'...' strings (standard_conforming_strings is on by default).
+      const escapes = i > 0 && (sql.charCodeAt(i - 1) | 0x20) === 101 /* e */ && (i < 2 || !isIdentChar(sql.charCodeAt(i - 2)))
       i++
       while (i < n) {
-        if (sql.charCodeAt(i) === 39) {
+        const d = sql.charCodeAt(i)
+        if (d === 39) {
           if (sql.charCodeAt(i + 1) === 39) i += 2
           else break
-        } else if (sql.charCodeAt(i) === 92 /* \ */) i += 2 // E'' strings; harmless for standard strings
+        } else if (escapes && d === 92 /* \ */) i += 2
         else i++
       }
       i++
     } else if (c === 34 /* " */) {
       const end = sql.indexOf('"', i + 1)
       i = end === -1 ? n : end + 1
-    } else if (c === 36 /* $ */) {
+    } else if (c === 36 /* $ */ && (i === 0 || !isIdentChar(sql.charCodeAt(i - 1)))) {
       const m = /^\$([A-Za-z_][A-Za-z_0-9]*)?\$/.exec(sql.slice(i, i + 64))
       if (m === null) { i++; continue }
       const tag = m[0]
