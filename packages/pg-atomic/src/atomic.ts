@@ -391,6 +391,8 @@ export class Transaction {
       if (this.lost || isConnectionLoss(error)) {
         this.markLost(error)
         this.releaseClient(error)
+        // The idle-in-transaction timeout ended the session before COMMIT arrived: nothing was committed.
+        if (sqlStateOf(error) === '25P03' || sqlStateOf(this.lostError) === '25P03') throw lostError(this.lostError)
         throw new CommitOutcomeUnknownError(
           'The connection was lost while COMMIT was in flight: the transaction may or may not have been committed. It was not retried; check the data before doing the work again.',
           { cause: error },
@@ -413,6 +415,8 @@ export class Transaction {
   }
 
   private async rollbackIfStillOpen(): Promise<void> {
+    // pg rejects on ErrorResponse, before ReadyForQuery (which carries the status) is processed.
+    if (this.client !== undefined) await readyForQuery(this.client)
     const status = this.client?.getTransactionStatus?.()
     if (status === 'I') this.releaseClient()
     else await this.rollback()
@@ -526,6 +530,25 @@ export function reportHookError(db: DatabaseCore, kind: 'commit' | 'rollback', t
   const reason = error instanceof Error ? error.message : String(error)
   db.logger.error(`Error calling ${hookName(fn)} in ${kind === 'commit' ? 'onCommit' : 'onRollback'}()${where} (${reason}).`, error)
   if (hookErrorChannel.hasSubscribers) hookErrorChannel.publish({ kind, transactionId, database: db.alias, error })
+}
+
+function sqlStateOf(error: unknown): string | undefined {
+  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined
+  return typeof code === 'string' ? code : undefined
+}
+
+/** Resolves once the client has processed the ReadyForQuery that follows an error (or has ended). */
+function readyForQuery(client: PoolClient): Promise<void> {
+  if ((client as PoolClient & { readyForQuery?: boolean }).readyForQuery !== false) return Promise.resolve()
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      client.removeListener('drain', done)
+      client.removeListener('end', done)
+      resolve()
+    }
+    client.on('drain', done)
+    client.on('end', done)
+  })
 }
 
 function lostError(cause: unknown): ConnectionLostError {

@@ -119,13 +119,20 @@ const ALLOWED: Record<string, string> = {
   using: 'a non-empty string naming a registered database',
   alias: 'a non-empty string',
   name: 'a string',
-  retry: 'not supported yet (reserved for automatic retry)',
   closeTimeoutMs: 'a whole number of milliseconds of at least 0',
   logger: "an object with an error(message) method",
   pool: 'a pg.Pool (an object with connect() and query() methods)',
   max: 'a whole number of at least 1',
   min: 'a whole number of at least 0',
   port: 'a whole number from 1 to 65535',
+  password: 'a string, or a function returning one (or a promise of one)',
+  connectionString: 'a string such as postgres://user@host:5432/database',
+  host: 'a string',
+  user: 'a string',
+  database: 'a string',
+  application_name: 'a string',
+  idleTimeoutMillis: 'a whole number of milliseconds of at least 0, or null',
+  connectionTimeoutMillis: 'a whole number of milliseconds of at least 0',
 }
 
 const isolation = z
@@ -215,6 +222,9 @@ function describeIssue(subject: string, issue: z.core.$ZodIssue, accepted: reado
     return new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
   }
   const field = issue.path.map(String).join('.') || 'options'
+  if (field === 'retry') {
+    return new InvalidOptionError('retry', `Option "retry" of ${subject} is reserved for automatic retry of serialization failures and is not supported yet; retry the whole atomic() call yourself.`)
+  }
   const allowed = ALLOWED[field]
   const expectation = allowed ?? (issue.code === 'invalid_type' ? `of type ${issue.expected}` : 'valid')
   return new InvalidOptionError(field, `Invalid option "${field}" for ${subject}: it must be ${expectation}.`)

@@ -61,6 +61,7 @@ export const COMMIT = 'COMMIT'
 /** `ROLLBACK`. */
 export const ROLLBACK = 'ROLLBACK'
 
+const TRANSACTION_SETTINGS = new Set(['transaction_isolation', 'transaction_read_only', 'transaction_deferrable'])
 const CONTROL_WORDS = new Set(['begin', 'start', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])
 
 function isSpace(code: number): boolean {
@@ -119,10 +120,15 @@ function controlWordAt(sql: string, i: number): string | undefined {
     const nextStart = skipInsignificant(sql, start + word.length)
     const next = readWord(sql, nextStart)
     if (word === 'prepare' && next === 'transaction') return 'PREPARE TRANSACTION'
-    if (word === 'set' && next === 'transaction') return 'SET TRANSACTION'
-    if (word === 'set' && next === 'session') {
-      const third = readWord(sql, skipInsignificant(sql, nextStart + next.length))
-      if (third === 'characteristics') return 'SET SESSION CHARACTERISTICS'
+    if (word === 'set') {
+      if (next === 'transaction') return 'SET TRANSACTION'
+      let setting = next
+      if (next === 'local' || next === 'session') {
+        setting = readWord(sql, skipInsignificant(sql, nextStart + next.length))
+        if (next === 'session' && setting === 'characteristics') return 'SET SESSION CHARACTERISTICS'
+      }
+      // Changing these settings changes the running transaction (or every later one of the session).
+      if (TRANSACTION_SETTINGS.has(setting)) return `SET ${setting}`
     }
   }
   return undefined
