@@ -60,6 +60,8 @@ export interface DatabaseCore {
   readonly logger: AtomicLogger
   /** Checks out a connection with an `'error'` listener attached by the caller. */
   connect(): Promise<PoolClient>
+  /** Ends backend `pid` from a separate session (frees its locks even while it waits on one). */
+  terminateBackend(pid: number): Promise<void>
   /** Refuses new outermost blocks (closing/closed database) by throwing. */
   assertOpen(): void
   transactionStarted(tx: Transaction): void
@@ -233,6 +235,49 @@ export class Transaction {
     return undefined
   }
 
+  /**
+   * Checks out a connection; gives up when the transaction is aborted meanwhile (db.close() at its
+   * deadline), releasing a connection that arrives too late.
+   */
+  private async checkout(): Promise<PoolClient> {
+    const pending = this.db.connect()
+    let adopted = false
+    try {
+      const client = await new Promise<PoolClient>((resolve, reject) => {
+        this.abortCheckout = reject
+        pending.then(resolve, reject)
+      })
+      adopted = true
+      return client
+    } finally {
+      this.abortCheckout = undefined
+      if (!adopted) {
+        // A pool that is ending never answers; one that answers late gets its connection back.
+        pending.then(
+          (late) => late.release(),
+          () => undefined,
+        )
+      }
+    }
+  }
+
+  private abortCheckout: ((error: unknown) => void) | undefined = undefined
+
+  /**
+   * Aborts the transaction from outside (db.close() at its deadline): it is marked lost, a pending
+   * checkout gives up, the backend is terminated so its locks are freed at once, and the connection
+   * is destroyed. The block's caller gets ConnectionLostError with `reason` as cause.
+   */
+  async abort(reason: AtomicError): Promise<void> {
+    this.markLost(reason)
+    this.abortCheckout?.(lostError(reason))
+    const client = this.client
+    if (client === undefined) return
+    const pid = (client as PoolClient & { processID?: number }).processID
+    if (typeof pid === 'number') await this.db.terminateBackend(pid)
+    this.releaseClient(reason)
+  }
+
   /** Whether anything must happen before the next statement (the hot path skips `prepare()`). */
   needsPrepare(): boolean {
     return this.client === undefined || this.flushing !== undefined || this.mustFlush || this.materializedUpTo < this.stack.length
@@ -242,7 +287,7 @@ export class Transaction {
   async prepare(): Promise<void> {
     if (this.flushing !== undefined) await this.flushing
     if (this.client === undefined) {
-      const client = await this.db.connect()
+      const client = await this.checkout()
       client.on('error', this.onClientError)
       this.client = client
     }

@@ -108,6 +108,23 @@ class DatabaseImpl implements Database, DatabaseCore {
     return this.realPool.connect()
   }
 
+  async terminateBackend(pid: number): Promise<void> {
+    const pool = this.realPool as Pool & { Client: typeof pg.Client }
+    const client = new pool.Client({ ...pool.options, connectionTimeoutMillis: pool.options.connectionTimeoutMillis || 5000 })
+    client.on('error', onCheckedOutClientError)
+    try {
+      await client.connect()
+      await client.query('SELECT pg_terminate_backend($1)', [pid])
+    } catch (error) {
+      this.logger.error(
+        `Could not terminate backend ${pid} of database '${this.alias}' while closing; its connection is destroyed and the server will roll it back when it notices (${error instanceof Error ? error.message : String(error)}).`,
+        error,
+      )
+    } finally {
+      await client.end()
+    }
+  }
+
   assertOpen(): void {
     if (this.closing) {
       throw new TransactionManagementError(`Database '${this.alias}' is closing or closed: no new atomic() block can start on it.`)
@@ -287,15 +304,17 @@ class DatabaseImpl implements Database, DatabaseCore {
       })
       clearTimeout(timer)
       this.drained = undefined
+      const aborts: Array<Promise<void>> = []
       for (const tx of this.transactions) {
-        // Destroying the connection makes the server roll the transaction back; the block's
-        // caller gets a ConnectionLostError whose cause says why.
+        // Terminating the backend rolls the transaction back and frees its locks at once (a
+        // destroyed socket alone goes unnoticed while a statement runs or waits on a lock); the
+        // block's caller gets a ConnectionLostError whose cause says why.
         const reason = new TransactionManagementError(
           `Database '${this.alias}' was closed while this transaction was still running after ${timeoutMs} ms; it was rolled back.`,
         )
-        tx.markLost(reason)
-        tx.releaseClient(reason)
+        aborts.push(tx.abort(reason))
       }
+      await Promise.all(aborts)
     }
     if (registry.get(this.alias) === this) registry.delete(this.alias)
     if (this.ownsPool) await this.realPool.end()
