@@ -81,6 +81,7 @@ class DatabaseImpl implements Database, DatabaseCore {
   private readonly ownsPool: boolean
   private readonly closeTimeoutMs: number
   private closing = false
+  private closed = false
   private closePromise: Promise<void> | undefined
   private readonly transactions = new Set<Transaction>()
   private drained: (() => void) | undefined
@@ -201,11 +202,9 @@ class DatabaseImpl implements Database, DatabaseCore {
     }
   }
 
-  private assertNotClosed(): void {
-    if (this.closePromise !== undefined && this.transactions.size === 0 && this.closing) {
-      // Queries outside blocks are still allowed while running blocks finish; not after the pool ended.
-      if (this.realPool.ended || this.realPool.ending) throw new TransactionManagementError(`Database '${this.alias}' is closed.`)
-    }
+  /** Statements outside blocks are still allowed while running blocks finish, not once closed. */
+  assertNotClosed(): void {
+    if (this.closed) throw new TransactionManagementError(`Database '${this.alias}' is closed: create a new database with createDatabase() to run more statements.`)
   }
 
   async checkout(): Promise<PoolClient> {
@@ -241,6 +240,7 @@ class DatabaseImpl implements Database, DatabaseCore {
   }
 
   private async *cursorOutside<R extends QueryResultRow>(text: string, values: readonly unknown[] | undefined, batchSize: number): AsyncGenerator<R, void, undefined> {
+    this.assertNotClosed()
     const client = await this.checkout()
     let failure: unknown
     let cursor: Cursor<R> | undefined
@@ -316,6 +316,7 @@ class DatabaseImpl implements Database, DatabaseCore {
       }
       await Promise.all(aborts)
     }
+    this.closed = true
     if (registry.get(this.alias) === this) registry.delete(this.alias)
     if (this.ownsPool) await this.realPool.end()
   }
@@ -426,6 +427,7 @@ class PoolFacade extends EventEmitter {
   private async connectClient(): Promise<PoolClient> {
     const block = this.db.activeBlock()
     if (block !== undefined) return new BlockClient(block) as unknown as PoolClient
+    this.db.assertNotClosed()
     const client = await this.db.realPool.connect()
     client.on('error', onCheckedOutClientError)
     const release = client.release.bind(client)

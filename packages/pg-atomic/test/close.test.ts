@@ -292,6 +292,23 @@ describe('db.close()', () => {
     expect((error as Error).message).toBe(CLOSING(alias))
     const outside = await rejection(db.query('select 1'))
     expect(outside).toBeInstanceOf(TransactionManagementError)
-    expect((outside as Error).message).toBe(`Database '${alias}' is closed.`)
+    expect((outside as Error).message).toBe(`Database '${alias}' is closed: create a new database with createDatabase() to run more statements.`)
+  })
+})
+
+describe('a closed database refuses further use', () => {
+  test('db.query, db.cursor and db.pool.connect on a closed database built on a user pool are refused; the pool itself stays usable', async () => {
+    const hx = await setupHarness('close-refuse', { alias: 'close_refuse' })
+    await hx.db.close()
+    const message = "Database 'close_refuse' is closed: create a new database with createDatabase() to run more statements."
+    await expect(hx.db.query('select 1')).rejects.toThrow(new TransactionManagementError(message))
+    await expect(hx.db.pool.connect()).rejects.toThrow(message)
+    const iterate = async () => {
+      for await (const row of hx.db.cursor('select 1')) void row
+    }
+    await expect(iterate()).rejects.toThrow(message)
+    expect(hx.statements).toEqual([])
+    await expect(hx.pool.query('select 1 as one')).resolves.toMatchObject({ rows: [{ one: 1 }] })
+    await hx.close()
   })
 })
