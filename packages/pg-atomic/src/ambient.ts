@@ -96,7 +96,9 @@ function wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>, options?: 
  *   await db.query('insert into orders(id) values ($1)', [id])
  *   try {
  *     await atomic(async () => { await db.query('insert into audit(order_id) values ($1)', [id]) })
- *   } catch { // only the audit insert was rolled back }
+ *   } catch {
+ *     // only the audit insert was rolled back
+ *   }
  *   onCommit(() => mailer.sendConfirmation(id))
  * })
  * ```

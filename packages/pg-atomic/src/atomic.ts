@@ -663,7 +663,9 @@ export class Block implements TransactionHandle {
       }
       if (own !== undefined && this.savepointName === undefined) {
         throw new TransactionManagementError(
-          'Timeouts on a nested atomic() block need a savepoint to be undone afterwards: remove savepoint: false, or set the timeouts on the enclosing block.',
+          options.savepoint
+            ? 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards, and this block gets none because the transaction is already marked for rollback.'
+            : 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards: remove savepoint: false, or set the timeouts on the enclosing block.',
         )
       }
       this.ownTimeouts = own === undefined ? undefined : Object.freeze(own)
@@ -892,7 +894,7 @@ export class Block implements TransactionHandle {
         }
         throw thrown
       }
-      if (tx.needsRollback && tx.rollbackByError) throw new TransactionManagementError(SWALLOWED_MESSAGE, { cause: tx.rollbackCause })
+      if (tx.needsRollback && tx.rollbackByError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this), { cause: tx.rollbackCause })
       return result
     }
     if (!threw && !tx.needsRollback) {
@@ -922,7 +924,7 @@ export class Block implements TransactionHandle {
     }
     await tx.savepointRolledBack(this)
     if (threw) throw thrown
-    if (byError) throw new TransactionManagementError(SWALLOWED_MESSAGE, { cause })
+    if (byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this), { cause })
     return result
   }
 
@@ -933,6 +935,8 @@ export class Block implements TransactionHandle {
       if (tx.lost) {
         tx.releaseClient(tx.lostError)
         await tx.runRollbackHooks()
+        // The callback's own error (unrelated to the connection) is rethrown unchanged, as always.
+        if (threw && !isConnectionLoss(thrown)) throw thrown
         throw lostError(tx.lostError)
       }
       if (!threw && !tx.needsRollback && !tx.fatal) {
@@ -953,7 +957,7 @@ export class Block implements TransactionHandle {
       await tx.runRollbackHooks()
       if (threw) throw thrown
       if (tx.fatal) throw fatalError(tx.fatalError)
-      if (tx.rollbackByError) throw new TransactionManagementError(SWALLOWED_MESSAGE, { cause: tx.rollbackCause })
+      if (tx.rollbackByError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this), { cause: tx.rollbackCause })
       return result
     } finally {
       tx.ended = true
@@ -961,6 +965,12 @@ export class Block implements TransactionHandle {
       tx.db.transactionEnded(tx)
     }
   }
+}
+
+/** Appends the block's `name` option to a message, so logs say which block failed. */
+function withName(message: string, block: { readonly options: ResolvedOptions }): string {
+  const name = block.options.name
+  return name === undefined ? message : `${message} (block "${name}")`
 }
 
 function assertHook(fn: unknown, what: string): asserts fn is Hook {
@@ -995,7 +1005,7 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
     db.transactionStarted(tx)
     return block.execute(fn, outer)
   }
-  if (options.durable) throw new TransactionManagementError(DURABLE_NESTED_MESSAGE)
+  if (options.durable) throw new TransactionManagementError(withName(DURABLE_NESTED_MESSAGE, { options }))
   const tx = parent.tx
   for (const key of CHARACTERISTICS) {
     const wanted = options[key]

@@ -519,7 +519,8 @@ class BlockClient extends EventEmitter {
 }
 
 /**
- * Creates a database and registers it under `alias` (default `'default'`). The configuration is
+ * Creates a database and registers it under `alias` (default `'default'`). `config` is a connection
+ * string, pg `PoolConfig` fields with pg-atomic's options, or `{ pool }` for an existing pool. It is
  * validated first: an invalid value throws `InvalidOptionError` naming the field, before anything
  * connects. Connections are opened lazily.
  *
@@ -532,8 +533,8 @@ class BlockClient extends EventEmitter {
  * await db.close()
  * ```
  */
-export function createDatabase(config: DatabaseConfig = {}): Database {
-  const resolved = resolveDatabaseConfig(config)
+export function createDatabase(config: DatabaseConfig | string = {}): Database {
+  const resolved = resolveDatabaseConfig(typeof config === 'string' ? { connectionString: config } : config)
   const existing = registry.get(resolved.alias)
   if (existing !== undefined) {
     throw new InvalidOptionError(

@@ -1,0 +1,88 @@
+/**
+ * Regression tests for defects found in review: each test is named after what it pins.
+ */
+import { ConnectionLostError, TransactionManagementError, atomic, createDatabase } from 'pg-atomic'
+import { rejection, setupHarness } from './support/harness'
+import type { Harness } from './support/harness'
+
+let h: Harness
+
+beforeAll(async () => {
+  h = await setupHarness('regressions')
+  await h.admin.query('create table t (x int not null)')
+})
+afterAll(() => h.close())
+beforeEach(async () => {
+  await h.admin.query('truncate t')
+  h.reset()
+})
+
+class Boom extends Error {
+  override name = 'Boom'
+}
+
+async function waitFor(condition: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await condition()) return
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+test('the callback’s own error is rethrown unchanged even when the connection was lost meanwhile', async () => {
+  const boom = new Boom('unrelated to the connection')
+  const error = await rejection(atomic(async (tx) => {
+    const pid = (await tx.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid
+    await h.admin.query('select pg_terminate_backend($1)', [pid])
+    await waitFor(async () => (await h.column('select count(*)::int from pg_stat_activity where pid = $1', [pid]))[0] === 0, 'the backend to exit')
+    throw boom
+  }))
+  expect(error).toBe(boom)
+  // The lost connection was destroyed, and the pool serves the next block.
+  await atomic(() => h.db.query('insert into t values (1)'))
+  expect(await h.column('select x from t')).toEqual([1])
+})
+
+test('a block that finishes normally after its connection was lost rejects with ConnectionLostError', async () => {
+  const error = await rejection(atomic(async (tx) => {
+    await tx.query('insert into t values (2)')
+    const pid = (await tx.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid
+    await h.admin.query('select pg_terminate_backend($1)', [pid])
+    await waitFor(async () => (await h.column('select count(*)::int from pg_stat_activity where pid = $1', [pid]))[0] === 0, 'the backend to exit')
+  }))
+  expect(error).toBeInstanceOf(ConnectionLostError)
+  expect((error as Error).cause).toBeDefined()
+  expect(await h.column('select count(*)::int from t')).toEqual([0])
+})
+
+test('the name option appears in the error of a block that swallowed an error', async () => {
+  const error = await rejection(atomic({ name: 'import-batch' }, async () => {
+    await h.db.query('insert into t values (1)').then(() => h.db.query('select 1/0')).then(
+      () => undefined,
+      () => undefined, // swallowed on purpose: this is the case under test
+    )
+  }))
+  expect(error).toBeInstanceOf(TransactionManagementError)
+  expect((error as Error).message).toMatch(/^The 'atomic' block finished normally, but an error inside it was caught .* \(block "import-batch"\)$/)
+  expect((error as Error).cause).toMatchObject({ code: '22012' })
+})
+
+test('the name option appears in the durable-nesting error', async () => {
+  const error = await rejection(atomic(() => atomic({ durable: true, name: 'payout' }, async () => undefined)))
+  expect(error).toBeInstanceOf(TransactionManagementError)
+  expect((error as Error).message).toBe('A durable atomic block cannot be nested within another atomic block. (block "payout")')
+  expect(h.statements).toEqual([])
+})
+
+test('createDatabase accepts a bare connection string (registered under the default alias)', () => {
+  // The harness holds 'default', so the string form gets as far as the alias check: it was accepted
+  // as configuration (an object was not required) and nothing connected.
+  let error: unknown
+  try {
+    createDatabase(h.testDb.url)
+  } catch (e) {
+    error = e
+  }
+  expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'alias' })
+  expect((error as Error).message).toBe("A database is already registered under the alias 'default': close it first (db.close()), or choose another alias.")
+})
