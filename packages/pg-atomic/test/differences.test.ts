@@ -359,16 +359,14 @@ describe('difference 3: a COMMIT that does not commit is a failure', () => {
       detail: 'Key (parent_id)=(42) is not present in table "parent".',
     })
     expect(log).toEqual(['rollback', 'nested rollback'])
-    expect(h.statements.slice(0, 5)).toEqual([
+    // A failed COMMIT has already ended the transaction on the server: no ROLLBACK is needed after it.
+    expect(h.statements).toEqual([
       'BEGIN',
       'insert into child (id, parent_id) values (1, 42)',
       'SAVEPOINT "pga_1"',
       'insert into child (id, parent_id) values (2, 43)',
       'COMMIT',
     ])
-    // A failed COMMIT has already ended the transaction; a ROLLBACK after it (Django sends one) is
-    // unnecessary but harmless. Nothing else may follow.
-    expect([[], ['ROLLBACK']]).toContainEqual(h.statements.slice(5))
     expect(await h.column('select id from child')).toEqual([])
     expectPoolIdle()
     expect(await idleInTransaction()).toBe(0)
