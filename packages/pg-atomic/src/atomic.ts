@@ -34,10 +34,10 @@ import {
   TransactionManagementError,
   isConnectionLoss,
 } from './errors'
-import { hookErrorChannel, statementChannel } from './events'
+import { hookErrorChannel, retryChannel, statementChannel } from './events'
 import type { StatementKind } from './events'
 import { TIMEOUT_OPTIONS } from './options'
-import type { AtomicLogger, IsolationLevel, ResolvedOptions, TimeoutOption, TransactionDefaults } from './options'
+import type { AtomicLogger, IsolationLevel, ResolvedOptions, RetryPolicy, TimeoutOption, TransactionDefaults } from './options'
 import {
   COMMIT,
   ROLLBACK,
@@ -57,6 +57,8 @@ import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, Transacti
 export interface DatabaseCore {
   readonly alias: string
   readonly defaults: Readonly<TransactionDefaults>
+  /** The database's default retry policy for outermost blocks. */
+  readonly retry: RetryPolicy | undefined
   readonly logger: AtomicLogger
   /** Checks out a connection with an `'error'` listener attached by the caller. */
   connect(): Promise<PoolClient>
@@ -986,6 +988,55 @@ export function resolveBatchSize(options: CursorOptions | undefined): number {
   return batchSize
 }
 
+function runTransaction<T>(db: DatabaseCore, options: ResolvedOptions, fn: (tx: TransactionHandle) => T | Promise<T>, outer: Frame | undefined): Promise<T> {
+  db.assertOpen()
+  const tx = new Transaction(db, options, outer)
+  const block = new Block(tx, undefined, options)
+  tx.stack.push(block)
+  db.transactionStarted(tx)
+  return block.execute(fn, outer)
+}
+
+/** The SQLSTATE that decides a retry: the error's own, or that of the swallowed error a block rejected with. */
+function retryCode(error: unknown): string | undefined {
+  const own = sqlStateOf(error)
+  if (own !== undefined) return own
+  return error instanceof TransactionManagementError ? sqlStateOf(error.cause) : undefined
+}
+
+function shouldRetry(policy: RetryPolicy, error: unknown): boolean {
+  // An ambiguous commit may have committed: never run the work again on our own.
+  if (error instanceof CommitOutcomeUnknownError || error instanceof OnCommitHookError) return false
+  if (typeof policy.retryOn === 'function') return policy.retryOn(error)
+  const code = retryCode(error)
+  return code !== undefined && policy.retryOn.has(code)
+}
+
+/**
+ * Runs the whole block again in a fresh transaction after a retryable failure, with exponential
+ * backoff and full jitter. The last error reaches the caller unchanged, with `attempts` on it.
+ */
+async function runWithRetry<T>(db: DatabaseCore, options: ResolvedOptions, fn: (tx: TransactionHandle) => T | Promise<T>, outer: Frame | undefined, policy: RetryPolicy): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await runTransaction(db, options, fn, outer)
+    } catch (error) {
+      if (attempt >= policy.maxAttempts || !shouldRetry(policy, error)) {
+        if (attempt > 1 && typeof error === 'object' && error !== null && Object.isExtensible(error)) {
+          Object.defineProperty(error, 'attempts', { value: attempt, enumerable: true, configurable: true, writable: true })
+        }
+        throw error
+      }
+      const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1))
+      const delayMs = Math.floor(Math.random() * (ceiling + 1))
+      if (retryChannel.hasSubscribers) {
+        retryChannel.publish({ attempt, maxAttempts: policy.maxAttempts, code: retryCode(error), error, delayMs, database: db.alias, name: options.name })
+      }
+      if (delayMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, delayMs))
+    }
+  }
+}
+
 /**
  * Enters a block of `db`: a new transaction, or a block nested in the current one.
  * All checks that can fail happen before any SQL is sent.
@@ -998,12 +1049,14 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
   // A block entered from a context whose block has ended (a timer, an event handler) does not join it.
   const parent = found !== undefined && !found.ended && !found.tx.ended ? found : undefined
   if (parent === undefined) {
-    db.assertOpen()
-    const tx = new Transaction(db, options, outer)
-    const block = new Block(tx, undefined, options)
-    tx.stack.push(block)
-    db.transactionStarted(tx)
-    return block.execute(fn, outer)
+    const policy = options.retry ?? db.retry
+    if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
+    return runWithRetry(db, options, fn, outer, policy)
+  }
+  if (options.retry !== undefined) {
+    throw new TransactionManagementError(
+      withName('The retry option is only allowed on the outermost atomic() block, but this block is nested: PostgreSQL can only retry whole transactions (a savepoint retry keeps the old snapshot and its locks). Put retry on the outermost block.', { options }),
+    )
   }
   if (options.durable) throw new TransactionManagementError(withName(DURABLE_NESTED_MESSAGE, { options }))
   const tx = parent.tx

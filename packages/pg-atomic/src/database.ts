@@ -11,9 +11,9 @@ import Cursor from 'pg-cursor'
 import { Block, Transaction, enterAtomic, normalizeQuery, refuseTransactionControl, resolveBatchSize } from './atomic'
 import type { DatabaseCore } from './atomic'
 import { currentBlock } from './context'
-import { InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
+import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
-import type { AtomicLogger, AtomicOptions, DatabaseConfig, ResolvedDatabaseConfig, TransactionDefaults } from './options'
+import type { AtomicLogger, AtomicOptions, DatabaseConfig, ResolvedDatabaseConfig, RetryPolicy, TransactionDefaults } from './options'
 import { ENDED_MESSAGE } from './atomic'
 import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 
@@ -72,12 +72,17 @@ function onCheckedOutClientError(): void {
 
 type QueryCallback = (err: Error | null, result?: QueryResult) => void
 
-class DatabaseImpl implements Database, DatabaseCore {
+/** The implementation behind {@link Database}; internal modules (locks) use its extra members. @internal */
+export class DatabaseImpl implements Database, DatabaseCore {
   readonly alias: string
   readonly defaults: Readonly<TransactionDefaults>
   readonly logger: AtomicLogger
+  readonly retry: RetryPolicy | undefined
+  private readonly acquireTimeoutMs: number | undefined
   readonly realPool: Pool
   readonly pool: Pool
+  /** Connections go through a transaction-mode pooler: session features are refused. */
+  readonly transactionPooling: boolean
   private readonly ownsPool: boolean
   private readonly closeTimeoutMs: number
   private closing = false
@@ -91,6 +96,9 @@ class DatabaseImpl implements Database, DatabaseCore {
     this.defaults = config.defaults
     this.logger = config.logger
     this.closeTimeoutMs = config.closeTimeoutMs
+    this.transactionPooling = config.transactionPooling
+    this.retry = config.retry
+    this.acquireTimeoutMs = config.acquireTimeoutMs
     this.ownsPool = config.pool === undefined
     this.realPool = config.pool ?? new pg.Pool(config.poolConfig)
     if (this.ownsPool) {
@@ -105,8 +113,45 @@ class DatabaseImpl implements Database, DatabaseCore {
 
   // ---- DatabaseCore -------------------------------------------------------------------------
 
+  /**
+   * Checks out a connection. With `acquireTimeoutMs`, a checkout that has to wait (the pool is
+   * exhausted) fails with AcquireTimeoutError after that long; only then is a timer set.
+   */
   connect(): Promise<PoolClient> {
-    return this.realPool.connect()
+    const pool = this.realPool
+    const timeoutMs = this.acquireTimeoutMs
+    if (timeoutMs === undefined || pool.idleCount > 0 || pool.totalCount < (pool.options.max ?? 10)) return pool.connect()
+    const pending = pool.connect()
+    return new Promise<PoolClient>((resolve, reject) => {
+      let timedOut = false
+      const timer = setTimeout(() => {
+        timedOut = true
+        reject(this.acquireTimeoutError(timeoutMs))
+      }, timeoutMs)
+      pending.then(
+        (client) => {
+          clearTimeout(timer)
+          if (timedOut) client.release()
+          else resolve(client)
+        },
+        (error: unknown) => {
+          clearTimeout(timer)
+          if (!timedOut) reject(error)
+        },
+      )
+    })
+  }
+
+  private acquireTimeoutError(timeoutMs: number): AcquireTimeoutError {
+    const pool = this.realPool
+    const poolSize = pool.options.max ?? 10
+    let heldByBlocks = 0
+    for (const tx of this.transactions) if (tx.client !== undefined) heldByBlocks++
+    const waiting = pool.waitingCount
+    return new AcquireTimeoutError(
+      `No connection of database '${this.alias}' became free within ${timeoutMs} ms: the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections are checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests are waiting. Keep transactions short, raise max, or look for blocks that wait on each other.`,
+      { poolSize, heldByBlocks, waiting },
+    )
   }
 
   async terminateBackend(pid: number): Promise<void> {
@@ -208,7 +253,7 @@ class DatabaseImpl implements Database, DatabaseCore {
   }
 
   async checkout(): Promise<PoolClient> {
-    const client = await this.realPool.connect()
+    const client = await this.connect()
     client.on('error', onCheckedOutClientError)
     return client
   }

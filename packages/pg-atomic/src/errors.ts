@@ -83,6 +83,26 @@ export class OnCommitHookError extends AtomicError {
   readonly committed = true as const
 }
 
+/**
+ * No pooled connection became free within the database's `acquireTimeoutMs`. Nothing was sent.
+ * The fields say how the pool was used at that moment.
+ */
+export class AcquireTimeoutError extends AtomicError {
+  override name = 'AcquireTimeoutError'
+  /** The pool's `max`. */
+  readonly poolSize: number
+  /** Connections held by atomic() blocks of this database. */
+  readonly heldByBlocks: number
+  /** Requests waiting for a connection, this one included. */
+  readonly waiting: number
+  constructor(message: string, fields: { poolSize: number; heldByBlocks: number; waiting: number }) {
+    super(message)
+    this.poolSize = fields.poolSize
+    this.heldByBlocks = fields.heldByBlocks
+    this.waiting = fields.waiting
+  }
+}
+
 function sqlState(error: unknown): string | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error) {
     const code = (error as { code: unknown }).code
@@ -139,4 +159,81 @@ export function isConnectionLoss(error: unknown): boolean {
     return LOST_CONNECTION_MESSAGES.some((m) => error.message.includes(m))
   }
   return false
+}
+
+// ---- Locks (issue 4) ----------------------------------------------------------------------------
+
+/** Why a lock was not obtained: `'nowait'` (`NOWAIT`, or a try form) or `'lock_timeout'` (waited too long). */
+export type LockNotAvailableReason = 'nowait' | 'lock_timeout'
+
+/**
+ * A lock requested by one of pg-atomic's lock helpers (`lockTable()`, `selectForUpdate()`,
+ * `advisoryLock()`, `withAdvisoryLock()`) could not be obtained: another transaction holds a
+ * conflicting lock and the request used `NOWAIT` (or a try form), or `lock_timeout` expired.
+ *
+ * 1. `code` is always `'55P03'` (lock_not_available), so `isLockNotAvailable(error)` is `true`.
+ * 2. `relation` names the table when PostgreSQL names it (`could not obtain lock on relation "x"`,
+ *    `... on row in relation "x"`, or the `while locking tuple ... in relation "x"` context), or
+ *    when the helper asked for exactly one table; otherwise `undefined` (advisory locks).
+ * 3. `cause` is node-postgres' `DatabaseError` (absent when `withAdvisoryLock()`'s try form found
+ *    the lock taken: nothing failed on the server).
+ *
+ * Inside an `atomic()` block the failed statement dooms the block, as every failed statement does.
+ */
+export class LockNotAvailableError extends AtomicError {
+  override name = 'LockNotAvailableError'
+  /** SQLSTATE `55P03` (lock_not_available). */
+  readonly code = '55P03' as const
+  /** The table PostgreSQL could not lock, when known. */
+  readonly relation: string | undefined
+  /** `'nowait'` (`NOWAIT` / try form) or `'lock_timeout'`. */
+  readonly reason: LockNotAvailableReason
+  constructor(message: string, fields: { relation?: string | undefined; reason: LockNotAvailableReason; cause?: unknown }) {
+    super(message, fields.cause === undefined ? undefined : { cause: fields.cause })
+    this.relation = fields.relation
+    this.reason = fields.reason
+  }
+}
+
+const RELATION_IN_MESSAGE = /^could not obtain lock on (row in )?relation "(.*)"$/s
+const RELATION_IN_CONTEXT = /tuple \([0-9]+,[0-9]+\) in relation "([^"]*)"/
+
+/**
+ * Converts a 55P03 error of a lock helper's own statement into a {@link LockNotAvailableError};
+ * returns `undefined` for any other error (which the helper rethrows unchanged).
+ *
+ * `requested` is what the statement asked for: `'table'` (with the tables, used as `relation` when
+ * there is exactly one and PostgreSQL did not name it), `'row'` or `'advisory'`.
+ * @internal
+ */
+export function lockNotAvailableFrom(
+  error: unknown,
+  requested: { kind: 'table'; tables: readonly string[] } | { kind: 'row' } | { kind: 'advisory' },
+): LockNotAvailableError | undefined {
+  if (sqlState(error) !== '55P03') return undefined
+  const message = error instanceof Error ? error.message : ''
+  const where = typeof (error as { where?: unknown }).where === 'string' ? (error as { where: string }).where : ''
+  const named = RELATION_IN_MESSAGE.exec(message)
+  const reason: LockNotAvailableReason = named !== null || !message.includes('lock timeout') ? 'nowait' : 'lock_timeout'
+  let relation = named?.[2] ?? RELATION_IN_CONTEXT.exec(where)?.[1]
+  if (relation === undefined && requested.kind === 'table' && requested.tables.length === 1) relation = requested.tables[0]
+  const rowLock = requested.kind === 'row' || named?.[1] !== undefined
+  const what =
+    requested.kind === 'advisory'
+      ? 'an advisory lock'
+      : relation === undefined
+        ? rowLock
+          ? 'a row lock'
+          : 'a table lock'
+        : rowLock
+          ? `a row lock in relation "${relation}"`
+          : `a lock on relation "${relation}"`
+  const how =
+    reason === 'nowait'
+      ? `Could not obtain ${what} without waiting (NOWAIT): another transaction holds a conflicting lock.`
+      : `Gave up waiting for ${what} when lock_timeout expired: another transaction holds a conflicting lock.`
+  return new LockNotAvailableError(
+    `${how} The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.`,
+    { relation, reason, cause: error },
+  )
 }

@@ -11,6 +11,27 @@ export const STATEMENT_CHANNEL = 'pg-atomic:statement'
 /** Channel name for errors of robust `onCommit` hooks and of `onRollback` hooks. */
 export const HOOK_ERROR_CHANNEL = 'pg-atomic:hook-error'
 
+/** Channel name for automatic retries of a block (one event per retry, before its backoff). */
+export const RETRY_CHANNEL = 'pg-atomic:retry'
+
+/** Payload published on {@link RETRY_CHANNEL}. */
+export interface RetryEvent {
+  /** The attempt that failed (1 for the first). */
+  readonly attempt: number
+  /** Attempts allowed in all. */
+  readonly maxAttempts: number
+  /** SQLSTATE of the error that is retried (e.g. '40001'), if it has one. */
+  readonly code: string | undefined
+  /** The error of the failed attempt. */
+  readonly error: unknown
+  /** The backoff before the next attempt, in ms. */
+  readonly delayMs: number
+  /** Alias of the database. */
+  readonly database: string
+  /** The `name` option of the block. */
+  readonly name: string | undefined
+}
+
 /** Kind of control statement. */
 export type StatementKind = 'begin' | 'set-local' | 'savepoint' | 'release' | 'rollback-to' | 'commit' | 'rollback'
 
@@ -54,3 +75,5 @@ export interface HookErrorEvent {
 export const statementChannel = diagnostics_channel.channel(STATEMENT_CHANNEL)
 /** @internal */
 export const hookErrorChannel = diagnostics_channel.channel(HOOK_ERROR_CHANNEL)
+/** @internal */
+export const retryChannel = diagnostics_channel.channel(RETRY_CHANNEL)

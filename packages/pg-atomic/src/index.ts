@@ -16,13 +16,14 @@ export {
   ConnectionLostError,
   CommitOutcomeUnknownError,
   OnCommitHookError,
+  AcquireTimeoutError,
   isSerializationFailure,
   isDeadlock,
   isLockNotAvailable,
   isRetryable,
 } from './errors'
-export { ISOLATION_LEVELS } from './options'
-export type { AtomicLogger, AtomicOptions, DatabaseConfig, IsolationLevel, TransactionDefaults } from './options'
-export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL } from './events'
-export type { HookErrorEvent, StatementEvent, StatementKind } from './events'
+export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './options'
+export type { AtomicLogger, AtomicOptions, DatabaseConfig, IsolationLevel, RetryOptions, TransactionDefaults } from './options'
+export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
+export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'
 export type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'

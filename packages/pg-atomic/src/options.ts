@@ -63,10 +63,38 @@ export interface AtomicOptions extends TransactionDefaults {
   /** A label carried in diagnostics events and error messages. Default: none. */
   name?: string
   /**
-   * Reserved for automatic retry of serialization failures (a later release). Passing it today is
-   * an `InvalidOptionError`.
+   * Automatic retry of the whole block on serialization failures and deadlocks: a number of
+   * attempts, or a {@link RetryOptions} object. Outermost blocks only (PostgreSQL can only retry
+   * whole transactions): on a block that would be nested it is a `TransactionManagementError` at
+   * entry. Default: the database's `retry`, else no retry (1 attempt).
    */
-  retry?: never
+  retry?: number | RetryOptions
+}
+
+/** SQLSTATEs retried by default: serialization_failure and deadlock_detected. */
+export const DEFAULT_RETRY_CODES = ['40001', '40P01'] as const
+
+/** How `retry` retries. */
+export interface RetryOptions {
+  /** Attempts in all, the first included (≥ 1). Default: `3`. */
+  maxAttempts?: number
+  /** Backoff base in ms: attempt n waits a random time in [0, min(maxDelayMs, baseDelayMs·2^(n−1))] (full jitter). Default: `20`. */
+  baseDelayMs?: number
+  /** Longest wait between attempts, in ms. Default: `1000`. */
+  maxDelayMs?: number
+  /**
+   * Which errors are retried: SQLSTATE codes, or a predicate. Default: `['40001', '40P01']`.
+   * An ambiguous commit (`CommitOutcomeUnknownError`) is never retried, whatever this says.
+   */
+  retryOn?: readonly string[] | ((error: unknown) => boolean)
+}
+
+/** A validated retry policy. @internal */
+export interface RetryPolicy {
+  readonly maxAttempts: number
+  readonly baseDelayMs: number
+  readonly maxDelayMs: number
+  readonly retryOn: ((error: unknown) => boolean) | ReadonlySet<string>
 }
 
 /** A logger for errors the library reports without throwing (robust hooks, leaked connections). */
@@ -90,6 +118,20 @@ export interface DatabaseConfig
   logger?: AtomicLogger
   /** How long `db.close()` waits for running blocks, in milliseconds. Default: `10000`. */
   closeTimeoutMs?: number
+  /**
+   * Declare that connections go through a pooler in transaction mode (PgBouncer
+   * `pool_mode = transaction`): every session-level feature is refused (session advisory locks).
+   * pg-atomic itself uses only transaction-scoped settings either way. Default: `false`.
+   */
+  transactionPooling?: boolean
+  /** Default `retry` of every outermost block (see {@link AtomicOptions.retry}). Default: none. */
+  retry?: number | RetryOptions
+  /**
+   * How long a block (or a query outside blocks) waits for a pooled connection when the pool is
+   * exhausted before failing with `AcquireTimeoutError`, in ms. Default: none (pg's own
+   * `connectionTimeoutMillis`, if set, still applies).
+   */
+  acquireTimeoutMs?: number
 }
 
 /** Options after validation and merging with the database's defaults; frozen. @internal */
@@ -105,6 +147,8 @@ export interface ResolvedOptions {
   readonly statementTimeout: number | undefined
   readonly lockTimeout: number | undefined
   readonly idleInTransactionSessionTimeout: number | undefined
+  /** Only when the caller passed `retry`. */
+  readonly retry: RetryPolicy | undefined
 }
 
 const ALLOWED: Record<string, string> = {
@@ -120,6 +164,13 @@ const ALLOWED: Record<string, string> = {
   alias: 'a non-empty string',
   name: 'a string',
   closeTimeoutMs: 'a whole number of milliseconds of at least 0',
+  transactionPooling: 'true or false',
+  retry: 'a whole number of attempts of at least 1, or { maxAttempts, baseDelayMs, maxDelayMs, retryOn }',
+  'retry.maxAttempts': 'a whole number of at least 1',
+  'retry.baseDelayMs': 'a whole number of milliseconds of at least 0',
+  'retry.maxDelayMs': 'a whole number of milliseconds of at least 0',
+  'retry.retryOn': 'a list of 5-character SQLSTATE codes such as 40001, or a function (error) => boolean',
+  acquireTimeoutMs: 'a whole number of milliseconds of at least 1',
   logger: "an object with an error(message) method",
   pool: 'a pg.Pool (an object with connect() and query() methods)',
   max: 'a whole number of at least 1',
@@ -156,7 +207,12 @@ const atomicOptionsSchema = z.strictObject({
   durable: z.boolean().optional(),
   using: z.string().min(1).optional(),
   name: z.string().optional(),
-  retry: z.never().optional(),
+  retry: z.union([z.int().min(1), z.strictObject({
+    maxAttempts: z.int().min(1).optional(),
+    baseDelayMs: z.int().min(0).optional(),
+    maxDelayMs: z.int().min(0).optional(),
+    retryOn: z.union([z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(), z.custom<(error: unknown) => boolean>((v) => typeof v === 'function')]).optional(),
+  })]).optional(),
 })
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function')
@@ -170,6 +226,9 @@ const databaseConfigSchema = z.strictObject({
     .optional(),
   logger: z.custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function').optional(),
   closeTimeoutMs: z.int().min(0).optional(),
+  transactionPooling: z.boolean().optional(),
+  retry: atomicOptionsSchema.shape.retry,
+  acquireTimeoutMs: z.int().min(1).optional(),
   // node-postgres PoolConfig / ClientConfig fields, passed through to `new pg.Pool()`.
   connectionString: z.string().optional(),
   host: z.string().optional(),
@@ -215,16 +274,20 @@ const REFUSED_POOL_FIELDS: Record<string, string> = {
 }
 
 function describeIssue(subject: string, issue: z.core.$ZodIssue, accepted: readonly string[]): InvalidOptionError {
+  if (issue.code === 'unrecognized_keys' && issue.path.length > 0) {
+    const parent = issue.path.map(String).join('.')
+    const field = `${parent}.${issue.keys[0] ?? ''}`
+    return new InvalidOptionError(field, `Unknown option "${field}" for ${subject}: "${parent}" must be ${ALLOWED[parent] ?? 'valid'}.`)
+  }
   if (issue.code === 'unrecognized_keys') {
     const key = issue.keys[0] ?? ''
     const refused = REFUSED_POOL_FIELDS[key]
     if (refused !== undefined) return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
     return new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
   }
-  const field = issue.path.map(String).join('.') || 'options'
-  if (field === 'retry') {
-    return new InvalidOptionError('retry', `Option "retry" of ${subject} is reserved for automatic retry of serialization failures and is not supported yet; retry the whole atomic() call yourself.`)
-  }
+  // The most specific documented field: 'retry.retryOn.0' is reported as 'retry.retryOn'.
+  let field = issue.path.map(String).join('.') || 'options'
+  while (ALLOWED[field] === undefined && field.includes('.')) field = field.slice(0, field.lastIndexOf('.'))
   const allowed = ALLOWED[field]
   const expectation = allowed ?? (issue.code === 'invalid_type' ? `of type ${issue.expected}` : 'valid')
   return new InvalidOptionError(field, `Invalid option "${field}" for ${subject}: it must be ${expectation}.`)
@@ -237,7 +300,7 @@ function parse<S extends z.ZodObject>(schema: S, input: unknown, subject: string
   const result = schema.safeParse(input)
   if (!result.success) {
     const first = result.error.issues[0]
-    throw first ? describeIssue(subject, first, Object.keys(schema.shape).filter((k) => k !== 'retry')) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
+    throw first ? describeIssue(subject, first, Object.keys(schema.shape)) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
   }
   return result.data
 }
@@ -254,7 +317,21 @@ export const DEFAULT_OPTIONS: ResolvedOptions = Object.freeze({
   statementTimeout: undefined,
   lockTimeout: undefined,
   idleInTransactionSessionTimeout: undefined,
+  retry: undefined,
 })
+
+/** Validated retry policy from the `retry` option value. @internal */
+export function resolveRetry(input: number | RetryOptions | undefined): RetryPolicy | undefined {
+  if (input === undefined) return undefined
+  const o: RetryOptions = typeof input === 'number' ? { maxAttempts: input } : input
+  const retryOn = o.retryOn ?? DEFAULT_RETRY_CODES
+  return Object.freeze({
+    maxAttempts: o.maxAttempts ?? 3,
+    baseDelayMs: o.baseDelayMs ?? 20,
+    maxDelayMs: o.maxDelayMs ?? 1000,
+    retryOn: typeof retryOn === 'function' ? retryOn : new Set(retryOn),
+  })
+}
 
 const frozenCache = new WeakMap<object, ResolvedOptions>()
 
@@ -279,6 +356,7 @@ export function resolveAtomicOptions(input: AtomicOptions | undefined): Resolved
     statementTimeout: o.statementTimeout,
     lockTimeout: o.lockTimeout,
     idleInTransactionSessionTimeout: o.idleInTransactionSessionTimeout,
+    retry: resolveRetry(o.retry as number | RetryOptions | undefined),
   })
   frozenCache.set(resolved, resolved)
   if (Object.isFrozen(input)) frozenCache.set(input, resolved)
@@ -293,6 +371,9 @@ export interface ResolvedDatabaseConfig {
   readonly defaults: Readonly<TransactionDefaults>
   readonly logger: AtomicLogger
   readonly closeTimeoutMs: number
+  readonly transactionPooling: boolean
+  readonly retry: RetryPolicy | undefined
+  readonly acquireTimeoutMs: number | undefined
 }
 
 /** Validates `createDatabase()` configuration. @internal */
@@ -303,6 +384,9 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     pool,
     logger,
     closeTimeoutMs,
+    transactionPooling,
+    retry,
+    acquireTimeoutMs,
     isolationLevel,
     readOnly,
     deferrable,
@@ -332,6 +416,9 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     defaults: Object.freeze(defaults),
     logger: logger ?? console,
     closeTimeoutMs: closeTimeoutMs ?? 10_000,
+    transactionPooling: transactionPooling ?? false,
+    retry: resolveRetry(retry as number | RetryOptions | undefined),
+    acquireTimeoutMs,
   })
 }
 

@@ -80,8 +80,12 @@ const invalidAtomicOptions: Array<[string, Record<string, unknown>, string, RegE
   ['using: ""', { using: '' }, 'using', /non-empty string naming a registered database/],
   ['using: 42', { using: 42 }, 'using', /non-empty string naming a registered database/],
   ['name: 42', { name: 42 }, 'name', /a string/],
-  ['retry: 3', { retry: 3 }, 'retry', /reserved for automatic retry/],
-  ['retry: true', { retry: true }, 'retry', /reserved for automatic retry/],
+  ['retry: 0', { retry: 0 }, 'retry', /a whole number of attempts of at least 1, or \{ maxAttempts, baseDelayMs, maxDelayMs, retryOn \}/],
+  ['retry: true', { retry: true }, 'retry', /a whole number of attempts of at least 1/],
+  ['retry: 1.5', { retry: 1.5 }, 'retry', /a whole number of attempts of at least 1/],
+  ['retry: { attempts: 3 }', { retry: { attempts: 3 } }, 'retry.attempts', /^Unknown option "retry.attempts" for .*: "retry" must be a whole number of attempts of at least 1/],
+  ['retry: { retryOn: ["serialization"] }', { retry: { retryOn: ['serialization'] } }, 'retry.retryOn', /a list of 5-character SQLSTATE codes such as 40001, or a function/],
+  ['retry: { maxDelayMs: -1 }', { retry: { maxDelayMs: -1 } }, 'retry.maxDelayMs', /a whole number of milliseconds of at least 0/],
 ]
 for (const option of ['statementTimeout', 'lockTimeout', 'idleInTransactionSessionTimeout']) {
   for (const [label, value] of [['-1', -1], ['1.5', 1.5], ['"100"', '100'], ['2**31', 2 ** 31], ['NaN', NaN], ['Infinity', Infinity]] as const) {
@@ -373,7 +377,7 @@ describe('@Atomic() options', () => {
     [{ isolationLevel: 'snapshot' }, 'isolationLevel', LEVELS],
     [{ lockTimeout: -1 }, 'lockTimeout', MILLISECONDS],
     [{ durable: 'yes' }, 'durable', BOOLEAN],
-    [{ retry: 3 }, 'retry', /reserved/],
+    [{ retry: 0 }, 'retry', /a whole number of attempts of at least 1/],
   ])('@Atomic(%j) throws when the class is defined', (options, field, allowed) => {
     const error = thrown(() => {
       class Service {

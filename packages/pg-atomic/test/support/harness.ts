@@ -57,6 +57,11 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
   const pool = new pg.Pool({ connectionString: testDb.url, max: max ?? 5, Client: RecordingClient as unknown as typeof pg.Client })
   const db = createDatabase({ ...config, pool })
   const admin = new pg.Pool({ connectionString: testDb.url, max: 3 })
+  // pool.end() resolves before its sockets are closed; DROP DATABASE ... WITH (FORCE) may then
+  // terminate one (57P01), which pg-pool re-emits as 'error' on the pool. Tests that expect
+  // connection errors observe them through the library, not through these listeners.
+  const poolErrors: Error[] = []
+  for (const p of [pool, admin]) p.on('error', (error) => poolErrors.push(error))
   return {
     testDb,
     db,
