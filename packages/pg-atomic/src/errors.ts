@@ -127,6 +127,24 @@ export function isLockNotAvailable(error: unknown): boolean {
 }
 
 /**
+ * `true` for SQLSTATE 57014 (query_canceled) caused by `statement_timeout` (the `statementTimeout`
+ * option); `false` for a cancel by `pg_cancel_backend`, which has the same code.
+ */
+export function isStatementTimeout(error: unknown): boolean {
+  return sqlState(error) === '57014' && error instanceof Error && error.message.includes('statement timeout')
+}
+
+/**
+ * `true` when the server ended the session because it sat idle in a transaction longer than
+ * `idleInTransactionSessionTimeout` (SQLSTATE 25P03): the error itself, or the
+ * `ConnectionLostError` pg-atomic raised for it (whose `cause` has that code).
+ */
+export function isIdleInTransactionTimeout(error: unknown): boolean {
+  if (sqlState(error) === '25P03') return true
+  return error instanceof ConnectionLostError && sqlState(error.cause) === '25P03'
+}
+
+/**
  * `true` when retrying the whole transaction may succeed: serialization failures (40001) and
  * deadlocks (40P01). Never true for an ambiguous commit.
  */
@@ -210,7 +228,7 @@ export function lockNotAvailableFrom(
   error: unknown,
   requested: { kind: 'table'; tables: readonly string[] } | { kind: 'row' } | { kind: 'advisory' },
 ): LockNotAvailableError | undefined {
-  if (sqlState(error) !== '55P03') return undefined
+  if (error instanceof AtomicError || sqlState(error) !== '55P03') return undefined
   const message = error instanceof Error ? error.message : ''
   const where = typeof (error as { where?: unknown }).where === 'string' ? (error as { where: string }).where : ''
   const named = RELATION_IN_MESSAGE.exec(message)

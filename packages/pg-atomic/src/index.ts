@@ -21,9 +21,20 @@ export {
   isDeadlock,
   isLockNotAvailable,
   isRetryable,
+  isStatementTimeout,
+  isIdleInTransactionTimeout,
 } from './errors'
 export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './options'
 export type { AtomicLogger, AtomicOptions, DatabaseConfig, IsolationLevel, RetryOptions, TransactionDefaults } from './options'
 export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
 export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'
 export type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'
+// ---- Locks: table, row and advisory locks (issue 4) ----
+export { LockNotAvailableError } from './errors'
+export type { LockNotAvailableReason } from './errors'
+export { lockTable, lockTableStatement, resolveTableLock } from './locks/table'
+export type { LockTableOptions, ResolvedTableLock, TableLockInput, TableLockOptions } from './locks/table'
+export { ROW_LOCK_STRENGTHS, forUpdate, selectForUpdate } from './locks/rows'
+export type { ForUpdateOptions, RowLockStrength, SelectForUpdateOptions } from './locks/rows'
+export { ADVISORY_KEY_NAMESPACE, ADVISORY_KEY_SQL, advisoryKey, advisoryLock, withAdvisoryLock } from './locks/advisory'
+export type { AdvisoryLockContext, AdvisoryLockKey, AdvisoryLockOptions, ResolvedAdvisoryKey, WithAdvisoryLockOptions } from './locks/advisory'

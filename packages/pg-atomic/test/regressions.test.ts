@@ -1,7 +1,7 @@
 /**
  * Regression tests for defects found in review: each test is named after what it pins.
  */
-import { ConnectionLostError, TransactionManagementError, atomic, createDatabase } from 'pg-atomic'
+import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, isIdleInTransactionTimeout, isStatementTimeout } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 
@@ -85,4 +85,25 @@ test('createDatabase accepts a bare connection string (registered under the defa
   }
   expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'alias' })
   expect((error as Error).message).toBe("A database is already registered under the alias 'default': close it first (db.close()), or choose another alias.")
+})
+
+describe('timeout predicates', () => {
+  test('isStatementTimeout is true for statement_timeout and false for pg_cancel_backend', async () => {
+    const timeout = await rejection(atomic({ statementTimeout: 50 }, () => h.db.query('select pg_sleep(2)')))
+    expect(timeout).toMatchObject({ code: '57014', message: 'canceling statement due to statement timeout' })
+    expect(isStatementTimeout(timeout)).toBe(true)
+    const canceled = Object.assign(new Error('canceling statement due to user request'), { code: '57014' })
+    expect(isStatementTimeout(canceled)).toBe(false)
+  })
+
+  test('isIdleInTransactionTimeout recognises the ConnectionLostError of a 25P03', async () => {
+    const error = await rejection(atomic({ idleInTransactionSessionTimeout: 100 }, async () => {
+      await h.db.query('select 1')
+      await new Promise((resolve) => setTimeout(resolve, 600))
+    }))
+    expect(error).toBeInstanceOf(ConnectionLostError)
+    expect((error as Error).cause).toMatchObject({ code: '25P03' })
+    expect(isIdleInTransactionTimeout(error)).toBe(true)
+    expect(isIdleInTransactionTimeout(new ConnectionLostError('x', { cause: new Error('other') }))).toBe(false)
+  })
 })
