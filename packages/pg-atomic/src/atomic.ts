@@ -33,6 +33,7 @@ import {
   OnCommitHookError,
   TransactionManagementError,
   isConnectionLoss,
+  lockNotAvailableFrom,
 } from './errors'
 import { hookErrorChannel, retryChannel, statementChannel } from './events'
 import type { StatementKind } from './events'
@@ -847,6 +848,15 @@ export class Block implements TransactionHandle {
     let threw = false
     let thrown: unknown
     try {
+      const lock = this.options.lock
+      if (lock !== undefined) {
+        // The block's table lock comes first; a conflict fails the block before its body runs.
+        try {
+          await this.run(lock.statement, undefined)
+        } catch (error) {
+          throw lockNotAvailableFrom(error, { kind: 'table', tables: lock.tables }) ?? error
+        }
+      }
       result = await storage.run({ block: this, outer }, fn, this)
     } catch (error) {
       threw = true

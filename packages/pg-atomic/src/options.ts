@@ -7,6 +7,8 @@
 import { z } from 'zod'
 import type { Pool, PoolConfig } from 'pg'
 import { InvalidOptionError } from './errors'
+import { resolveTableLock } from './locks/table'
+import type { ResolvedTableLock, TableLockInput } from './locks/table'
 
 /** Isolation levels accepted by `atomic()` and `createDatabase()` (PostgreSQL's words, lower case). */
 export const ISOLATION_LEVELS = ['read committed', 'repeatable read', 'serializable', 'read uncommitted'] as const
@@ -69,6 +71,14 @@ export interface AtomicOptions extends TransactionDefaults {
    * entry. Default: the database's `retry`, else no retry (1 attempt).
    */
   retry?: number | RetryOptions
+  /**
+   * A table lock taken when the block starts (`LOCK TABLE ... IN <mode> MODE [NOWAIT]`, with an
+   * optional `timeout` in ms): `{ tables, mode, nowait?, timeout? }`, validated like `lockTable()`.
+   * The lock lasts until the transaction ends (or until this block's savepoint is rolled back).
+   * A conflict with `nowait` or `timeout` rejects the block with `LockNotAvailableError` before the
+   * body runs. Default: none.
+   */
+  lock?: TableLockInput
 }
 
 /** SQLSTATEs retried by default: serialization_failure and deadlock_detected. */
@@ -149,6 +159,8 @@ export interface ResolvedOptions {
   readonly idleInTransactionSessionTimeout: number | undefined
   /** Only when the caller passed `retry`. */
   readonly retry: RetryPolicy | undefined
+  /** The validated `lock` option. */
+  readonly lock: ResolvedTableLock | undefined
 }
 
 const ALLOWED: Record<string, string> = {
@@ -171,6 +183,7 @@ const ALLOWED: Record<string, string> = {
   'retry.maxDelayMs': 'a whole number of milliseconds of at least 0',
   'retry.retryOn': 'a list of 5-character SQLSTATE codes such as 40001, or a function (error) => boolean',
   acquireTimeoutMs: 'a whole number of milliseconds of at least 1',
+  lock: "an object { tables, mode, nowait?, timeout? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }",
   logger: "an object with an error(message) method",
   pool: 'a pg.Pool (an object with connect() and query() methods)',
   max: 'a whole number of at least 1',
@@ -207,6 +220,7 @@ const atomicOptionsSchema = z.strictObject({
   durable: z.boolean().optional(),
   using: z.string().min(1).optional(),
   name: z.string().optional(),
+  lock: z.custom<TableLockInput>((v) => typeof v === 'object' && v !== null && !Array.isArray(v)).optional(),
   retry: z.union([z.int().min(1), z.strictObject({
     maxAttempts: z.int().min(1).optional(),
     baseDelayMs: z.int().min(0).optional(),
@@ -318,6 +332,7 @@ export const DEFAULT_OPTIONS: ResolvedOptions = Object.freeze({
   lockTimeout: undefined,
   idleInTransactionSessionTimeout: undefined,
   retry: undefined,
+  lock: undefined,
 })
 
 /** Validated retry policy from the `retry` option value. @internal */
@@ -357,6 +372,7 @@ export function resolveAtomicOptions(input: AtomicOptions | undefined): Resolved
     lockTimeout: o.lockTimeout,
     idleInTransactionSessionTimeout: o.idleInTransactionSessionTimeout,
     retry: resolveRetry(o.retry as number | RetryOptions | undefined),
+    lock: o.lock === undefined ? undefined : resolveTableLock(o.lock, 'lock'),
   })
   frozenCache.set(resolved, resolved)
   if (Object.isFrozen(input)) frozenCache.set(input, resolved)
