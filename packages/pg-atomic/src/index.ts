@@ -38,3 +38,22 @@ export { ROW_LOCK_STRENGTHS, forUpdate, selectForUpdate } from './locks/rows'
 export type { ForUpdateOptions, RowLockStrength, SelectForUpdateOptions } from './locks/rows'
 export { ADVISORY_KEY_NAMESPACE, ADVISORY_KEY_SQL, advisoryKey, advisoryLock, withAdvisoryLock } from './locks/advisory'
 export type { AdvisoryLockContext, AdvisoryLockKey, AdvisoryLockOptions, ResolvedAdvisoryKey, WithAdvisoryLockOptions } from './locks/advisory'
+// ---- Lock insight: locksHeld, lockWaits, idleInTransaction, explainLocks (issue 4 §4) ----
+export { describeAdvisoryKey, explainLocks, idleInTransaction, lockWaits, locksHeld } from './locks/insight'
+export { LOCK_CONFLICT_MATRIX, LOCK_MODES, LOCK_TAKEN_BY, PG_LOCK_MODE_NAMES, blockedStatements, conflictingModes, conflicts, parseLockMode } from './locks/modes'
+export type { LockMode } from './locks/modes'
+export type {
+  AdvisoryLockKeyInPgLocks,
+  ExplainLocksOptions,
+  ExplainedLock,
+  IdleInTransactionOptions,
+  IdleSession,
+  InsightOptions,
+  LockInfo,
+  LockReport,
+  LockWaitNode,
+  LockWaitsOptions,
+  RelationRef,
+  RowLockInfo,
+  RowLocksReport,
+} from './locks/insight'

@@ -49,6 +49,10 @@ test('a block that finishes normally after its connection was lost rejects with 
     const pid = (await tx.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid
     await h.admin.query('select pg_terminate_backend($1)', [pid])
     await waitFor(async () => (await h.column('select count(*)::int from pg_stat_activity where pid = $1', [pid]))[0] === 0, 'the backend to exit')
+    // The client learns of the loss when it reads the socket; a COMMIT sent before that is, from
+    // its point of view, in flight when the connection dies (CommitOutcomeUnknownError). Let the
+    // event loop deliver the FATAL first, so this test pins the "lost before COMMIT" path.
+    await new Promise((resolve) => setTimeout(resolve, 100))
   }))
   expect(error).toBeInstanceOf(ConnectionLostError)
   expect((error as Error).cause).toBeDefined()
