@@ -735,10 +735,12 @@ export class Block implements TransactionHandle {
         if (late !== undefined) throw late
       }
       tx.busy = true
-      if (tx.needsPrepare()) await tx.prepare()
       try {
+        if (tx.needsPrepare()) await tx.prepare()
         return await (tx.client as PoolClient).query<R>(config)
       } catch (error) {
+        // Whatever failed (the checkout, a control statement, or the statement itself), the
+        // statement did not run: the block must not commit as if it had (no silent loss).
         tx.statementFailed(error)
         throw error
       }
@@ -765,7 +767,12 @@ export class Block implements TransactionHandle {
       const late = tx.unusableError(this)
       if (late !== undefined) throw late
       tx.busy = true
-      await tx.prepare()
+      try {
+        await tx.prepare()
+      } catch (error) {
+        tx.statementFailed(error)
+        throw error
+      }
       cursor = (tx.client as PoolClient).query(new Cursor<R>(text, values as unknown[] | undefined))
       tx.cursor = { cursor, block: this }
     } finally {

@@ -111,3 +111,43 @@ describe('timeout predicates', () => {
     expect(isIdleInTransactionTimeout(new ConnectionLostError('x', { cause: new Error('other') }))).toBe(false)
   })
 })
+
+test('a swallowed checkout failure (AcquireTimeoutError) dooms the block: it rejects, and its onCommit hooks never run', async () => {
+  const db = createDatabase({ connectionString: h.testDb.url, alias: 'acquire_swallowed', max: 1, acquireTimeoutMs: 100 })
+  let release!: () => void
+  const holding = new Promise<void>((resolve) => {
+    release = resolve
+  })
+  let started!: () => void
+  const holderStarted = new Promise<void>((resolve) => {
+    started = resolve
+  })
+  try {
+    const holder = db.atomic(async (tx) => {
+      await tx.query('select 1')
+      started()
+      await holding
+    })
+    await holderStarted
+    const hooks: string[] = []
+    const error = await rejection(db.atomic(async (tx) => {
+      tx.onCommit(() => {
+        hooks.push('commit')
+      })
+      try {
+        await tx.query('insert into t values (9)')
+      } catch (e) {
+        expect(e).toMatchObject({ name: 'AcquireTimeoutError', poolSize: 1, heldByBlocks: 1 })
+      }
+    }))
+    expect(error).toBeInstanceOf(TransactionManagementError)
+    expect((error as Error).cause).toMatchObject({ name: 'AcquireTimeoutError' })
+    expect(hooks).toEqual([])
+    release()
+    await holder
+  } finally {
+    release()
+    await db.close()
+  }
+  expect(await h.column('select count(*)::int from t')).toEqual([0])
+})
