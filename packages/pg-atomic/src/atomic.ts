@@ -63,8 +63,8 @@ export interface DatabaseCore {
   readonly logger: AtomicLogger
   /** Checks out a connection with an `'error'` listener attached by the caller. */
   connect(): Promise<PoolClient>
-  /** Ends backend `pid` from a separate session (frees its locks even while it waits on one). */
-  terminateBackend(pid: number): Promise<void>
+  /** Sends a protocol cancel request for the statement `client` is running, if any (bounded in time). */
+  cancelStatement(client: PoolClient): Promise<void>
   /** Refuses new outermost blocks (closing/closed database) by throwing. */
   assertOpen(): void
   transactionStarted(tx: Transaction): void
@@ -159,8 +159,28 @@ export class Transaction {
   mustFlush = false
   private flushScheduled = false
   private flushing: Promise<void> | undefined = undefined
-  /** An operation is using the connection. */
-  busy = false
+  private inFlight = false
+  /** A connection error reported while a statement was in flight: applied after that statement settled. */
+  private deferredClientError: { error: unknown } | undefined = undefined
+
+  /**
+   * An operation is using the connection. While it is, a connection error reported by the client's
+   * 'error' event is held back until the operation settles, so the operation's own error (which
+   * says what happened to it) is the one recorded as the cause; pg can emit the event first when
+   * both arrive in one socket read (seen through PgBouncer).
+   */
+  get busy(): boolean {
+    return this.inFlight
+  }
+
+  set busy(value: boolean) {
+    this.inFlight = value
+    if (!value && this.deferredClientError !== undefined) {
+      const { error } = this.deferredClientError
+      this.deferredClientError = undefined
+      this.markLost(error)
+    }
+  }
   /** Django's `needs_rollback`. */
   needsRollback = false
   /** The doom came from an error (reported at exit), not from setRollback(true) (silent). */
@@ -199,7 +219,8 @@ export class Transaction {
 
   /** Listener attached to the client for the whole checkout: pg-pool removes its own. */
   readonly onClientError = (error: unknown): void => {
-    this.markLost(error)
+    if (this.inFlight) this.deferredClientError ??= { error }
+    else this.markLost(error)
   }
 
   markLost(error: unknown): void {
@@ -268,16 +289,21 @@ export class Transaction {
 
   /**
    * Aborts the transaction from outside (db.close() at its deadline): it is marked lost, a pending
-   * checkout gives up, the backend is terminated so its locks are freed at once, and the connection
-   * is destroyed. The block's caller gets ConnectionLostError with `reason` as cause.
+   * checkout gives up, a running statement is cancelled and the connection destroyed, so the
+   * session ends and its locks are freed at once. The block's caller gets ConnectionLostError with `reason` as cause.
    */
+  /** db.close() aborted the transaction at its deadline. */
+  aborted = false
+
   async abort(reason: AtomicError): Promise<void> {
+    this.aborted = true
     this.markLost(reason)
     this.abortCheckout?.(lostError(reason))
     const client = this.client
     if (client === undefined) return
-    const pid = (client as PoolClient & { processID?: number }).processID
-    if (typeof pid === 'number') await this.db.terminateBackend(pid)
+    // A cancel request stops a running or waiting statement (PgBouncer routes it to the right
+    // server); destroying the socket then ends the session, which rolls back and frees the locks.
+    await this.db.cancelStatement(client)
     this.releaseClient(reason)
   }
 
@@ -954,8 +980,9 @@ export class Block implements TransactionHandle {
       if (tx.lost) {
         tx.releaseClient(tx.lostError)
         await tx.runRollbackHooks()
-        // The callback's own error (unrelated to the connection) is rethrown unchanged, as always.
-        if (threw && !isConnectionLoss(thrown)) throw thrown
+        // The callback's own error (unrelated to the connection) is rethrown unchanged, as always,
+        // unless db.close() aborted the transaction: then every error inside is a consequence.
+        if (threw && !isConnectionLoss(thrown) && !tx.aborted) throw thrown
         throw lostError(tx.lostError)
       }
       if (!threw && !tx.needsRollback && !tx.fatal) {

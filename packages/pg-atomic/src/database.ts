@@ -154,21 +154,36 @@ export class DatabaseImpl implements Database, DatabaseCore {
     )
   }
 
-  async terminateBackend(pid: number): Promise<void> {
+  /**
+   * Sends a protocol cancel request for the statement `client` is running, from a short-lived
+   * connection, and waits (at most 2 s) for the server to take it. Works through PgBouncer, which
+   * maps the key to the right server, and needs no privilege (unlike pg_terminate_backend).
+   */
+  async cancelStatement(client: PoolClient): Promise<void> {
+    const target = client as PoolClient & { activeQuery?: unknown; processID?: number; secretKey?: number }
+    if (target.activeQuery === undefined || target.activeQuery === null || typeof target.processID !== 'number') return
     const pool = this.realPool as Pool & { Client: typeof pg.Client }
-    const client = new pool.Client({ ...pool.options, connectionTimeoutMillis: pool.options.connectionTimeoutMillis || 5000 })
-    client.on('error', onCheckedOutClientError)
-    try {
-      await client.connect()
-      await client.query('SELECT pg_terminate_backend($1)', [pid])
-    } catch (error) {
-      this.logger.error(
-        `Could not terminate backend ${pid} of database '${this.alias}' while closing; its connection is destroyed and the server will roll it back when it notices (${error instanceof Error ? error.message : String(error)}).`,
-        error,
-      )
-    } finally {
-      await client.end()
+    const canceler = new pool.Client(pool.options) as pg.Client & {
+      connection: EventEmitter & { connect(port: number | string, host?: string): void; cancel(pid: number, key: number): void; stream: { destroy(): void } }
+      host: string
+      port: number
     }
+    const con = canceler.connection
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, 2000)
+      function done(): void {
+        clearTimeout(timer)
+        con.removeAllListeners('connect')
+        con.stream.destroy()
+        resolve()
+      }
+      // The server answers a cancel request by closing the connection.
+      con.once('end', done)
+      con.on('error', done)
+      con.once('connect', () => con.cancel(target.processID as number, target.secretKey as number))
+      if (canceler.host.startsWith('/')) con.connect(`${canceler.host}/.s.PGSQL.${canceler.port}`)
+      else con.connect(canceler.port, canceler.host)
+    })
   }
 
   assertOpen(): void {

@@ -7,7 +7,7 @@ import vm from 'node:vm'
 import type pg from 'pg'
 import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, onCommit, onRollback } from 'pg-atomic'
 import type { TransactionHandle } from 'pg-atomic'
-import { rejection, setupHarness } from './support/harness'
+import { rejection, setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
 
 /**
@@ -123,7 +123,8 @@ describe('lazy checkout', () => {
     expect(await h.column('select x from t')).toEqual([1])
   })
 
-  test('outside a block db.query checks out a connection per statement and runs it in autocommit', async () => {
+  // Not through PgBouncer: compares pg's processID (there the bouncer's cancel key) with pg_backend_pid().
+  testDirect('outside a block db.query checks out a connection per statement and runs it in autocommit', async () => {
     const pid = await pidOf((text) => h.db.query(text))
     h.reset()
     await insert(1)
@@ -134,7 +135,8 @@ describe('lazy checkout', () => {
     expect(await nextIdleConnection()).toEqual({ pid, status: 'I' })
   })
 
-  test('a failing statement outside a block rejects with the untouched pg error and the connection is reused', async () => {
+  // Not through PgBouncer: compares pg's processID (there the bouncer's cancel key) with pg_backend_pid().
+  testDirect('a failing statement outside a block rejects with the untouched pg error and the connection is reused', async () => {
     const pid = await pidOf((text) => h.db.query(text))
     const error = await rejection(h.db.query('select 1/0'))
     expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
@@ -173,7 +175,8 @@ describe('the connection goes back to the pool idle', () => {
     })],
   ]
 
-  test.each(endings)('after %s: same connection, transaction status I', async (_label, run) => {
+  // Not through PgBouncer: compares pg's processID (there the bouncer's cancel key) with pg_backend_pid().
+  testDirect.each(endings)('after %s: same connection, transaction status I', async (_label, run) => {
     let pid: number | undefined
     await run((p) => {
       pid = p
@@ -351,7 +354,8 @@ describe('crash test: the backend of an open block is terminated', () => {
     expect(uncaught).not.toHaveBeenCalled()
   })
 
-  test('lost inside a nested block: both blocks reject with ConnectionLostError and every onRollback hook runs', async () => {
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
+  testDirect('lost inside a nested block: both blocks reject with ConnectionLostError and every onRollback hook runs', async () => {
     const checkout = nextCheckout()
     const calls: string[] = []
     let nestedError: unknown
@@ -402,7 +406,8 @@ describe('crash test: the backend of an open block is terminated', () => {
     expect(await h.column('select x from t')).toEqual([3])
   })
 
-  test('a block whose body returns normally after its backend was terminated rejects with ConnectionLostError, no COMMIT sent', async () => {
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
+  testDirect('a block whose body returns normally after its backend was terminated rejects with ConnectionLostError, no COMMIT sent', async () => {
     const checkout = nextCheckout()
     const error = await rejection(atomic(async () => {
       await insert(1)
@@ -420,7 +425,8 @@ describe('crash test: the backend of an open block is terminated', () => {
 })
 
 describe('lost connections outside a block', () => {
-  test('a statement outside a block whose backend is terminated rejects with the pg error; the connection is destroyed', async () => {
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
+  testDirect('a statement outside a block whose backend is terminated rejects with the pg error; the connection is destroyed', async () => {
     const checkout = nextCheckout()
     const sleeping = h.db.query('select pg_sleep(10)')
     const client = await checkout
@@ -437,7 +443,9 @@ describe('lost connections outside a block', () => {
     expect(uncaught).not.toHaveBeenCalled()
   })
 
-  test('an idle connection of a pool pg-atomic created that dies is removed and logged, without crashing', async () => {
+  // Not through PgBouncer: a server connection dying while no client uses it is replaced by the
+  // bouncer; pg's client never notices, so there is nothing for pg-atomic to remove or log.
+  testDirect('an idle connection of a pool pg-atomic created that dies is removed and logged, without crashing', async () => {
     const owned = createDatabase({
       connectionString: h.testDb.url,
       alias: 'connection_owned',

@@ -6,9 +6,17 @@ export interface TestDatabase {
   /**
    * Connection URL for the new database. It carries an `application_name`
    * unique to this database, so every session opened with it can be found in
-   * `pg_stat_activity`.
+   * `pg_stat_activity`. When `PG_ATOMIC_TEST_POOLER_URL` is set (CI's PgBouncer
+   * run), it points at the pooler: same database name and `application_name`,
+   * the pooler's host, port and credentials.
    */
   url: string;
+  /**
+   * The same database reached directly (never through a pooler), with the same
+   * `application_name`: for setup and verification sessions that must not
+   * share the pooler's server connections. Equal to `url` without a pooler.
+   */
+  directUrl: string;
   /** The database name, `pga_<label>_<hex>`. */
   name: string;
   /** The `application_name` set in {@link TestDatabase.url}. */
@@ -40,6 +48,28 @@ export function adminUrl(): string {
   return url;
 }
 
+/** Environment variable naming a transaction-mode pooler (PgBouncer) in front of the test server. */
+export const POOLER_URL_ENV = 'PG_ATOMIC_TEST_POOLER_URL';
+
+/**
+ * The pooler URL when the tests run through a transaction-mode pooler
+ * (`PG_ATOMIC_TEST_POOLER_URL`, e.g. `postgres://postgres@127.0.0.1:6432`;
+ * its path is ignored: every test database is reached through it by name).
+ *
+ * @returns the URL, or `undefined` when tests connect directly.
+ */
+export function poolerUrl(): string | undefined {
+  return process.env[POOLER_URL_ENV] || undefined;
+}
+
+/** Builds the URL of database `name` on the server (or pooler) of `base`. */
+function databaseUrl(base: string, name: string, applicationName: string): string {
+  const url = new URL(base);
+  url.pathname = `/${encodeURIComponent(name)}`;
+  url.searchParams.set('application_name', applicationName);
+  return url.toString();
+}
+
 /**
  * Creates a fresh, empty database `pga_<label>_<random hex>`.
  *
@@ -60,9 +90,10 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
 
   await withAdmin(admin, (client) => client.query(`CREATE DATABASE ${escapeIdentifier(name)}`));
 
-  const url = new URL(admin);
-  url.pathname = `/${encodeURIComponent(name)}`;
-  url.searchParams.set('application_name', applicationName);
+  // CREATE/DROP DATABASE always go to the server directly; only `url` goes through the pooler.
+  const directUrl = databaseUrl(admin, name, applicationName);
+  const pooler = poolerUrl();
+  const url = pooler === undefined ? directUrl : databaseUrl(pooler, name, applicationName);
 
   let dropped = false;
   const drop = async (): Promise<void> => {
@@ -84,7 +115,7 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
     dropped = true;
   };
 
-  return { url: url.toString(), name, applicationName, drop };
+  return { url, directUrl, name, applicationName, drop };
 }
 
 /**

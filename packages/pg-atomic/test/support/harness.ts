@@ -1,7 +1,7 @@
 import pg from 'pg'
 import { createDatabase } from 'pg-atomic'
 import type { Database, DatabaseConfig } from 'pg-atomic'
-import { assertPoolIdle, createTestDatabase } from './database'
+import { assertPoolIdle, createTestDatabase, poolerUrl } from './database'
 import type { TestDatabase } from './database'
 
 /**
@@ -15,7 +15,7 @@ export interface Harness {
   readonly db: Database
   /** The underlying recorded pool. */
   readonly pool: pg.Pool
-  /** A plain pool for setup and verification (not recorded). */
+  /** A plain pool for setup and verification (not recorded; always a direct connection, never through a pooler). */
   readonly admin: pg.Pool
   /** Statement texts sent through the recorded pool since the last `reset()`, in order. */
   readonly statements: string[]
@@ -55,8 +55,10 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
   }
   const { max, ...config } = options
   const pool = new pg.Pool({ connectionString: testDb.url, max: max ?? 5, Client: RecordingClient as unknown as typeof pg.Client })
-  const db = createDatabase({ ...config, pool })
-  const admin = new pg.Pool({ connectionString: testDb.url, max: 3 })
+  // Through a transaction-mode pooler (PG_ATOMIC_TEST_POOLER_URL), databases declare it by default,
+  // so session-level features are refused as they would be in production.
+  const db = createDatabase({ ...(poolerUrl() === undefined ? {} : { transactionPooling: true }), ...config, pool })
+  const admin = new pg.Pool({ connectionString: testDb.directUrl, max: 3 })
   // pool.end() resolves before its sockets are closed; DROP DATABASE ... WITH (FORCE) may then
   // terminate one (57P01), which pg-pool re-emits as 'error' on the pool. Tests that expect
   // connection errors observe them through the library, not through these listeners.
@@ -92,6 +94,20 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
     },
   }
 }
+
+/**
+ * `true` in CI's PgBouncer run (`PG_ATOMIC_TEST_POOLER_URL` set): the recorded pool and `db` reach
+ * PostgreSQL through a transaction-mode pooler, while `admin` stays direct.
+ */
+export const THROUGH_POOLER = poolerUrl() !== undefined
+
+/**
+ * `test` for a test that cannot work through a transaction-mode pooler by design (it identifies a
+ * server backend by pg's `processID`, which through PgBouncer is the bouncer's cancel key, or it
+ * needs the client to notice an idle server connection dying, which PgBouncer hides). Skipped in
+ * the pooler run only; every use says why in a comment.
+ */
+export const testDirect: typeof test = THROUGH_POOLER ? test.skip : test
 
 /** Captures what `fn` rejects with (fails the test if it resolves). */
 export async function rejection(promise: Promise<unknown>): Promise<unknown> {
