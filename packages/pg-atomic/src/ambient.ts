@@ -105,8 +105,8 @@ function wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>, options?: 
  */
 export const atomic: AtomicFunction = Object.assign(atomicImpl, { wrap })
 
-function activeBlock(using: string): Block | undefined {
-  const db = findDatabase(using)
+function activeBlock(using: string, explicit = false): Block | undefined {
+  const db = explicit ? requireDatabase(using) : findDatabase(using)
   if (db === undefined) return undefined
   const block = currentBlock(db)
   return block === undefined || block.ended ? undefined : block
@@ -116,7 +116,7 @@ const consoleLogger: AtomicLogger = console
 
 /** Options of the ambient hook functions. */
 export interface AmbientOptions {
-  /** Alias of the database. Default: `'default'`. */
+  /** Alias of the database; when given, it must be registered (a typo is an error). Default: `'default'`. */
   using?: string
 }
 
@@ -146,7 +146,8 @@ export interface AmbientOptions {
 export function onCommit(fn: Hook, options?: OnCommitOptions & AmbientOptions): void {
   if (typeof fn !== 'function') throw new InvalidOptionError('callback', "onCommit()'s callback must be a function.")
   const using = options?.using ?? 'default'
-  const block = activeBlock(using)
+  // A `using` given explicitly must name a registered database (a typo is an error, not "outside").
+  const block = activeBlock(using, options?.using !== undefined)
   if (block !== undefined) {
     block.onCommit(fn, options)
     return
@@ -175,7 +176,7 @@ export function onCommit(fn: Hook, options?: OnCommitOptions & AmbientOptions): 
  */
 export function onRollback(fn: Hook, options?: AmbientOptions): void {
   if (typeof fn !== 'function') throw new InvalidOptionError('callback', "onRollback()'s callback must be a function.")
-  activeBlock(options?.using ?? 'default')?.onRollback(fn)
+  activeBlock(options?.using ?? 'default', options?.using !== undefined)?.onRollback(fn)
 }
 
 /**

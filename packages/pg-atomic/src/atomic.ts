@@ -232,7 +232,8 @@ export class Transaction {
 
   /** A statement of the user failed: the block is doomed (deliberate difference 1). */
   statementFailed(error: unknown): void {
-    if (isConnectionLoss(error)) this.markLost(error)
+    // Only a connection we had can be lost: a checkout that failed (ECONNREFUSED, timeout) is not.
+    if (this.client !== undefined && isConnectionLoss(error)) this.markLost(error)
     this.needsRollback = true
     if (!this.rollbackByError) {
       this.rollbackByError = true
@@ -287,14 +288,15 @@ export class Transaction {
 
   private abortCheckout: ((error: unknown) => void) | undefined = undefined
 
-  /**
-   * Aborts the transaction from outside (db.close() at its deadline): it is marked lost, a pending
-   * checkout gives up, a running statement is cancelled and the connection destroyed, so the
-   * session ends and its locks are freed at once. The block's caller gets ConnectionLostError with `reason` as cause.
-   */
   /** db.close() aborted the transaction at its deadline. */
   aborted = false
 
+  /**
+   * Aborts the transaction from outside (db.close() at its deadline): it is marked lost, a pending
+   * checkout gives up, a running statement is cancelled and the connection destroyed, so the
+   * session ends and its locks are freed at once. The block's caller gets ConnectionLostError
+   * with `reason` as cause.
+   */
   async abort(reason: AtomicError): Promise<void> {
     this.aborted = true
     this.markLost(reason)

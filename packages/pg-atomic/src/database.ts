@@ -366,9 +366,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
       this.drained = undefined
       const aborts: Array<Promise<void>> = []
       for (const tx of this.transactions) {
-        // Terminating the backend rolls the transaction back and frees its locks at once (a
-        // destroyed socket alone goes unnoticed while a statement runs or waits on a lock); the
-        // block's caller gets a ConnectionLostError whose cause says why.
+        // Cancelling the running statement and destroying the connection ends the session, which
+        // rolls the transaction back and frees its locks at once (a destroyed socket alone goes
+        // unnoticed while a statement runs or waits on a lock); the block's caller gets a
+        // ConnectionLostError whose cause says why.
         const reason = new TransactionManagementError(
           `Database '${this.alias}' was closed while this transaction was still running after ${timeoutMs} ms; it was rolled back.`,
         )
@@ -488,7 +489,7 @@ class PoolFacade extends EventEmitter {
     const block = this.db.activeBlock()
     if (block !== undefined) return new BlockClient(block) as unknown as PoolClient
     this.db.assertNotClosed()
-    const client = await this.db.realPool.connect()
+    const client = await this.db.connect()
     client.on('error', onCheckedOutClientError)
     const release = client.release.bind(client)
     const db = this.db

@@ -1,7 +1,7 @@
 /**
  * Regression tests for defects found in review: each test is named after what it pins.
  */
-import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, isIdleInTransactionTimeout, isStatementTimeout } from 'pg-atomic'
+import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, isIdleInTransactionTimeout, isStatementTimeout, onCommit, onRollback } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 
@@ -150,4 +150,21 @@ test('a swallowed checkout failure (AcquireTimeoutError) dooms the block: it rej
     await db.close()
   }
   expect(await h.column('select count(*)::int from t')).toEqual([0])
+})
+
+test('an unreachable server inside a block is not reported as a lost connection: the checkout error comes through unchanged', async () => {
+  const db = createDatabase({ connectionString: 'postgres://postgres@127.0.0.1:1/nowhere', alias: 'unreachable', connectionTimeoutMillis: 2000 })
+  try {
+    const error = await rejection(db.atomic((tx) => tx.query('select 1')))
+    expect(error).not.toBeInstanceOf(ConnectionLostError)
+    expect(error).toMatchObject({ code: 'ECONNREFUSED' })
+  } finally {
+    await db.close()
+  }
+})
+
+test('onCommit / onRollback with a using that names no database are errors, not silently "outside a block"', () => {
+  const message = "No database is registered under the alias 'typo': call createDatabase({ alias: 'typo', ... }) first."
+  expect(() => onCommit(() => undefined, { using: 'typo' })).toThrow(new TransactionManagementError(message))
+  expect(() => onRollback(() => undefined, { using: 'typo' })).toThrow(new TransactionManagementError(message))
 })
