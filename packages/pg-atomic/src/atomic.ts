@@ -416,6 +416,20 @@ export class Transaction {
   async flushNow(): Promise<void> {
     if (this.flushing !== undefined) await this.flushing
     if (this.pending.length === 0 || this.lost || this.fatal || this.client === undefined) return
+    await this.sendPending()
+  }
+
+  /** Sends a pending ROLLBACK TO that no statement of the same turn picked up, so locks are freed. */
+  private readonly flushOnNextTurn = (): void => {
+    this.flushScheduled = false
+    if (!this.mustFlush || this.busy || this.ended || this.lost || this.fatal || this.cursor !== undefined || this.client === undefined) return
+    this.flushing = this.sendPending().then(() => {
+      this.flushing = undefined
+    })
+  }
+
+  /** Sends every pending statement in one round trip; a failure makes the transaction fatal. Never rejects. */
+  private async sendPending(): Promise<void> {
     const statements = this.pending
     this.pending = []
     this.mustFlush = false
@@ -427,27 +441,6 @@ export class Transaction {
     } finally {
       this.busy = false
     }
-  }
-
-  /** Sends a pending ROLLBACK TO that no statement of the same turn picked up, so locks are freed. */
-  private readonly flushOnNextTurn = (): void => {
-    this.flushScheduled = false
-    if (!this.mustFlush || this.busy || this.ended || this.lost || this.fatal || this.cursor !== undefined || this.client === undefined) return
-    const statements = this.pending
-    this.pending = []
-    this.mustFlush = false
-    this.busy = true
-    this.flushing = this.send(statements).then(
-      () => {
-        this.busy = false
-        this.flushing = undefined
-      },
-      (error: unknown) => {
-        this.busy = false
-        this.flushing = undefined
-        this.controlFailed(error)
-      },
-    )
   }
 
   /** Sends COMMIT (with any pending ROLLBACK TO before it). Throws on every kind of failure. */
