@@ -7,7 +7,9 @@
  */
 import pg from 'pg'
 import { startDatabase } from '@pg-atomic/devdb'
-import { Atomic, TransactionManagementError, atomic, createDatabase, onCommit, setRollback } from 'pg-atomic'
+import diagnostics_channel from 'node:diagnostics_channel'
+import { Atomic, RETRY_CHANNEL, TransactionManagementError, atomic, createDatabase, lockTable, locksHeld, onCommit, setRollback } from 'pg-atomic'
+import type { RetryEvent } from 'pg-atomic'
 
 const dim = (s: string): string => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s)
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s)
@@ -144,6 +146,37 @@ async function main(): Promise<void> {
       return r.rows[0]?.total
     })
     outcome(`total balance ${total}`)
+
+    section('8. Two serializable transfers collide: the loser is retried as a whole, with backoff')
+    const retries: RetryEvent[] = []
+    const onRetry = (event: unknown): void => {
+      retries.push(event as RetryEvent)
+      console.log(`   ↻ attempt ${(event as RetryEvent).attempt} failed with ${(event as RetryEvent).code}; retrying after ${(event as RetryEvent).delayMs} ms`)
+    }
+    diagnostics_channel.subscribe(RETRY_CHANNEL, onRetry)
+    let bothRead!: () => void
+    let reads = 0
+    const barrier = new Promise<void>((resolve) => {
+      bothRead = resolve
+    })
+    const transfer = (amount: number): Promise<void> =>
+      atomic({ isolationLevel: 'serializable', retry: { maxAttempts: 5, baseDelayMs: 10 } }, async () => {
+        const balance = (await db.query<{ balance: number }>('select balance from demo_accounts where id = 1')).rows[0]?.balance ?? 0
+        if (++reads === 2) bothRead()
+        await Promise.race([barrier, new Promise((resolve) => setTimeout(resolve, 200))]) // both read before either writes
+        await db.query('update demo_accounts set balance = $1 where id = 1', [balance - amount])
+      })
+    await Promise.all([transfer(5), transfer(7)])
+    diagnostics_channel.unsubscribe(RETRY_CHANNEL, onRetry)
+    outcome(`both applied exactly once (${retries.length} retry): ${await balances()} — no lost update`)
+
+    section('9. A table lock, and what the transaction holds (pg_locks, decoded)')
+    await atomic(async () => {
+      await lockTable(['demo_audit', 'demo_accounts'], 'share row exclusive', { nowait: true })
+      const held = await locksHeld()
+      for (const lock of held) console.log(`   🔒 ${lock.target}: ${lock.mode} (${lock.granted ? 'granted' : 'waiting'})`)
+    })
+    outcome('both tables locked in one canonical order, released at COMMIT')
 
     const idle = (await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")).rows[0].n
     console.log(`\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`)
