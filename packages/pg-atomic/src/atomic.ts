@@ -34,6 +34,7 @@ import {
   TransactionManagementError,
   isConnectionLoss,
   lockNotAvailableFrom,
+  sqlState,
 } from './errors'
 import { hookErrorChannel, retryChannel, statementChannel } from './events'
 import type { StatementKind } from './events'
@@ -461,7 +462,7 @@ export class Transaction {
         this.markLost(error)
         this.releaseClient(error)
         // The idle-in-transaction timeout ended the session before COMMIT arrived: nothing was committed.
-        if (sqlStateOf(error) === '25P03' || sqlStateOf(this.lostError) === '25P03') throw lostError(this.lostError)
+        if (sqlState(error) === '25P03' || sqlState(this.lostError) === '25P03') throw lostError(this.lostError)
         throw new CommitOutcomeUnknownError(
           'The connection was lost while COMMIT was in flight: the transaction may or may not have been committed. It was not retried; check the data before doing the work again.',
           { cause: error },
@@ -599,11 +600,6 @@ export function reportHookError(db: DatabaseCore, kind: 'commit' | 'rollback', t
   const reason = error instanceof Error ? error.message : String(error)
   db.logger.error(`Error calling ${hookName(fn)} in ${kind === 'commit' ? 'onCommit' : 'onRollback'}()${where} (${reason}).`, error)
   if (hookErrorChannel.hasSubscribers) hookErrorChannel.publish({ kind, transactionId, database: db.alias, error })
-}
-
-function sqlStateOf(error: unknown): string | undefined {
-  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined
-  return typeof code === 'string' ? code : undefined
 }
 
 /** Resolves once the client has processed the ReadyForQuery that follows an error (or has ended). */
@@ -1038,9 +1034,9 @@ function runTransaction<T>(db: DatabaseCore, options: ResolvedOptions, fn: (tx: 
 
 /** The SQLSTATE that decides a retry: the error's own, or that of the swallowed error a block rejected with. */
 function retryCode(error: unknown): string | undefined {
-  const own = sqlStateOf(error)
+  const own = sqlState(error)
   if (own !== undefined) return own
-  return error instanceof TransactionManagementError ? sqlStateOf(error.cause) : undefined
+  return error instanceof TransactionManagementError ? sqlState(error.cause) : undefined
 }
 
 function shouldRetry(policy: RetryPolicy, error: unknown): boolean {

@@ -278,16 +278,24 @@ export class DatabaseImpl implements Database, DatabaseCore {
       client.release(failure instanceof Error ? failure : true)
       return
     }
+    this.returnIfIdle(client, (err) => client.release(err), (status) =>
+      `A connection of database '${this.alias}' was about to go back to the pool inside a transaction (status '${status}'); it was destroyed instead, which rolled the transaction back. Use atomic() to run transactions.`,
+    )
+  }
+
+  /**
+   * Returns a connection checked out outside a block to the pool when its transaction status is
+   * idle; otherwise logs `leak(status)` and destroys it (which rolls the transaction back).
+   */
+  returnIfIdle(client: PoolClient, release: (err?: Error) => void, leak: (status: string | null) => string): void {
     const status = client.getTransactionStatus?.()
     if (status !== undefined && status !== 'I') {
-      this.logger.error(
-        `A connection of database '${this.alias}' was about to go back to the pool inside a transaction (status '${status}'); it was destroyed instead, which rolled the transaction back. Use atomic() to run transactions.`,
-      )
-      client.release(new Error(`transaction status '${status}' at release`))
+      this.logger.error(leak(status))
+      release(new Error(`transaction status '${status}' at release`))
       return
     }
     client.removeListener('error', onCheckedOutClientError)
-    client.release()
+    release()
   }
 
   cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
@@ -503,16 +511,9 @@ class PoolFacade extends EventEmitter {
         release(err)
         return
       }
-      const status = client.getTransactionStatus?.()
-      if (status !== undefined && status !== 'I') {
-        db.logger.error(
-          `A connection obtained from the pool of database '${db.alias}' was released inside a transaction (status '${status}'); it was destroyed instead of being returned, which rolled the transaction back. Commit or roll back before release(), or use atomic().`,
-        )
-        release(new Error(`transaction status '${status}' at release`))
-        return
-      }
-      client.removeListener('error', onCheckedOutClientError)
-      release()
+      db.returnIfIdle(client, release, (status) =>
+        `A connection obtained from the pool of database '${db.alias}' was released inside a transaction (status '${status}'); it was destroyed instead of being returned, which rolled the transaction back. Commit or roll back before release(), or use atomic().`,
+      )
     }
     return client
   }

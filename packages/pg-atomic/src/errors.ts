@@ -103,7 +103,8 @@ export class AcquireTimeoutError extends AtomicError {
   }
 }
 
-function sqlState(error: unknown): string | undefined {
+/** The SQLSTATE (or node error code) of `error`, if it has one. @internal */
+export function sqlState(error: unknown): string | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error) {
     const code = (error as { code: unknown }).code
     return typeof code === 'string' ? code : undefined

@@ -15,8 +15,8 @@ export const ISOLATION_LEVELS = ['read committed', 'repeatable read', 'serializa
 /** One of {@link ISOLATION_LEVELS}. */
 export type IsolationLevel = (typeof ISOLATION_LEVELS)[number]
 
-/** Largest value PostgreSQL accepts for a millisecond timeout setting. */
-const MAX_TIMEOUT_MS = 2_147_483_647
+/** Largest value PostgreSQL accepts for a millisecond timeout setting. @internal */
+export const MAX_TIMEOUT_MS = 2_147_483_647
 
 /** Per-transaction settings applied with `SET LOCAL`, option name → PostgreSQL setting. */
 export const TIMEOUT_SETTINGS = {

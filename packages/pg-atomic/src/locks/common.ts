@@ -10,9 +10,8 @@ import type { Block } from '../atomic'
 import { requireDatabase } from '../database'
 import type { DatabaseImpl } from '../database'
 import { InvalidOptionError, TransactionManagementError } from '../errors'
-
-/** Largest value PostgreSQL accepts for a millisecond timeout setting. */
-export const MAX_TIMEOUT_MS = 2_147_483_647
+// Used inside functions only: options.ts imports this module (through table.ts) while it loads.
+import { MAX_TIMEOUT_MS } from '../options'
 
 /** A table name split into its parts, with its quoted SQL form. @internal */
 export interface QualifiedName {

@@ -17,6 +17,8 @@ import type { QueryResult, QueryResultRow } from 'pg'
 import { requireDatabase, DatabaseImpl } from '../database'
 import type { Database } from '../database'
 import { InvalidOptionError, TransactionManagementError } from '../errors'
+import { MAX_TIMEOUT_MS } from '../options'
+import { checkOptionKeys } from './common'
 import { LOCK_MODES, PG_LOCK_MODE_NAMES, blockedStatements, conflictingModes } from './modes'
 import type { LockMode } from './modes'
 
@@ -232,26 +234,12 @@ export interface LockReport {
 // ---- Shared helpers -----------------------------------------------------------------------------
 
 const DEFAULT_QUERY_LENGTH = 200
-const MAX_MS = 2_147_483_647
 
 function resolveUsing(using: unknown, subject: string): DatabaseImpl {
   if (using === undefined) return requireDatabase('default')
   if (typeof using === 'string' && using !== '') return requireDatabase(using)
   if (using instanceof DatabaseImpl) return using
   throw new InvalidOptionError('using', `Invalid option "using" for ${subject}: it must be the alias of a registered database (a non-empty string) or a Database returned by createDatabase().`)
-}
-
-function checkKeys(options: unknown, accepted: readonly string[], subject: string): Record<string, unknown> {
-  if (options === undefined) return {}
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new InvalidOptionError('options', `The options of ${subject} must be an object.`)
-  }
-  for (const key of Object.keys(options)) {
-    if (!accepted.includes(key)) {
-      throw new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
-    }
-  }
-  return options as Record<string, unknown>
 }
 
 function wholeNumber(value: unknown, field: string, subject: string, min: number, max: number, fallback: number, unit: string): number {
@@ -451,7 +439,7 @@ const LOCKS_HELD_OUTSIDE_MESSAGE =
  * ```
  */
 export async function locksHeld(options?: InsightOptions): Promise<readonly LockInfo[]> {
-  const o = checkKeys(options, ['using'], 'locksHeld()')
+  const o = checkOptionKeys(options, ['using'], '', 'locksHeld()')
   const db = resolveUsing(o['using'], 'locksHeld()')
   if (db.activeBlock() === undefined) throw new TransactionManagementError(LOCKS_HELD_OUTSIDE_MESSAGE)
   const result = await inspect<LockRow>(db, `${LOCK_SELECT} WHERE l.pid = pg_catalog.pg_backend_pid()`, [])
@@ -521,7 +509,7 @@ interface WaitRow {
  */
 export async function lockWaits(options?: LockWaitsOptions): Promise<readonly LockWaitNode[]> {
   const subject = 'lockWaits()'
-  const o = checkKeys(options, ['using', 'queryLength'], subject)
+  const o = checkOptionKeys(options, ['using', 'queryLength'], '', subject)
   const db = resolveUsing(o['using'], subject)
   const queryLength = queryLengthOf(o['queryLength'], subject)
   await freshActivity(db)
@@ -647,7 +635,7 @@ export async function lockWaits(options?: LockWaitsOptions): Promise<readonly Lo
  */
 export async function idleInTransaction(options?: IdleInTransactionOptions): Promise<readonly IdleSession[]> {
   const subject = 'idleInTransaction()'
-  const o = checkKeys(options, ['using', 'olderThan', 'queryLength'], subject)
+  const o = checkOptionKeys(options, ['using', 'olderThan', 'queryLength'], '', subject)
   const db = resolveUsing(o['using'], subject)
   const olderThan = o['olderThan']
   if (olderThan !== undefined && !(typeof olderThan === 'number' && Number.isInteger(olderThan) && olderThan >= 0 && olderThan <= Number.MAX_SAFE_INTEGER)) {
@@ -974,13 +962,13 @@ export async function explainLocks(sql: string, params?: readonly unknown[], opt
   if (params !== undefined && !Array.isArray(params)) {
     throw new InvalidOptionError('params', `Invalid "params" for ${subject}: it must be an array of values for $1, $2, ... (or undefined).`)
   }
-  const o = checkKeys(options, EXPLAIN_KEYS, subject)
+  const o = checkOptionKeys(options, EXPLAIN_KEYS, '', subject)
   const db = resolveUsing(o['using'], subject)
   const rowLocks = o['rowLocks']
   if (rowLocks !== undefined && typeof rowLocks !== 'boolean') throw new InvalidOptionError('rowLocks', `Invalid option "rowLocks" for ${subject}: it must be true or false.`)
   const settings: ExplainSettings = {
-    lockTimeout: wholeNumber(o['lockTimeout'], 'lockTimeout', subject, 0, MAX_MS, 1000, 'milliseconds'),
-    statementTimeout: wholeNumber(o['statementTimeout'], 'statementTimeout', subject, 0, MAX_MS, 30_000, 'milliseconds'),
+    lockTimeout: wholeNumber(o['lockTimeout'], 'lockTimeout', subject, 0, MAX_TIMEOUT_MS, 1000, 'milliseconds'),
+    statementTimeout: wholeNumber(o['statementTimeout'], 'statementTimeout', subject, 0, MAX_TIMEOUT_MS, 30_000, 'milliseconds'),
     rowLocks: rowLocks ?? true,
     maxRowLocks: wholeNumber(o['maxRowLocks'], 'maxRowLocks', subject, 1, 1_000_000, 100, 'rows'),
   }
