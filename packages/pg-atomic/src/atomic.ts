@@ -64,7 +64,7 @@ export interface DatabaseCore {
   readonly logger: AtomicLogger
   /** Checks out a connection with an `'error'` listener attached by the caller. */
   connect(): Promise<PoolClient>
-  /** Sends a protocol cancel request for the statement `client` is running, if any (bounded in time). */
+  /** Sends a protocol cancel request for the statement `client` may be running, if any (bounded in time). */
   cancelStatement(client: PoolClient): Promise<void>
   /** Refuses new outermost blocks (closing/closed database) by throwing. */
   assertOpen(): void

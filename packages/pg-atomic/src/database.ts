@@ -154,13 +154,14 @@ export class DatabaseImpl implements Database, DatabaseCore {
   }
 
   /**
-   * Sends a protocol cancel request for the statement `client` is running, from a short-lived
+   * Sends a protocol cancel request for the statement `client` may be running, from a short-lived
    * connection, and waits (at most 2 s) for the server to take it. Works through PgBouncer, which
    * maps the key to the right server, and needs no privilege (unlike pg_terminate_backend).
    */
   async cancelStatement(client: PoolClient): Promise<void> {
-    const target = client as PoolClient & { activeQuery?: unknown; processID?: number; secretKey?: number }
-    if (target.activeQuery === undefined || target.activeQuery === null || typeof target.processID !== 'number') return
+    // Sent whether or not a statement is running: the server ignores a cancel for an idle session.
+    const target = client as PoolClient & { processID?: number; secretKey?: number }
+    if (typeof target.processID !== 'number') return
     const pool = this.realPool as Pool & { Client: typeof pg.Client }
     const canceler = new pool.Client(pool.options) as pg.Client & {
       connection: EventEmitter & { connect(port: number | string, host?: string): void; cancel(pid: number, key: number): void; stream: { destroy(): void } }
