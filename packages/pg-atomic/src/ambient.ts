@@ -8,7 +8,7 @@
 import { enterAtomic, reportHookError } from './atomic'
 import type { Block } from './atomic'
 import { currentBlock } from './context'
-import { findDatabase, requireDatabase } from './database'
+import { findDatabase, requireDatabase } from './registry'
 import { InvalidOptionError, ROLLBACK_FLAG_OUTSIDE_MESSAGE, TransactionManagementError } from './errors'
 import { resolveAtomicOptions } from './options'
 import type { AtomicLogger, AtomicOptions, ResolvedOptions } from './options'

@@ -38,21 +38,22 @@ import {
 } from './errors'
 import { hookErrorChannel, retryChannel, statementChannel } from './events'
 import type { StatementKind } from './events'
-import { TIMEOUT_OPTIONS } from './options'
-import type { AtomicLogger, IsolationLevel, ResolvedOptions, RetryPolicy, TimeoutOption, TransactionDefaults } from './options'
+import type { AtomicLogger, ResolvedOptions, RetryPolicy, TransactionDefaults } from './options'
+import { TIMEOUT_OPTIONS } from './vocabulary'
+import type { IsolationLevel, TimeoutOption } from './vocabulary'
 import {
   COMMIT,
   ROLLBACK,
   beginStatement,
-  findTransactionControl,
   releaseStatement,
   resetLocalStatement,
   rollbackToStatement,
   savepointName,
   savepointStatement,
   setLocalStatement,
-} from './statements'
-import type { BeginCharacteristics } from './statements'
+} from './sql/transaction'
+import type { BeginCharacteristics } from './sql/transaction'
+import { findTransactionControl } from './sql/scan'
 import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'
 
 /** What the state machine needs from a database. @internal */

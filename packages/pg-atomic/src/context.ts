@@ -28,3 +28,13 @@ export function currentBlock(db: object): Block | undefined {
   }
   return undefined
 }
+
+/**
+ * The innermost block of any database visible from the current async context, or `undefined`
+ * outside blocks or when that block has ended (a timer or event handler outliving its block).
+ * @internal
+ */
+export function innermostActiveBlock(): Block | undefined {
+  const block = storage.getStore()?.block
+  return block === undefined || block.ended || block.tx.ended ? undefined : block
+}

@@ -1,5 +1,5 @@
 /**
- * `createDatabase()`, the registry of aliases, query routing (ambient transaction or pool),
+ * `createDatabase()`, query routing (ambient transaction or pool),
  * cursors, the pg `Pool`-compatible facade, and `close()`.
  *
  * @module
@@ -13,6 +13,7 @@ import type { DatabaseCore } from './atomic'
 import { currentBlock } from './context'
 import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
+import { findDatabase, register, unregister } from './registry'
 import type { AtomicLogger, AtomicOptions, DatabaseConfig, ResolvedDatabaseConfig, RetryPolicy, TransactionDefaults } from './options'
 import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 
@@ -60,8 +61,6 @@ export interface Database {
    */
   close(options?: CloseOptions): Promise<void>
 }
-
-const registry = new Map<string, DatabaseImpl>()
 
 /** The 'error' listener kept on a connection while it is checked out outside a block. */
 function onCheckedOutClientError(): void {
@@ -386,7 +385,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
       await Promise.all(aborts)
     }
     this.closed = true
-    if (registry.get(this.alias) === this) registry.delete(this.alias)
+    unregister(this)
     if (this.ownsPool) await this.realPool.end()
   }
 }
@@ -597,33 +596,18 @@ class BlockClient extends EventEmitter {
  */
 export function createDatabase(config: DatabaseConfig | string = {}): Database {
   const resolved = resolveDatabaseConfig(typeof config === 'string' ? { connectionString: config } : config)
-  const existing = registry.get(resolved.alias)
-  if (existing !== undefined) {
+  if (findDatabase(resolved.alias) !== undefined) {
     throw new InvalidOptionError(
       'alias',
       `A database is already registered under the alias '${resolved.alias}': close it first (db.close()), or choose another alias.`,
     )
   }
   const db = new DatabaseImpl(resolved)
-  registry.set(resolved.alias, db)
+  register(db)
   return db
 }
 
 /** The database registered under `alias`, or `undefined`. */
 export function getDatabase(alias = 'default'): Database | undefined {
-  return registry.get(alias)
-}
-
-/** @internal */
-export function requireDatabase(alias: string): DatabaseImpl {
-  const db = registry.get(alias)
-  if (db === undefined) {
-    throw new TransactionManagementError(`No database is registered under the alias '${alias}': call createDatabase(${alias === 'default' ? '' : `{ alias: '${alias}', ... }`}) first.`)
-  }
-  return db
-}
-
-/** @internal */
-export function findDatabase(alias: string): DatabaseImpl | undefined {
-  return registry.get(alias)
+  return findDatabase(alias)
 }

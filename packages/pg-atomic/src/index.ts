@@ -24,8 +24,9 @@ export {
   isStatementTimeout,
   isIdleInTransactionTimeout,
 } from './errors'
-export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './options'
-export type { AtomicLogger, AtomicOptions, DatabaseConfig, IsolationLevel, RetryOptions, TransactionDefaults } from './options'
+export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './vocabulary'
+export type { IsolationLevel } from './vocabulary'
+export type { AtomicLogger, AtomicOptions, DatabaseConfig, RetryOptions, TransactionDefaults } from './options'
 export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
 export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'
 export type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'
@@ -34,14 +35,15 @@ export { LockNotAvailableError } from './errors'
 export type { LockNotAvailableReason } from './errors'
 export { lockTable, lockTableStatement, resolveTableLock } from './locks/table'
 export type { LockTableOptions, ResolvedTableLock, TableLockInput, TableLockOptions } from './locks/table'
-export { ROW_LOCK_STRENGTHS, forUpdate, selectForUpdate } from './locks/rows'
-export type { ForUpdateOptions, RowLockStrength, SelectForUpdateOptions } from './locks/rows'
+export { forUpdate, selectForUpdate } from './locks/rows'
+export { ROW_LOCK_STRENGTHS, LOCK_MODES, PG_LOCK_MODE_NAMES } from './vocabulary'
+export type { RowLockStrength, LockMode } from './vocabulary'
+export type { ForUpdateOptions, SelectForUpdateOptions } from './locks/rows'
 export { ADVISORY_KEY_NAMESPACE, ADVISORY_KEY_SQL, advisoryKey, advisoryLock, withAdvisoryLock } from './locks/advisory'
 export type { AdvisoryLockContext, AdvisoryLockKey, AdvisoryLockOptions, ResolvedAdvisoryKey, WithAdvisoryLockOptions } from './locks/advisory'
 // ---- Lock insight: locksHeld, lockWaits, idleInTransaction, explainLocks (issue 4 §4) ----
 export { describeAdvisoryKey, explainLocks, idleInTransaction, lockWaits, locksHeld } from './locks/insight'
-export { LOCK_CONFLICT_MATRIX, LOCK_MODES, LOCK_TAKEN_BY, PG_LOCK_MODE_NAMES, blockedStatements, conflictingModes, conflicts, parseLockMode } from './locks/modes'
-export type { LockMode } from './locks/modes'
+export { LOCK_CONFLICT_MATRIX, LOCK_TAKEN_BY, blockedStatements, conflictingModes, conflicts, parseLockMode } from './locks/modes'
 export type {
   AdvisoryLockKeyInPgLocks,
   ExplainLocksOptions,

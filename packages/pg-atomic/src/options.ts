@@ -5,28 +5,13 @@
  * @module
  */
 import { z } from 'zod'
+import { parseOptions } from './validation'
 import type { Pool, PoolConfig } from 'pg'
 import { InvalidOptionError } from './errors'
+import { DEFAULT_RETRY_CODES, ISOLATION_LEVELS, MAX_TIMEOUT_MS } from './vocabulary'
+import type { IsolationLevel } from './vocabulary'
 import { resolveTableLock } from './locks/table'
 import type { ResolvedTableLock, TableLockInput } from './locks/table'
-
-/** Isolation levels accepted by `atomic()` and `createDatabase()` (PostgreSQL's words, lower case). */
-export const ISOLATION_LEVELS = ['read committed', 'repeatable read', 'serializable', 'read uncommitted'] as const
-/** One of {@link ISOLATION_LEVELS}. */
-export type IsolationLevel = (typeof ISOLATION_LEVELS)[number]
-
-/** Largest value PostgreSQL accepts for a millisecond timeout setting. @internal */
-export const MAX_TIMEOUT_MS = 2_147_483_647
-
-/** Per-transaction settings applied with `SET LOCAL`, option name → PostgreSQL setting. */
-export const TIMEOUT_SETTINGS = {
-  statementTimeout: 'statement_timeout',
-  lockTimeout: 'lock_timeout',
-  idleInTransactionSessionTimeout: 'idle_in_transaction_session_timeout',
-} as const
-/** Name of a timeout option: `'statementTimeout' | 'lockTimeout' | 'idleInTransactionSessionTimeout'`. */
-export type TimeoutOption = keyof typeof TIMEOUT_SETTINGS
-const TIMEOUT_OPTIONS = Object.keys(TIMEOUT_SETTINGS) as TimeoutOption[]
 
 /** Transaction characteristics shared by `atomic()` options and database defaults. */
 export interface TransactionDefaults {
@@ -80,9 +65,6 @@ export interface AtomicOptions extends TransactionDefaults {
    */
   lock?: TableLockInput
 }
-
-/** SQLSTATEs retried by default: serialization_failure and deadlock_detected. */
-export const DEFAULT_RETRY_CODES = ['40001', '40P01'] as const
 
 /** How `retry` retries. */
 export interface RetryOptions {
@@ -287,38 +269,6 @@ const REFUSED_POOL_FIELDS: Record<string, string> = {
   pipeline: 'pg-atomic serializes the statements of a transaction itself; pipeline mode is not supported.',
 }
 
-function describeIssue(subject: string, issue: z.core.$ZodIssue, accepted: readonly string[]): InvalidOptionError {
-  if (issue.code === 'unrecognized_keys' && issue.path.length > 0) {
-    const parent = issue.path.map(String).join('.')
-    const field = `${parent}.${issue.keys[0] ?? ''}`
-    return new InvalidOptionError(field, `Unknown option "${field}" for ${subject}: "${parent}" must be ${ALLOWED[parent] ?? 'valid'}.`)
-  }
-  if (issue.code === 'unrecognized_keys') {
-    const key = issue.keys[0] ?? ''
-    const refused = REFUSED_POOL_FIELDS[key]
-    if (refused !== undefined) return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
-    return new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
-  }
-  // The most specific documented field: 'retry.retryOn.0' is reported as 'retry.retryOn'.
-  let field = issue.path.map(String).join('.') || 'options'
-  while (ALLOWED[field] === undefined && field.includes('.')) field = field.slice(0, field.lastIndexOf('.'))
-  const allowed = ALLOWED[field]
-  const expectation = allowed ?? (issue.code === 'invalid_type' ? `of type ${issue.expected}` : 'valid')
-  return new InvalidOptionError(field, `Invalid option "${field}" for ${subject}: it must be ${expectation}.`)
-}
-
-function parse<S extends z.ZodObject>(schema: S, input: unknown, subject: string): z.output<S> {
-  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-    throw new InvalidOptionError('options', `The options of ${subject} must be an object.`)
-  }
-  const result = schema.safeParse(input)
-  if (!result.success) {
-    const first = result.error.issues[0]
-    throw first ? describeIssue(subject, first, Object.keys(schema.shape)) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
-  }
-  return result.data
-}
-
 /** Resolved options of `atomic(fn)` without options. @internal */
 export const DEFAULT_OPTIONS: ResolvedOptions = Object.freeze({
   savepoint: true,
@@ -359,7 +309,7 @@ export function resolveAtomicOptions(input: AtomicOptions | undefined): Resolved
   if (input === undefined) return DEFAULT_OPTIONS
   const cached = frozenCache.get(input)
   if (cached !== undefined) return cached
-  const o = parse(atomicOptionsSchema, input, 'atomic()')
+  const o = parseOptions(atomicOptionsSchema, input, 'atomic()', ALLOWED, REFUSED_POOL_FIELDS)
   const resolved: ResolvedOptions = Object.freeze({
     savepoint: o.savepoint ?? true,
     durable: o.durable ?? false,
@@ -394,7 +344,7 @@ export interface ResolvedDatabaseConfig {
 
 /** Validates `createDatabase()` configuration. @internal */
 export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseConfig {
-  const c = parse(databaseConfigSchema, input, 'createDatabase()')
+  const c = parseOptions(databaseConfigSchema, input, 'createDatabase()', ALLOWED, REFUSED_POOL_FIELDS)
   const {
     alias,
     pool,
@@ -438,5 +388,3 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
   })
 }
 
-/** The names of the timeout options, in the order their SET LOCALs are sent. @internal */
-export { TIMEOUT_OPTIONS }

@@ -4,7 +4,7 @@
  * @module
  */
 import type { QueryConfig, QueryResult, QueryResultRow } from 'pg'
-import type { IsolationLevel } from './options'
+import type { IsolationLevel } from './vocabulary'
 
 /** Options of `onCommit()`. */
 export interface OnCommitOptions {

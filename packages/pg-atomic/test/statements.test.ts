@@ -7,14 +7,14 @@ import {
   COMMIT,
   ROLLBACK,
   beginStatement,
-  findTransactionControl,
   releaseStatement,
   resetLocalStatement,
   rollbackToStatement,
   savepointName,
   savepointStatement,
   setLocalStatement,
-} from '../src/statements'
+} from '../src/sql/transaction'
+import { findTransactionControl } from '../src/sql/scan'
 import { ISOLATION_LEVELS } from 'pg-atomic'
 import type { IsolationLevel } from 'pg-atomic'
 

@@ -8,7 +8,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { createHash } from 'node:crypto'
 import type { PoolClient } from 'pg'
-import { requireDatabase } from '../database'
+import { requireDatabase } from '../registry'
 import { ConnectionLostError, InvalidOptionError, LockNotAvailableError, TransactionManagementError, isConnectionLoss, lockNotAvailableFrom } from '../errors'
 import { applyLockTimeoutStatement, checkOptionKeys, optionalBoolean, optionalTimeout, optionalUsing, requireBlock, RESTORE_LOCK_TIMEOUT } from './common'
 

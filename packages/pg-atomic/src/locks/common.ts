@@ -7,11 +7,10 @@
  */
 import { escapeIdentifier } from 'pg'
 import type { Block } from '../atomic'
-import { requireDatabase } from '../database'
+import { requireDatabase } from '../registry'
 import type { DatabaseImpl } from '../database'
 import { InvalidOptionError, TransactionManagementError } from '../errors'
-// Used inside functions only: options.ts imports this module (through table.ts) while it loads.
-import { MAX_TIMEOUT_MS } from '../options'
+import { MAX_TIMEOUT_MS } from '../vocabulary'
 
 /** A table name split into its parts, with its quoted SQL form. @internal */
 export interface QualifiedName {

@@ -14,13 +14,15 @@
  */
 import pg from 'pg'
 import type { QueryResult, QueryResultRow } from 'pg'
-import { requireDatabase, DatabaseImpl } from '../database'
+import { DatabaseImpl } from '../database'
+import { requireDatabase } from '../registry'
 import type { Database } from '../database'
 import { InvalidOptionError, TransactionManagementError } from '../errors'
-import { MAX_TIMEOUT_MS } from '../options'
+import { MAX_TIMEOUT_MS } from '../vocabulary'
 import { checkOptionKeys } from './common'
-import { LOCK_MODES, PG_LOCK_MODE_NAMES, blockedStatements, conflictingModes } from './modes'
-import type { LockMode } from './modes'
+import { blockedStatements, conflictingModes } from './modes'
+import { LOCK_MODES, PG_LOCK_MODE_NAMES } from '../vocabulary'
+import type { LockMode } from '../vocabulary'
 
 // ---- Public types -------------------------------------------------------------------------------
 

@@ -6,32 +6,8 @@
  * @module
  */
 import { InvalidOptionError } from '../errors'
-
-/** The eight table lock modes, weakest first, in `LOCK TABLE ... IN <mode> MODE` words (lower case). */
-export const LOCK_MODES = [
-  'access share',
-  'row share',
-  'row exclusive',
-  'share update exclusive',
-  'share',
-  'share row exclusive',
-  'exclusive',
-  'access exclusive',
-] as const
-/** One of {@link LOCK_MODES}. */
-export type LockMode = (typeof LOCK_MODES)[number]
-
-/** `pg_locks.mode` for each table lock mode (e.g. `'AccessShareLock'`). */
-export const PG_LOCK_MODE_NAMES: Readonly<Record<LockMode, string>> = Object.freeze({
-  'access share': 'AccessShareLock',
-  'row share': 'RowShareLock',
-  'row exclusive': 'RowExclusiveLock',
-  'share update exclusive': 'ShareUpdateExclusiveLock',
-  share: 'ShareLock',
-  'share row exclusive': 'ShareRowExclusiveLock',
-  exclusive: 'ExclusiveLock',
-  'access exclusive': 'AccessExclusiveLock',
-})
+import { LOCK_MODES, PG_LOCK_MODE_NAMES } from '../vocabulary'
+import type { LockMode } from '../vocabulary'
 
 // Rows: requested mode; columns: held mode; in LOCK_MODES order. Symmetric.
 const X = true

@@ -7,12 +7,9 @@
  */
 import type { QueryResult, QueryResultRow } from 'pg'
 import { InvalidOptionError, lockNotAvailableFrom } from '../errors'
+import { ROW_LOCK_STRENGTHS } from '../vocabulary'
+import type { RowLockStrength } from '../vocabulary'
 import { checkOptionKeys, optionalBoolean, optionalUsing, parseUnqualifiedName, requireBlock } from './common'
-
-/** Row lock strengths, strongest first, in PostgreSQL's words (lower case): `FOR <strength>`. */
-export const ROW_LOCK_STRENGTHS = ['update', 'no key update', 'share', 'key share'] as const
-/** One of {@link ROW_LOCK_STRENGTHS}. */
-export type RowLockStrength = (typeof ROW_LOCK_STRENGTHS)[number]
 
 /** Options of {@link forUpdate}. */
 export interface ForUpdateOptions {

@@ -9,7 +9,7 @@ import { InvalidOptionError, lockNotAvailableFrom } from '../errors'
 import { applyLockTimeoutStatement, checkOptionKeys, fieldName, optionalBoolean, optionalTimeout, optionalUsing, parseTableName, requireBlock, RESTORE_LOCK_TIMEOUT } from './common'
 import type { QualifiedName } from './common'
 import { parseLockMode } from './modes'
-import type { LockMode } from './modes'
+import type { LockMode } from '../vocabulary'
 
 /** Options of {@link lockTableStatement} (and of a table lock taken at the start of a block). */
 export interface TableLockOptions {

@@ -1,65 +1,10 @@
 /**
- * Every SQL string pg-atomic sends on its own, as pure functions (reviewable in one file), and the
- * scanner that recognises transaction-control statements in user SQL.
- *
- * Identifiers are always quoted; option values are validated keywords or validated integers.
+ * Recognises transaction-control statements in user SQL, skipping quoted strings, quoted
+ * identifiers, dollar-quoted bodies and comments. Allocation-free on the hot path. A leaf module.
  *
  * @module
+ * @internal
  */
-import { escapeIdentifier } from 'pg'
-import type { IsolationLevel, TimeoutOption } from './options'
-import { TIMEOUT_SETTINGS } from './options'
-
-/** The transaction characteristics that go on `BEGIN`. @internal */
-export interface BeginCharacteristics {
-  readonly isolationLevel: IsolationLevel | undefined
-  readonly readOnly: boolean | undefined
-  readonly deferrable: boolean | undefined
-}
-
-/** `BEGIN [ISOLATION LEVEL x] [READ ONLY|READ WRITE] [[NOT] DEFERRABLE]`. */
-export function beginStatement(c: BeginCharacteristics): string {
-  let sql = 'BEGIN'
-  if (c.isolationLevel !== undefined) sql += ` ISOLATION LEVEL ${c.isolationLevel.toUpperCase()}`
-  if (c.readOnly !== undefined) sql += c.readOnly ? ' READ ONLY' : ' READ WRITE'
-  if (c.deferrable !== undefined) sql += c.deferrable ? ' DEFERRABLE' : ' NOT DEFERRABLE'
-  return sql
-}
-
-/** `SET LOCAL <setting> = <ms>`; `ms` is a validated integer. */
-export function setLocalStatement(option: TimeoutOption, ms: number): string {
-  return `SET LOCAL ${TIMEOUT_SETTINGS[option]} = ${ms}`
-}
-
-/** `SET LOCAL <setting> TO DEFAULT`, restoring the session value after a nested block. */
-export function resetLocalStatement(option: TimeoutOption): string {
-  return `SET LOCAL ${TIMEOUT_SETTINGS[option]} TO DEFAULT`
-}
-
-/** Savepoint name: fixed prefix + per-transaction counter. */
-export function savepointName(counter: number): string {
-  return `pga_${counter}`
-}
-
-/** `SAVEPOINT "name"`. */
-export function savepointStatement(name: string): string {
-  return `SAVEPOINT ${escapeIdentifier(name)}`
-}
-
-/** `RELEASE SAVEPOINT "name"`. */
-export function releaseStatement(name: string): string {
-  return `RELEASE SAVEPOINT ${escapeIdentifier(name)}`
-}
-
-/** `ROLLBACK TO SAVEPOINT "name"`. */
-export function rollbackToStatement(name: string): string {
-  return `ROLLBACK TO SAVEPOINT ${escapeIdentifier(name)}`
-}
-
-/** `COMMIT`. */
-export const COMMIT = 'COMMIT'
-/** `ROLLBACK`. */
-export const ROLLBACK = 'ROLLBACK'
 
 const TRANSACTION_SETTINGS = new Set(['transaction_isolation', 'transaction_read_only', 'transaction_deferrable'])
 const CONTROL_WORDS = new Set(['begin', 'start', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])

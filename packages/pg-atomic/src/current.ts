@@ -1,0 +1,27 @@
+/**
+ * Which block a module-level helper acts on (`onCommit`, `setRollback`, `lockTable`, ...):
+ * with `using`, the innermost active block of that database (which must be registered: a typo is
+ * an error); without it, the innermost active block of the current async context, whatever its
+ * database.
+ *
+ * @module
+ * @internal
+ */
+import type { Block } from './atomic'
+import { currentBlock, innermostActiveBlock } from './context'
+import { TransactionManagementError } from './errors'
+import { requireDatabase } from './registry'
+
+/** The block a helper called with `using` acts on, or `undefined` outside blocks. @internal */
+export function activeBlock(using: string | undefined): Block | undefined {
+  if (using === undefined) return innermostActiveBlock()
+  const block = currentBlock(requireDatabase(using))
+  return block === undefined || block.ended || block.tx.ended ? undefined : block
+}
+
+/** Like {@link activeBlock}, but throws `TransactionManagementError(outsideMessage)` outside blocks. @internal */
+export function requireActiveBlock(using: string | undefined, outsideMessage: string): Block {
+  const block = activeBlock(using)
+  if (block === undefined) throw new TransactionManagementError(outsideMessage)
+  return block
+}

@@ -1,0 +1,38 @@
+/**
+ * Databases by alias: `createDatabase()` registers, `db.close()` unregisters, and the module-level
+ * functions (`atomic({ using })`, the lock helpers) look databases up here.
+ *
+ * @module
+ * @internal
+ */
+import type { DatabaseImpl } from './database'
+import { TransactionManagementError } from './errors'
+
+const databases = new Map<string, DatabaseImpl>()
+
+/** Registers `db` under its alias; `false` when the alias is taken. @internal */
+export function register(db: DatabaseImpl): boolean {
+  if (databases.has(db.alias)) return false
+  databases.set(db.alias, db)
+  return true
+}
+
+/** Frees the alias of `db` (only if it is still registered under it). @internal */
+export function unregister(db: DatabaseImpl): void {
+  if (databases.get(db.alias) === db) databases.delete(db.alias)
+}
+
+/** The database registered under `alias`, or `undefined`. @internal */
+export function findDatabase(alias: string): DatabaseImpl | undefined {
+  return databases.get(alias)
+}
+
+/** The database registered under `alias`; a `TransactionManagementError` naming the fix otherwise. @internal */
+export function requireDatabase(alias: string): DatabaseImpl {
+  const db = databases.get(alias)
+  if (db === undefined) {
+    const call = alias === 'default' ? 'createDatabase()' : `createDatabase({ alias: '${alias}', ... })`
+    throw new TransactionManagementError(`No database is registered under the alias '${alias}': call ${call} first.`)
+  }
+  return db
+}
