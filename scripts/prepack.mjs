@@ -82,6 +82,7 @@ if (args.has('--bundle-cli')) {
   const bundled = {
     description: `pg-atomic-cli ${cliPkg.version}, bundled at pack time by scripts/prepack.mjs; run by bin/pg-atomic.js`,
     version: cliPkg.version,
+    type: 'commonjs',
     private: true,
     bin: cliPkg.bin,
   }
