@@ -10,6 +10,7 @@ import { TransactionManagementError, atomic, currentTransaction, inAtomicBlock }
 import type { TransactionHandle, TransactionInfo } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 /** jest's `process` is a copy with its own listeners; pg's DeprecationWarning goes to the real one. */
 const realProcess = vm.runInThisContext('process') as NodeJS.Process
@@ -29,10 +30,6 @@ beforeEach(async () => {
 afterEach(() => {
   expect(h.pool.idleCount).toBe(h.pool.totalCount)
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])

@@ -9,6 +9,7 @@ import { ConnectionLostError, TransactionManagementError, atomic, createDatabase
 import type { TransactionHandle } from 'pg-atomic'
 import { rejection, setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 /**
  * jest gives each test file a copy of `process` with its own listeners; pg's deprecation warnings
@@ -40,10 +41,6 @@ afterEach(() => {
   expect(h.pool.idleCount).toBe(h.pool.totalCount)
   expect(uncaught).not.toHaveBeenCalled()
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])

@@ -6,6 +6,7 @@ import { Atomic, TransactionManagementError, atomic, inAtomicBlock, onCommit } f
 import type { AtomicOptions } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 
@@ -18,10 +19,6 @@ beforeEach(async () => {
   await h.admin.query('truncate t')
   h.reset()
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const DURABLE_MESSAGE = 'A durable atomic block cannot be nested within another atomic block.'
 const INSERT = 'insert into t (x) values ($1)'

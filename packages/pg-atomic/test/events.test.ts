@@ -9,6 +9,7 @@ import { STATEMENT_CHANNEL, atomic, setRollback } from 'pg-atomic'
 import type { StatementEvent } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 let events: StatementEvent[] = []
@@ -31,10 +32,6 @@ beforeEach(async () => {
 afterEach(() => {
   diagnostics_channel.unsubscribe(STATEMENT_CHANNEL, listener)
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 

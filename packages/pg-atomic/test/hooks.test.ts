@@ -19,6 +19,7 @@ import {
 import type { HookErrorEvent, TransactionHandle } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 const logged: Array<{ message: string; error: unknown }> = []
@@ -38,10 +39,6 @@ beforeEach(async () => {
   h.reset()
   logged.length = 0
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const insert = (x: number) => h.db.query('insert into t (x) values ($1)', [x])
 const committed = () => h.column<number>('select x from t order by x')

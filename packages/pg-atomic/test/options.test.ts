@@ -19,6 +19,7 @@ import {
 import type { AtomicOptions, DatabaseConfig, IsolationLevel } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { thrown } from './support/errors'
 
 let h: Harness
 /** Connections of the recorded pool when the test started. */
@@ -38,16 +39,6 @@ function expectNothingSent(): void {
   expect(h.statements).toEqual([])
   expect(h.roundTrips()).toBe(0)
   expect(h.pool.totalCount).toBe(connectionsBefore)
-}
-
-/** Captures what `fn` throws synchronously (fails the test if it returns). */
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn()
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected the call to throw, but it returned')
 }
 
 function expectInvalid(error: unknown, field: string, allowed: RegExp, subject = 'atomic()'): void {

@@ -8,6 +8,7 @@ import Cursor from 'pg-cursor'
 import { TransactionManagementError, atomic } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 
@@ -23,10 +24,6 @@ beforeEach(async () => {
 afterEach(() => {
   expect(h.pool.idleCount).toBe(h.pool.totalCount)
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const INSERT = 'insert into t (x) values ($1)'
 const committed = () => h.column<number>('select x from t order by x')

@@ -4,6 +4,7 @@
 import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, isIdleInTransactionTimeout, isStatementTimeout, onCommit, onRollback } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 
@@ -16,10 +17,6 @@ beforeEach(async () => {
   await h.admin.query('truncate t')
   h.reset()
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 async function waitFor(condition: () => Promise<boolean>, what: string): Promise<void> {
   for (let i = 0; i < 100; i++) {

@@ -25,6 +25,7 @@ import { startFaultProxy, targetOf } from './support/fault-proxy'
 import type { FaultProxy } from './support/fault-proxy'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 const retries: RetryEvent[] = []
@@ -67,10 +68,6 @@ beforeEach(async () => {
 afterEach(() => {
   expect(h.pool.idleCount).toBe(h.pool.totalCount)
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 /** No waiting between attempts: the cases below are about what is retried, not when. */
 const NOW: RetryOptions = { maxAttempts: 3, baseDelayMs: 0 }

@@ -6,6 +6,7 @@ import pg from 'pg'
 import { atomic } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 /** Checkouts from the recorded pool since the test started. */
@@ -40,10 +41,6 @@ beforeEach(async () => {
   h.reset()
   acquired = 0
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 

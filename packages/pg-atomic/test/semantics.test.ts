@@ -7,6 +7,7 @@ import { Atomic, TransactionManagementError, atomic, setRollback } from 'pg-atom
 import type { AtomicOptions } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { Boom } from './support/errors'
 
 let h: Harness
 
@@ -19,10 +20,6 @@ beforeEach(async () => {
   await h.admin.query('truncate t')
   h.reset()
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 const insert = (x: number) => h.db.query('insert into t (x) values ($1)', [x])
 /** Rows visible from the current context (inside an outer block: that transaction's view). */

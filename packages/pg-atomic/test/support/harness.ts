@@ -109,12 +109,5 @@ export const THROUGH_POOLER = poolerUrl() !== undefined
  */
 export const testDirect: typeof test = THROUGH_POOLER ? test.skip : test
 
-/** Captures what `fn` rejects with (fails the test if it resolves). */
-export async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected the promise to reject, but it resolved')
-}
+/** Re-exported for the test files that import it from here; defined in ./errors. */
+export { rejection } from './errors'
