@@ -1,50 +1,81 @@
-import type { Config } from 'jest';
+import type { Config } from 'jest'
 
 /**
- * Tests run from TypeScript source (ts-jest, transpile-only: `isolatedModules`
- * is set in the test tsconfigs; type errors are caught by `npm run typecheck`).
+ * Tests run from TypeScript source (ts-jest, transpile-only: `isolatedModules` is set in the test
+ * tsconfigs; type errors are caught by `npm run typecheck`). Every package's tests are found at
+ * `packages/<package>/test/**\/*.test.ts`.
  *
- * - `core`: every `*.test.ts` except `*.legacy.test.ts`, TC39 decorators.
- * - `legacy-decorators`: `*.legacy.test.ts`, compiled with
- *   `experimentalDecorators: true`.
+ * Projects:
+ * - `unit`: the files in UNIT_TESTS, which never connect. No globalSetup: jest runs a project's
+ *   globalSetup only when one of that project's tests runs, so `jest --selectProjects unit` (or
+ *   `npx jest packages/pg-atomic/test/statements`) starts no PostgreSQL.
+ * - `core`: every other `*.test.ts` except `*.legacy.test.ts`, TC39 decorators.
+ * - `legacy-decorators`: `*.legacy.test.ts`, compiled with `experimentalDecorators: true`.
  *
- * globalSetup starts (or finds) one PostgreSQL server for the whole run and
- * exports its superuser URL as PG_ATOMIC_TEST_ADMIN_URL; each test file then
- * creates its own database with test/support/database.ts.
+ * The globalSetup of `core` and `legacy-decorators` (one module: jest runs it once) starts (or
+ * finds) one PostgreSQL server for the whole run and exports its superuser URL as
+ * PG_ATOMIC_TEST_ADMIN_URL; each test file then creates its own database with
+ * test/support/database.ts.
  */
-const testDir = '<rootDir>/packages/pg-atomic/test';
+const support = '<rootDir>/packages/pg-atomic/test/support'
+const tsconfigs = '<rootDir>/packages/pg-atomic/test'
+const tests = '<rootDir>/packages/*/test/**'
+
+/**
+ * Test files that send no SQL and open no connection. The `unit` project removes the test
+ * server's URL from their environment, so one that tries to connect fails instead of passing
+ * only in a full run.
+ */
+const UNIT_TESTS = ['packages/pg-atomic/test/statements.test.ts']
 
 const moduleNameMapper: Record<string, string> = {
   // Run the library from source, no build needed.
   '^pg-atomic$': '<rootDir>/packages/pg-atomic/src/index.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.
   '^(\\.{1,2}/.*)\\.js$': '$1',
-};
+}
 
-function project(displayName: string, tsconfig: string, testMatch: string[], ignore: string[] = []): Config {
+const escape = (path: string) => path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+const unitPattern = `/(${UNIT_TESTS.map(escape).join('|')})$`
+
+function project(displayName: string, tsconfig: string, overrides: Config): Config {
   return {
     displayName,
     rootDir: __dirname,
     testEnvironment: 'node',
-    testMatch,
-    testPathIgnorePatterns: ['/node_modules/', '/dist/', ...ignore],
     moduleFileExtensions: ['ts', 'js', 'json'],
     moduleNameMapper,
     transform: {
-      '^.+\\.ts$': ['ts-jest', { tsconfig: `${testDir}/${tsconfig}` }],
+      '^.+\\.ts$': ['ts-jest', { tsconfig: `${tsconfigs}/${tsconfig}` }],
     },
-  };
+    ...overrides,
+    testPathIgnorePatterns: ['/node_modules/', '/dist/', ...(overrides.testPathIgnorePatterns ?? [])],
+  }
+}
+
+const database: Config = {
+  globalSetup: `${support}/global-setup.ts`,
+  globalTeardown: `${support}/global-teardown.ts`,
 }
 
 const config: Config = {
   rootDir: __dirname,
   testTimeout: 30_000,
-  globalSetup: `${testDir}/support/global-setup.ts`,
-  globalTeardown: `${testDir}/support/global-teardown.ts`,
   projects: [
-    project('core', 'tsconfig.json', [`${testDir}/**/*.test.ts`], ['\\.legacy\\.test\\.ts$']),
-    project('legacy-decorators', 'tsconfig.legacy.json', [`${testDir}/**/*.legacy.test.ts`]),
+    project('unit', 'tsconfig.json', {
+      testMatch: UNIT_TESTS.map((file) => `<rootDir>/${file}`),
+      setupFiles: [`${support}/unit-setup.ts`],
+    }),
+    project('core', 'tsconfig.json', {
+      ...database,
+      testMatch: [`${tests}/*.test.ts`],
+      testPathIgnorePatterns: ['\\.legacy\\.test\\.ts$', unitPattern],
+    }),
+    project('legacy-decorators', 'tsconfig.legacy.json', {
+      ...database,
+      testMatch: [`${tests}/*.legacy.test.ts`],
+    }),
   ],
-};
+}
 
-export default config;
+export default config
