@@ -5,8 +5,9 @@
  *
  * @module
  */
-import { enterAtomic, reportHookError } from './atomic'
-import type { Block } from './atomic'
+import { enterAtomic } from './atomic/block'
+import type { Block } from './atomic/block'
+import { reportHookError } from './atomic/hooks'
 import { currentBlock } from './context'
 import { findDatabase, requireDatabase } from './registry'
 import { InvalidOptionError, ROLLBACK_FLAG_OUTSIDE_MESSAGE, TransactionManagementError } from './errors'

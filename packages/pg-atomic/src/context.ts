@@ -5,7 +5,7 @@
  * @module
  */
 import { AsyncLocalStorage } from 'node:async_hooks'
-import type { Block } from './atomic'
+import type { Block } from './atomic/block'
 
 /** One active block in the async call tree. @internal */
 export interface Frame {

@@ -7,7 +7,7 @@
  * @module
  * @internal
  */
-import type { Block } from './atomic'
+import type { Block } from './atomic/block'
 import { currentBlock, innermostActiveBlock } from './context'
 import { TransactionManagementError } from './errors'
 import { requireDatabase } from './registry'

@@ -8,8 +8,12 @@ import { EventEmitter } from 'node:events'
 import pg from 'pg'
 import type { Pool, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import Cursor from 'pg-cursor'
-import { Block, ENDED_MESSAGE, Transaction, enterAtomic, normalizeQuery, refuseTransactionControl, resolveBatchSize } from './atomic'
-import type { DatabaseCore } from './atomic'
+import { enterAtomic } from './atomic/block'
+import type { Block } from './atomic/block'
+import { cursorRows } from './atomic/cursor'
+import { ENDED_MESSAGE } from './atomic/messages'
+import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './atomic/statement'
+import type { DatabaseCore, Transaction } from './atomic/transaction'
 import { currentBlock } from './context'
 import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
@@ -301,7 +305,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
   cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
     const batchSize = resolveBatchSize(options)
     const block = this.activeBlock()
-    if (block !== undefined) return block.cursorRows<R>(text, values, batchSize)
+    if (block !== undefined) return cursorRows<R>(block, text, values, batchSize)
     refuseTransactionControl(text, false)
     return this.cursorOutside<R>(text, values, batchSize)
   }

@@ -291,7 +291,7 @@ describe('when hooks run', () => {
         throw boom
       }
       onCommit(robustImmediate, { robust: true })
-      expect(logged).toEqual([{ message: 'Error calling robustImmediate in onCommit() (immediate).', error: boom }])
+      expect(logged).toEqual([{ message: 'Error calling robustImmediate in onCommit(); the error is attached.', error: boom }])
       expect(logged[0]?.error).toBe(boom)
       expect(events).toEqual([{ kind: 'commit', transactionId: undefined, database: 'default', error: boom }])
     })
@@ -308,7 +308,7 @@ describe('when hooks run', () => {
     await new Promise((resolve) => setImmediate(resolve))
     expect(logged).toHaveLength(1)
     expect(logged[0]?.error).toBe(boom)
-    expect(logged[0]?.message).toBe('Error calling an anonymous function in onCommit() (async immediate).')
+    expect(logged[0]?.message).toBe('Error calling an anonymous function in onCommit(); the error is attached.')
   })
 
   test('a hook is registered once and runs once; the next transaction starts with no hooks', async () => {
@@ -523,7 +523,7 @@ describe('failing onCommit hooks', () => {
       })
       expect(value).toBe('value')
       expect(log).toEqual(['before', 'notifyWebhook', 'after'])
-      expect(logged).toEqual([{ message: `Error calling notifyWebhook in onCommit() during transaction ${txId} (webhook failed).`, error: boom }])
+      expect(logged).toEqual([{ message: `Error calling notifyWebhook in onCommit() during transaction ${txId}; the error is attached.`, error: boom }])
       expect(logged[0]?.error).toBe(boom)
       expect(events).toEqual([{ kind: 'commit', transactionId: txId, database: 'default', error: boom }])
       expect(events[0]?.error).toBe(boom)
@@ -545,7 +545,7 @@ describe('failing onCommit hooks', () => {
     expect(log).toEqual(['after'])
     expect(logged).toHaveLength(1)
     expect(logged[0]?.error).toBe(boom)
-    expect(logged[0]?.message).toMatch(/^Error calling an anonymous function in onCommit\(\) during transaction \d+ \(async robust\)\.$/)
+    expect(logged[0]?.message).toMatch(/^Error calling an anonymous function in onCommit\(\) during transaction \d+; the error is attached\.$/)
   })
 })
 
@@ -698,7 +698,7 @@ describe('onRollback', () => {
       }))
       expect(error).toBe(original)
       expect(log).toEqual(['second rollback hook'])
-      expect(logged).toEqual([{ message: `Error calling releaseReservation in onRollback() during transaction ${txId} (rollback hook failed).`, error: hookError }])
+      expect(logged).toEqual([{ message: `Error calling releaseReservation in onRollback() during transaction ${txId}; the error is attached.`, error: hookError }])
       expect(logged[0]?.error).toBe(hookError)
       expect(events).toEqual([{ kind: 'rollback', transactionId: txId, database: 'default', error: hookError }])
       expect(events[0]?.error).toBe(hookError)

@@ -68,6 +68,7 @@ const TME_MESSAGES: ReadonlyArray<[TmeReason, (message: string) => boolean]> = [
   ['swallowed', (m) => m.startsWith("The 'atomic' block finished normally, but an error inside it was caught and not re-raised, so its work was rolled back.")],
   ['durable-nested', (m) => m === 'A durable atomic block cannot be nested within another atomic block.'],
   ['control-failed', (m) => m.startsWith('A transaction control statement failed, so the state of the transaction is unknown')],
+  ['aborted', (m) => m.startsWith("The 'atomic' block finished normally, but a statement inside it failed and the transaction was aborted on the server")],
   ['commit-answered-rollback', (m) => m.startsWith('COMMIT was answered with ROLLBACK')],
 ]
 

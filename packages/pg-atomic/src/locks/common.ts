@@ -6,7 +6,7 @@
  * @internal
  */
 import { escapeIdentifier } from 'pg'
-import type { Block } from '../atomic'
+import type { Block } from '../atomic/block'
 import { requireDatabase } from '../registry'
 import type { DatabaseImpl } from '../database'
 import { InvalidOptionError, TransactionManagementError } from '../errors'

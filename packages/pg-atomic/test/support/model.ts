@@ -100,7 +100,7 @@ export const OUTERMOST_RESULT = 'result'
 // ---- Observations -----------------------------------------------------------------------------
 
 /** Why pg-atomic raised a TransactionManagementError. */
-export type TmeReason = 'doomed' | 'swallowed' | 'durable-nested' | 'control-failed' | 'commit-answered-rollback'
+export type TmeReason = 'doomed' | 'swallowed' | 'aborted' | 'durable-nested' | 'control-failed' | 'commit-answered-rollback'
 
 /** An error, reduced to what the comparison needs. */
 export type ErrorShape =
@@ -369,6 +369,8 @@ export function runModel(program: Program): Observation {
   // Server state: BEGIN sent; the server transaction aborted by a failed statement.
   let begun = false
   let aborted = false
+  /** The statement error that aborted the server transaction (kept while it stays aborted). */
+  let abortCause: ErrorShape | undefined
   /** Depths of released savepoints whose RELEASE is still deferred. */
   let pendingReleases: number[] = []
   const stack: ModelBlock[] = []
@@ -379,6 +381,12 @@ export function runModel(program: Program): Observation {
   const caught: Record<number, ErrorShape> = {}
 
   const top = (): ModelBlock => stack[stack.length - 1] as ModelBlock
+
+  /** A statement failed on the server: the server transaction is aborted. */
+  const abort = (error: ModelError): void => {
+    if (!aborted) abortCause = error.shape
+    aborted = true
+  }
 
   const statementFailed = (error: ModelError): never => {
     needsRollback = true
@@ -412,7 +420,7 @@ export function runModel(program: Program): Observation {
   const insert = (value: number): void =>
     query(() => {
       if (rows.some((r) => r.value === value)) {
-        aborted = true
+        abort(dbError('23505'))
         statementFailed(dbError('23505'))
       }
       rows.push({ value, owner: top().owner })
@@ -429,8 +437,9 @@ export function runModel(program: Program): Observation {
         return insert(o.value)
       case 'fail':
         return query(() => {
-          aborted = true
-          statementFailed(dbError(o.sql === 'division' ? '22012' : '23505'))
+          const error = dbError(o.sql === 'division' ? '22012' : '23505')
+          abort(error)
+          statementFailed(error)
         })
       case 'throw':
         throw new ModelError({ thrown: o.id })
@@ -513,6 +522,7 @@ export function runModel(program: Program): Observation {
       // ROLLBACK TO + RELEASE: the server transaction is usable again (the savepoint predates any
       // failure, or its SAVEPOINT would have failed); deferred RELEASEs inside it are dropped.
       aborted = false
+      abortCause = undefined
       pendingReleases = pendingReleases.filter((d) => d < block.depth)
     }
     rows = rows.filter((r) => !within(r.owner, block))
@@ -566,7 +576,12 @@ export function runModel(program: Program): Observation {
       if (needsRollback && byError) throw tme('swallowed', cause)
       return result
     }
-    if (thrown === undefined && !needsRollback) {
+    // Issue 7 §1.5: the flag was cleared with setRollback(false) while the server transaction was
+    // aborted by a failure inside this block (its SAVEPOINT was sent before the failure): its work is
+    // lost, so it rolls back and rejects instead of reporting success.
+    const lostWork = !needsRollback && aborted && block.materialized
+    const why2 = abortCause
+    if (thrown === undefined && !needsRollback && !lostWork) {
       if (block.materialized) pendingReleases.push(block.depth)
       return result
     }
@@ -577,6 +592,7 @@ export function runModel(program: Program): Observation {
     cause = undefined
     rollbackSavepoint(block, block.materialized)
     if (thrown !== undefined) throw thrown
+    if (lostWork) throw tme('aborted', why2)
     if (wasByError) throw tme('swallowed', why)
     return result
   }
@@ -602,7 +618,7 @@ export function runModel(program: Program): Observation {
         // COMMIT of an aborted transaction is answered with ROLLBACK: nothing was committed.
         rows = []
         runRollbackHooks()
-        return { error: { tme: 'commit-answered-rollback' } }
+        return { error: abortCause === undefined ? { tme: 'commit-answered-rollback' } : { tme: 'commit-answered-rollback', cause: abortCause } }
       }
       // FIFO after COMMIT. A robust hook's error is logged; a plain hook's error ends the run of
       // hooks and comes out of the block as OnCommitHookError (the data is committed).

@@ -1,0 +1,448 @@
+/**
+ * The decisions of `atomic()`: Django's `Atomic.__enter__` / `__exit__` for node-postgres. Every
+ * BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO, COMMIT and ROLLBACK is decided here, with the reason;
+ * how it reaches the server (round trips, the connection) is wire.ts, the health of the
+ * transaction is state.ts, hooks are hooks.ts, retries retry.ts.
+ *
+ * - A {@link Transaction} exists per outermost block; a {@link Block} per `atomic()` call, which is
+ *   also the handle its callback receives.
+ * - Each block serializes its own operations (statements, and the whole lifetime of each child
+ *   block) in FIFO order, so `Promise.all` of sibling blocks or statements never interleaves
+ *   savepoints: the block whose operation runs is always the top of the transaction's stack.
+ *
+ * @module
+ * @internal
+ */
+import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import { currentBlock, storage } from '../context'
+import type { Frame } from '../context'
+import { AtomicError, CommitOutcomeUnknownError, DURABLE_NESTED_MESSAGE, InvalidOptionError, TransactionManagementError, isConnectionLoss, lockNotAvailableFrom } from '../errors'
+import type { ResolvedOptions } from '../options'
+import { releaseStatement, resetLocalStatement, rollbackToStatement, savepointName, setLocalStatement } from '../sql/transaction'
+import { TIMEOUT_OPTIONS } from '../vocabulary'
+import type { IsolationLevel, TimeoutOption } from '../vocabulary'
+import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from '../types'
+import { closeCursorOf, cursorRows } from './cursor'
+import { isWithin } from './hooks'
+import { ABORTED_MESSAGE, ENDED_MESSAGE, SWALLOWED_MESSAGE, fatalError, lostError, withName } from './messages'
+import { runWithRetry } from './retry'
+import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './statement'
+import { Transaction } from './transaction'
+import type { DatabaseCore, TimeoutMap } from './transaction'
+import type { ControlStatement } from './wire'
+
+/** The body of a block. @internal */
+export type BlockBody<T> = (tx: TransactionHandle) => T | Promise<T>
+
+// ---- __enter__ ---------------------------------------------------------------------------------
+
+/**
+ * Enters a block of `db`: a new transaction, or a block nested in the current one. Every check
+ * that can fail happens before any SQL is sent.
+ * @internal
+ */
+export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>): Promise<T> {
+  if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'atomic() expects a function to run inside the block.')
+  const outer = storage.getStore()
+  const found = currentBlock(db)
+  // A block entered from a context whose block has ended (a timer, an event handler) does not join it.
+  const parent = found !== undefined && !found.ended && !found.tx.ended ? found : undefined
+  if (parent === undefined) {
+    // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
+    const policy = options.retry ?? db.retry
+    if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
+    return runWithRetry(policy, { database: db.alias, name: options.name }, () => runTransaction(db, options, fn, outer))
+  }
+  if (options.retry !== undefined) {
+    throw new TransactionManagementError(
+      withName(
+        'The retry option is only allowed on the outermost atomic() block, but this block is nested: PostgreSQL can only retry whole transactions (a savepoint retry keeps the old snapshot and its locks). Put retry on the outermost block.',
+        options.name,
+      ),
+    )
+  }
+  // durable: leaving the block must mean committed, which a nested block cannot promise (Django).
+  if (options.durable) throw new TransactionManagementError(withName(DURABLE_NESTED_MESSAGE, options.name))
+  const tx = parent.tx
+  // Characteristics are fixed by BEGIN: a nested block can only ask for what the transaction has.
+  for (const key of CHARACTERISTICS) {
+    const wanted = options[key]
+    if (wanted !== undefined && wanted !== tx.characteristics[key]) {
+      throw new TransactionManagementError(
+        `${key} can only be chosen by the outermost atomic() block: this block is nested in a transaction whose ${key} is ${describeValue(tx.characteristics[key])}, not ${describeValue(wanted)}. Set it on the outermost block, or make this block durable so that it must be outermost.`,
+      )
+    }
+  }
+  // The child's whole lifetime is one operation of its parent: siblings run one after another.
+  const wait = parent.acquire()
+  if (wait !== undefined) await wait
+  try {
+    const unusable = tx.closedError(parent)
+    if (unusable !== undefined) throw unusable
+    const block = new Block(tx, parent, options)
+    tx.stack.push(block)
+    return await block.execute(fn, outer)
+  } finally {
+    parent.release()
+  }
+}
+
+function runTransaction<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+  db.assertOpen()
+  const tx = new Transaction(db, options, outer)
+  const block = new Block(tx, undefined, options)
+  tx.stack.push(block)
+  db.transactionStarted(tx)
+  return block.execute(fn, outer)
+}
+
+const CHARACTERISTICS = ['isolationLevel', 'readOnly', 'deferrable'] as const
+
+function describeValue(v: IsolationLevel | boolean | undefined): string {
+  return v === undefined ? "the server's default" : typeof v === 'string' ? `'${v}'` : String(v)
+}
+
+/**
+ * One `atomic()` block, and the handle its callback receives.
+ * @internal
+ */
+export class Block implements TransactionHandle {
+  readonly tx: Transaction
+  readonly parent: Block | undefined
+  readonly depth: number
+  readonly options: ResolvedOptions
+  /** The savepoint of this block; `undefined` for the outermost block and for blocks that join their parent. */
+  readonly savepointName: string | undefined
+  /** Innermost block, this one included, that can roll back on its own (owns hooks registered inside). */
+  readonly rollbackOwner: Block
+  /** Timeouts set by this nested block itself (SET LOCAL after its SAVEPOINT). */
+  readonly ownTimeouts: TimeoutMap | undefined
+  /** Effective timeouts inside this block. */
+  readonly timeouts: TimeoutMap
+  ended = false
+  private running = false
+  private waiters: Array<() => void> = []
+
+  constructor(tx: Transaction, parent: Block | undefined, options: ResolvedOptions) {
+    this.tx = tx
+    this.parent = parent
+    this.options = options
+    if (parent === undefined) {
+      this.depth = 1
+      this.savepointName = undefined
+      this.rollbackOwner = this
+      this.ownTimeouts = undefined
+      this.timeouts = tx.timeouts
+      return
+    }
+    this.depth = parent.depth + 1
+    // Django: no savepoint inside an already-doomed transaction, so the doom cannot be undone.
+    this.savepointName = options.savepoint && tx.state.kind !== 'doomed' ? savepointName(++tx.savepointCounter) : undefined
+    this.rollbackOwner = this.savepointName === undefined ? parent.rollbackOwner : this
+    let own: Partial<Record<TimeoutOption, number>> | undefined
+    for (const option of TIMEOUT_OPTIONS) {
+      const value = options[option]
+      if (value !== undefined && value !== parent.timeouts[option]) (own ??= {})[option] = value
+    }
+    if (own !== undefined && this.savepointName === undefined) {
+      // A nested block's SET LOCAL is undone by restoring it at exit, which needs the savepoint.
+      throw new TransactionManagementError(
+        options.savepoint
+          ? 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards, and this block gets none because the transaction is already marked for rollback.'
+          : 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards: remove savepoint: false, or set the timeouts on the enclosing block.',
+      )
+    }
+    this.ownTimeouts = own === undefined ? undefined : Object.freeze(own)
+    this.timeouts = own === undefined ? parent.timeouts : Object.freeze({ ...parent.timeouts, ...own })
+  }
+
+  get id(): number {
+    return this.tx.id
+  }
+
+  get isolationLevel(): IsolationLevel | undefined {
+    return this.tx.characteristics.isolationLevel
+  }
+
+  get name(): string | undefined {
+    return this.options.name
+  }
+
+  /** Waits for this block's turn (FIFO); resolves at once when the block is idle. */
+  acquire(): Promise<void> | undefined {
+    if (!this.running) {
+      this.running = true
+      return undefined
+    }
+    return new Promise<void>((resolve) => this.waiters.push(resolve))
+  }
+
+  release(): void {
+    const next = this.waiters.shift()
+    if (next !== undefined) next()
+    else this.running = false
+  }
+
+  /**
+   * The block an operation requested through this handle runs in: the innermost active block of
+   * the current async context when it is nested in this one (so a handle captured from an
+   * enclosing block cannot deadlock behind the block that is running), else this block.
+   */
+  private route(): Block {
+    const current = currentBlock(this.tx.db)
+    if (current !== undefined && current !== this && !current.ended && current.tx === this.tx && isWithin(current, this)) return current
+    return this
+  }
+
+  // ---- statements ------------------------------------------------------------------------------
+
+  query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = QueryResultRow>(textOrConfig: string | QueryConfig, values?: readonly unknown[]): Promise<QueryResult<R>> {
+    return this.route().run<R>(textOrConfig, values)
+  }
+
+  /** Runs a user statement in this block. @internal */
+  async run<R extends QueryResultRow>(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): Promise<QueryResult<R>> {
+    const config = normalizeQuery(textOrConfig, values)
+    const tx = this.tx
+    const early = tx.unusableError(this)
+    if (early !== undefined) throw early
+    refuseTransactionControl(config.text, true)
+    const wait = this.acquire()
+    try {
+      if (wait !== undefined) {
+        await wait
+        const late = tx.unusableError(this)
+        if (late !== undefined) throw late
+      }
+      tx.wire.busy = true
+      try {
+        if (tx.needsPrepare()) await tx.prepare()
+        return await (tx.client as PoolClient).query<R>(config)
+      } catch (error) {
+        // Whatever failed (the checkout, a control statement, or the statement itself), the
+        // statement did not run: the block must not commit as if it had (no silent loss).
+        tx.statementFailed(error)
+        throw error
+      }
+    } finally {
+      tx.wire.busy = false
+      this.release()
+    }
+  }
+
+  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
+    return cursorRows<R>(this.route(), text, values, resolveBatchSize(options))
+  }
+
+  // ---- hooks and the rollback flag ---------------------------------------------------------------
+
+  onCommit(fn: Hook, options?: OnCommitOptions): void {
+    assertHook(fn, 'onCommit')
+    const block = this.route()
+    if (block.ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    this.tx.hooks.add(block.rollbackOwner, 'commit', fn, options?.robust === true)
+  }
+
+  onRollback(fn: Hook): void {
+    assertHook(fn, 'onRollback')
+    const block = this.route()
+    if (block.ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    this.tx.hooks.add(block.rollbackOwner, 'rollback', fn, true)
+  }
+
+  setRollback(flag: boolean): void {
+    if (typeof flag !== 'boolean') throw new InvalidOptionError('flag', 'setRollback() expects true or false.')
+    if (this.route().ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    this.tx.setRollback(flag)
+  }
+
+  getRollback(): boolean {
+    if (this.route().ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    return this.tx.rollbackPending
+  }
+
+  /** A snapshot for `currentTransaction()`. @internal */
+  info(): TransactionInfo {
+    const tx = this.tx
+    const savepointNames: string[] = []
+    for (const b of tx.stack) if (b.savepointName !== undefined) savepointNames.push(b.savepointName)
+    return Object.freeze({
+      id: tx.id,
+      database: tx.db.alias,
+      depth: this.depth,
+      savepointNames: Object.freeze(savepointNames),
+      isolationLevel: tx.characteristics.isolationLevel,
+      readOnly: tx.characteristics.readOnly,
+      deferrable: tx.characteristics.deferrable,
+      begun: tx.begun,
+      rollback: tx.rollbackPending,
+      name: this.options.name,
+    })
+  }
+
+  // ---- the body ----------------------------------------------------------------------------------
+
+  /** Runs the body in this block's context, waits for its queued work, then exits. @internal */
+  async execute<T>(fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+    let result: T | undefined
+    let threw = false
+    let thrown: unknown
+    try {
+      const lock = this.options.lock
+      if (lock !== undefined) {
+        // The block's table lock comes first; a conflict fails the block before its body runs.
+        try {
+          await this.run(lock.statement, undefined)
+        } catch (error) {
+          throw lockNotAvailableFrom(error, { kind: 'table', tables: lock.tables }) ?? error
+        }
+      }
+      result = await storage.run({ block: this, outer }, fn, this)
+    } catch (error) {
+      threw = true
+      thrown = error
+    }
+    // Statements and child blocks queued when the body returned are settled before the exit.
+    const wait = this.acquire()
+    if (wait !== undefined) await wait
+    try {
+      await closeCursorOf(this)
+      this.ended = true
+      return await (this.parent === undefined ? this.exitOutermost(threw, thrown, result as T) : this.exitNested(threw, thrown, result as T))
+    } finally {
+      this.release()
+    }
+  }
+
+  private popStack(): boolean {
+    const tx = this.tx
+    const index = tx.stack.length - 1
+    if (tx.stack[index] !== this) throw new AtomicError('pg-atomic internal error: block stack out of order.')
+    tx.stack.pop()
+    const materialized = tx.materializedUpTo > index
+    if (tx.materializedUpTo > tx.stack.length) tx.materializedUpTo = tx.stack.length
+    return materialized
+  }
+
+  private statement(kind: ControlStatement['kind'], sql: string, droppable: boolean): ControlStatement {
+    return { kind, sql, depth: this.depth, savepoint: this.savepointName, droppable, name: this.options.name }
+  }
+
+  // ---- __exit__ of a nested block ------------------------------------------------------------------
+
+  private async exitNested<T>(threw: boolean, thrown: unknown, result: T): Promise<T> {
+    const tx = this.tx
+    // `materialized`: its SAVEPOINT reached the server (a block that ran no statement sent none).
+    const materialized = this.popStack()
+    const state = tx.state
+    if (state.kind === 'lost' || state.kind === 'failed') {
+      // Nothing can be sent; the outermost block rolls back (and runs the rollback hooks).
+      if (threw) throw thrown
+      throw state.kind === 'lost' ? lostError(state.cause) : fatalError(state.cause)
+    }
+
+    if (this.savepointName === undefined) {
+      // Joined the enclosing block: an error dooms it up to the nearest savepoint (Django).
+      if (threw) {
+        tx.blockFailed(thrown)
+        throw thrown
+      }
+      if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+      return result
+    }
+
+    // Aborted on the server with the flag cleared: if this block's savepoint reached the server,
+    // the failure happened inside it (a SAVEPOINT after it would have failed), so its work is lost.
+    const lostWork = state.kind === 'aborted' && materialized
+    if (!threw && (state.kind === 'ok' || (state.kind === 'aborted' && !materialized))) {
+      // Success: RELEASE, deferred to ride with the next control statement (or dropped by COMMIT).
+      if (materialized) {
+        const statements = [this.statement('release', releaseStatement(this.savepointName), true)]
+        if (this.ownTimeouts !== undefined) {
+          // Its SET LOCALs outlive RELEASE: restore the enclosing block's values before the next statement.
+          for (const option of TIMEOUT_OPTIONS) {
+            if (this.ownTimeouts[option] === undefined) continue
+            const outerValue = this.parent?.timeouts[option]
+            const sql = outerValue === undefined ? resetLocalStatement(option) : setLocalStatement(option, outerValue)
+            statements.push(this.statement('set-local', sql, true))
+          }
+        }
+        tx.wire.queue(statements, this.ownTimeouts !== undefined)
+      }
+      return result
+    }
+
+    // Failure (thrown, doomed, or aborted on the server): ROLLBACK TO its savepoint, then RELEASE it.
+    tx.savepointRolledBack(materialized)
+    if (materialized) {
+      tx.wire.queueRollbackTo(
+        this.statement('rollback-to', rollbackToStatement(this.savepointName), false),
+        this.statement('release', releaseStatement(this.savepointName), false),
+      )
+      // onRollback hooks promise that the rollback happened: send it now rather than merging it.
+      if (tx.hooks.hasRollbackHooksWithin(this)) await tx.wire.flushNow()
+    }
+    await tx.hooks.savepointRolledBack(this)
+    if (threw) throw thrown
+    if (lostWork) throw new TransactionManagementError(withName(ABORTED_MESSAGE, this.name), { cause: state.cause })
+    if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+    // setRollback(true): rolled back silently.
+    return result
+  }
+
+  // ---- __exit__ of the outermost block ---------------------------------------------------------------
+
+  private async exitOutermost<T>(threw: boolean, thrown: unknown, result: T): Promise<T> {
+    const tx = this.tx
+    this.popStack()
+    try {
+      const state = tx.state
+      if (state.kind === 'lost') {
+        // The server rolled back when the connection went: nothing to send.
+        tx.wire.release(state.cause)
+        await tx.hooks.runRollbackHooks()
+        // The callback's own error (unrelated to the connection) is rethrown unchanged, as always,
+        // unless db.close() aborted the transaction: then every error inside is a consequence.
+        if (threw && !isConnectionLoss(thrown) && !tx.aborted) throw thrown
+        throw lostError(state.cause)
+      }
+      if (!threw && (state.kind === 'ok' || state.kind === 'aborted')) {
+        // Success: COMMIT — only if BEGIN was sent; a block that ran nothing has nothing to commit.
+        // (An aborted transaction is committed too: the server answers ROLLBACK, which is reported.)
+        if (tx.begun) {
+          try {
+            await tx.wire.commit()
+          } catch (error) {
+            if (error instanceof CommitOutcomeUnknownError) {
+              // It may have committed: running onRollback hooks (compensations) could corrupt data,
+              // and onCommit hooks could announce what never happened. Neither runs.
+              tx.hooks.discard()
+            } else await tx.hooks.runRollbackHooks()
+            throw error
+          }
+        } else tx.wire.release()
+        tx.ended = true
+        await tx.hooks.runCommitHooks()
+        return result
+      }
+      // Failure (thrown, doomed, or a control statement failed): ROLLBACK.
+      await tx.wire.rollback()
+      tx.ended = true
+      await tx.hooks.runRollbackHooks()
+      if (threw) throw thrown
+      if (state.kind === 'failed') throw fatalError(state.cause)
+      if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+      return result
+    } finally {
+      tx.ended = true
+      if (tx.client !== undefined) tx.wire.release(new Error('pg-atomic released a connection after an unexpected exit path'))
+      tx.db.transactionEnded(tx)
+    }
+  }
+}
+
+function assertHook(fn: unknown, what: string): asserts fn is Hook {
+  if (typeof fn !== 'function') throw new InvalidOptionError('callback', `${what}()'s callback must be a function.`)
+}
