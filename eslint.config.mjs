@@ -1,7 +1,9 @@
 // @ts-check
-import js from '@eslint/js';
-import { defineConfig, globalIgnores } from 'eslint/config';
-import tseslint from 'typescript-eslint';
+import js from '@eslint/js'
+import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescript'
+import { importX } from 'eslint-plugin-import-x'
+import { defineConfig, globalIgnores } from 'eslint/config'
+import tseslint from 'typescript-eslint'
 
 export default defineConfig(
   globalIgnores(['**/dist/', '**/node_modules/', '**/coverage/', '.ci-out/']),
@@ -38,4 +40,28 @@ export default defineConfig(
       ],
     },
   },
-);
+  {
+    // The launcher of the `pg-atomic` bin is CommonJS.
+    files: ['packages/pg-atomic/bin/*.js'],
+    languageOptions: { sourceType: 'commonjs' },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
+    // No import cycles in the packages' sources (house style: dependency direction points down,
+    // leaves import nothing of the library). Imports of types only (`import type`, or every
+    // specifier `type`) are exempt: they vanish at compile time. Modules are resolved the way
+    // tsc resolves them (the TypeScript resolver with the packages' tsconfigs).
+    files: ['packages/*/src/**/*.ts'],
+    plugins: { 'import-x': importX },
+    settings: {
+      ...importX.flatConfigs.typescript.settings,
+      'import-x/resolver': undefined,
+      'import-x/resolver-next': [
+        createTypeScriptImportResolver({ project: ['packages/*/tsconfig.json'], noWarnOnMultipleProjects: true }),
+      ],
+    },
+    rules: {
+      'import-x/no-cycle': ['error', { ignoreExternal: true }],
+    },
+  },
+)
