@@ -31,6 +31,7 @@ const UNIT_TESTS = ['packages/pg-atomic/test/statements.test.ts']
 const moduleNameMapper: Record<string, string> = {
   // Run the library from source, no build needed.
   '^pg-atomic$': '<rootDir>/packages/pg-atomic/src/index.ts',
+  '^pg-atomic/insight$': '<rootDir>/packages/pg-atomic/src/insight/index.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.
   '^(\\.{1,2}/.*)\\.js$': '$1',
 }

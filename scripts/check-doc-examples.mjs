@@ -84,7 +84,7 @@ const compilerOptions = {
   skipLibCheck: true,
   forceConsistentCasingInFileNames: true,
   noEmit: true,
-  paths: { 'pg-atomic': [entry] },
+  paths: { 'pg-atomic': [entry], 'pg-atomic/insight': [join(root, 'packages', 'pg-atomic', 'src', 'insight', 'index.ts')] },
 }
 
 const tmp = realpathSync(mkdtempSync(join(tmpdir(), 'pg-atomic-doc-examples-')))

@@ -8,7 +8,8 @@
 import pg from 'pg'
 import { startDatabase } from '@pg-atomic/devdb'
 import diagnostics_channel from 'node:diagnostics_channel'
-import { Atomic, RETRY_CHANNEL, TransactionManagementError, atomic, createDatabase, lockTable, locksHeld, onCommit, setRollback } from 'pg-atomic'
+import { Atomic, RETRY_CHANNEL, TransactionManagementError, atomic, createDatabase, lockTable, onCommit, setRollback } from 'pg-atomic'
+import { locksHeld } from 'pg-atomic/insight'
 import type { RetryEvent } from 'pg-atomic'
 
 const dim = (s: string): string => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s)

@@ -5,8 +5,8 @@
  * @module
  */
 import { createInterface } from 'node:readline'
-import { explainLocks, idleInTransaction, lockWaits } from 'pg-atomic'
-import type { ExplainedLock, IdleSession, LockInfo, LockReport, LockWaitNode } from 'pg-atomic'
+import { explainLocks, idleInTransaction, lockWaits } from 'pg-atomic/insight'
+import type { ExplainedLock, IdleSession, LockInfo, LockReport, LockWaitNode } from 'pg-atomic/insight'
 import { connect, explainFailure } from './connection'
 import type { ConnectionTarget, Session } from './connection'
 import { formatDuration } from './duration'
@@ -305,7 +305,7 @@ async function terminate(session: Session, target: IdleSession): Promise<Termina
 export async function idleCommand(ctx: Context, options: IdleOptions): Promise<ExitCode> {
   const session = await connect(ctx.target)
   try {
-    const sessions = await idleInTransaction({ using: session.db, olderThan: options.olderThanMs, queryLength: options.queryLength })
+    const sessions = await idleInTransaction({ using: session.db, olderThanMs: options.olderThanMs, queryLength: options.queryLength })
     const older = options.olderThanMs > 0 ? ` for at least ${formatDuration(options.olderThanMs)}` : ''
     if (!ctx.json) {
       ctx.out(ctx.style.bold(`Idle in transaction${older} in database ${session.database}: ${sessions.length === 0 ? 'none' : plural(sessions.length, 'session')}`))

@@ -180,6 +180,42 @@ export function isConnectionLoss(error: unknown): boolean {
   return false
 }
 
+/** Node socket codes that mean no connection could be made (the server is not reachable there). */
+const CONNECT_FAILURE_NODE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOENT', 'EACCES', 'ETIMEDOUT'])
+
+/**
+ * `true` when `error` means the connection to PostgreSQL is gone or could not be made, so the
+ * statement did not run (or its outcome is unknown) and retrying needs a new connection:
+ *
+ * 1. pg-atomic's `ConnectionLostError` (and `CommitOutcomeUnknownError`: the connection was lost
+ *    during `COMMIT`);
+ * 2. server errors that end the session (SQLSTATE class 08, 57P01 `admin_shutdown`, 57P02, 57P03,
+ *    57P05, 25P03 `idle_in_transaction_session_timeout`);
+ * 3. Node socket errors (`ECONNRESET`, `EPIPE`, `ECONNREFUSED`, `ENOTFOUND`, `ETIMEDOUT`, ...,
+ *    also inside the `AggregateError` of a multi-address connect);
+ * 4. node-postgres' "Connection terminated" family (including a connect timeout).
+ *
+ * Errors of the statement itself (syntax, constraint, lock timeout, permission) are `false`.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await db.query('select 1')
+ * } catch (error) {
+ *   if (isConnectionError(error)) console.error('PostgreSQL is unreachable')
+ *   else throw error
+ * }
+ * ```
+ */
+export function isConnectionError(error: unknown): boolean {
+  if (error instanceof CommitOutcomeUnknownError) return true
+  if (isConnectionLoss(error)) return true
+  const code = sqlState(error)
+  if (code !== undefined && CONNECT_FAILURE_NODE_CODES.has(code)) return true
+  if (error instanceof AggregateError) return error.errors.some((e) => isConnectionError(e))
+  return error instanceof Error && !(error instanceof AtomicError) && /timeout expired|timeout exceeded when trying to connect/i.test(error.message)
+}
+
 // ---- Locks (issue 4) ----------------------------------------------------------------------------
 
 /** Why a lock was not obtained: `'nowait'` (`NOWAIT`, or a try form) or `'lock_timeout'` (waited too long). */

@@ -23,6 +23,7 @@ export {
   isRetryable,
   isStatementTimeout,
   isIdleInTransactionTimeout,
+  isConnectionError,
 } from './errors'
 export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './vocabulary'
 export type { IsolationLevel } from './vocabulary'
@@ -30,32 +31,15 @@ export type { AtomicLogger, AtomicOptions, DatabaseConfig, RetryOptions, Transac
 export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
 export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'
 export type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'
-// ---- Locks: table, row and advisory locks (issue 4) ----
+// ---- Locks: table, row and advisory locks; lock insight is in 'pg-atomic/insight' ----
 export { LockNotAvailableError } from './errors'
 export type { LockNotAvailableReason } from './errors'
-export { lockTable, lockTableStatement, resolveTableLock } from './locks/table'
-export type { LockTableOptions, ResolvedTableLock, TableLockInput, TableLockOptions } from './locks/table'
+export { lockTable } from './locks/table'
+export type { LockTableOptions } from './locks/table'
+export type { TableLockInput, TableLockOptions } from './locks/table-lock'
 export { forUpdate, selectForUpdate } from './locks/rows'
-export { ROW_LOCK_STRENGTHS, LOCK_MODES, PG_LOCK_MODE_NAMES } from './vocabulary'
+export { ROW_LOCK_STRENGTHS, LOCK_MODES } from './vocabulary'
 export type { RowLockStrength, LockMode } from './vocabulary'
 export type { ForUpdateOptions, SelectForUpdateOptions } from './locks/rows'
 export { ADVISORY_KEY_NAMESPACE, ADVISORY_KEY_SQL, advisoryKey, advisoryLock, withAdvisoryLock } from './locks/advisory'
 export type { AdvisoryLockContext, AdvisoryLockKey, AdvisoryLockOptions, ResolvedAdvisoryKey, WithAdvisoryLockOptions } from './locks/advisory'
-// ---- Lock insight: locksHeld, lockWaits, idleInTransaction, explainLocks (issue 4 §4) ----
-export { describeAdvisoryKey, explainLocks, idleInTransaction, lockWaits, locksHeld } from './locks/insight'
-export { LOCK_CONFLICT_MATRIX, LOCK_TAKEN_BY, blockedStatements, conflictingModes, conflicts, parseLockMode } from './locks/modes'
-export type {
-  AdvisoryLockKeyInPgLocks,
-  ExplainLocksOptions,
-  ExplainedLock,
-  IdleInTransactionOptions,
-  IdleSession,
-  InsightOptions,
-  LockInfo,
-  LockReport,
-  LockWaitNode,
-  LockWaitsOptions,
-  RelationRef,
-  RowLockInfo,
-  RowLocksReport,
-} from './locks/insight'

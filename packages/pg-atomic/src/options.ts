@@ -10,8 +10,8 @@ import type { Pool, PoolConfig } from 'pg'
 import { InvalidOptionError } from './errors'
 import { DEFAULT_RETRY_CODES, ISOLATION_LEVELS, MAX_TIMEOUT_MS } from './vocabulary'
 import type { IsolationLevel } from './vocabulary'
-import { resolveTableLock } from './locks/table'
-import type { ResolvedTableLock, TableLockInput } from './locks/table'
+import { TABLE_LOCK_OPTION_EXPECTATION, resolveTableLock } from './locks/table-lock'
+import type { ResolvedTableLock, TableLockInput } from './locks/table-lock'
 
 /** Transaction characteristics shared by `atomic()` options and database defaults. */
 export interface TransactionDefaults {
@@ -58,9 +58,9 @@ export interface AtomicOptions extends TransactionDefaults {
   retry?: number | RetryOptions
   /**
    * A table lock taken when the block starts (`LOCK TABLE ... IN <mode> MODE [NOWAIT]`, with an
-   * optional `timeout` in ms): `{ tables, mode, nowait?, timeout? }`, validated like `lockTable()`.
+   * optional `timeoutMs`): `{ tables, mode, nowait?, timeoutMs? }`, validated like `lockTable()`.
    * The lock lasts until the transaction ends (or until this block's savepoint is rolled back).
-   * A conflict with `nowait` or `timeout` rejects the block with `LockNotAvailableError` before the
+   * A conflict with `nowait` or `timeoutMs` rejects the block with `LockNotAvailableError` before the
    * body runs. Default: none.
    */
   lock?: TableLockInput
@@ -165,7 +165,7 @@ const ALLOWED: Record<string, string> = {
   'retry.maxDelayMs': 'a whole number of milliseconds of at least 0',
   'retry.retryOn': 'a list of 5-character SQLSTATE codes such as 40001, or a function (error) => boolean',
   acquireTimeoutMs: 'a whole number of milliseconds of at least 1',
-  lock: "an object { tables, mode, nowait?, timeout? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }",
+  lock: TABLE_LOCK_OPTION_EXPECTATION,
   logger: "an object with an error(message) method",
   pool: 'a pg.Pool (an object with connect() and query() methods)',
   max: 'a whole number of at least 1',

@@ -8,9 +8,22 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { createHash } from 'node:crypto'
 import type { PoolClient } from 'pg'
-import { requireDatabase } from '../registry'
+import { z } from 'zod'
+import { requireActiveBlock } from '../current'
 import { ConnectionLostError, InvalidOptionError, LockNotAvailableError, TransactionManagementError, isConnectionLoss, lockNotAvailableFrom } from '../errors'
-import { applyLockTimeoutStatement, checkOptionKeys, optionalBoolean, optionalTimeout, optionalUsing, requireBlock, RESTORE_LOCK_TIMEOUT } from './common'
+import { requireDatabase } from '../registry'
+import {
+  ADVISORY_KEY_SQL as KEY_SQL,
+  COMMIT_SQL,
+  RESTORE_LOCK_TIMEOUT_SQL,
+  ROLLBACK_SQL,
+  advisoryLockSql,
+  advisoryUnlockSql,
+  applyLockTimeoutSql,
+  beginWithLockTimeoutSql,
+} from '../sql/locks'
+import { parseOptions } from '../validation'
+import { TIMEOUT_MS_EXPECTATION, USING_EXPECTATION, timeoutMsSchema, usingSchema } from './schemas'
 
 /** The namespace {@link advisoryKey} uses by default. */
 export const ADVISORY_KEY_NAMESPACE = 'pg-atomic'
@@ -22,7 +35,7 @@ export const ADVISORY_KEY_NAMESPACE = 'pg-atomic'
  * With pgcrypto, `digest(convert_to(...), 'sha256')` in place of `sha256(convert_to(...))` gives
  * the same value.
  */
-export const ADVISORY_KEY_SQL = "('x' || encode(substr(sha256(convert_to($2::text || ':' || $1::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint"
+export const ADVISORY_KEY_SQL: string = KEY_SQL
 
 /**
  * A key of an advisory lock:
@@ -33,13 +46,31 @@ export const ADVISORY_KEY_SQL = "('x' || encode(substr(sha256(convert_to($2::tex
  */
 export type AdvisoryLockKey = bigint | number | string | readonly [number, number]
 
-/** A validated key as PostgreSQL receives it: one `bigint`, or two `int4`. */
+/**
+ * An advisory lock key as PostgreSQL stores it: one `bigint` (`pg_advisory_lock(bigint)`), or a
+ * pair of `int4` (`pg_advisory_lock(int, int)`). What {@link AdvisoryLockContext.key} holds, and
+ * what lock insight decodes from `pg_locks`.
+ */
 export type ResolvedAdvisoryKey = bigint | readonly [number, number]
 
 const INT64_MIN = -(2n ** 63n)
 const INT64_MAX = 2n ** 63n - 1n
 const INT32_MIN = -(2 ** 31)
 const INT32_MAX = 2 ** 31 - 1
+
+/** The hash of {@link advisoryKey}, for validated input. */
+function hashKey(text: string, namespace: string): bigint {
+  return createHash('sha256').update(`${namespace}:${text}`, 'utf8').digest().readBigInt64BE(0)
+}
+
+const advisoryKeyArguments = z.strictObject({
+  text: z.string(),
+  namespace: z.string().refine((s) => !s.includes(':')),
+})
+const ADVISORY_KEY_EXPECTATIONS = {
+  text: 'the text to hash (a string)',
+  namespace: "a string without ':' (the separator between namespace and text)",
+}
 
 /**
  * Hashes a string to an advisory lock key, the same way in every process and every language:
@@ -64,52 +95,31 @@ const INT32_MAX = 2 ** 31 - 1
  * ```
  */
 export function advisoryKey(text: string, namespace: string = ADVISORY_KEY_NAMESPACE): bigint {
-  if (typeof text !== 'string') throw new InvalidOptionError('text', 'advisoryKey() expects the text to hash (a string).')
-  if (typeof namespace !== 'string' || namespace.includes(':')) {
-    throw new InvalidOptionError('namespace', "Invalid namespace for advisoryKey(): it must be a string without ':' (the separator between namespace and text).")
-  }
-  return createHash('sha256').update(`${namespace}:${text}`, 'utf8').digest().readBigInt64BE(0)
+  parseOptions(advisoryKeyArguments, { text, namespace }, 'advisoryKey()', ADVISORY_KEY_EXPECTATIONS)
+  return hashKey(text, namespace)
 }
 
-/** Validates a key. @internal */
-export function resolveAdvisoryKey(key: unknown, field = 'key', subject = 'advisoryLock()'): ResolvedAdvisoryKey {
-  if (typeof key === 'bigint') {
-    if (key >= INT64_MIN && key <= INT64_MAX) return key
-  } else if (typeof key === 'number') {
-    if (Number.isSafeInteger(key)) return BigInt(key)
-  } else if (typeof key === 'string') {
-    if (key !== '') return advisoryKey(key)
-  } else if (Array.isArray(key) && key.length === 2) {
-    const [a, b] = key as unknown[]
-    const int32 = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= INT32_MIN && v <= INT32_MAX
-    if (int32(a) && int32(b)) return Object.freeze([a, b] as const)
-  }
-  throw new InvalidOptionError(
-    field,
-    `Invalid "${field}" for ${subject}: it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).`,
-  )
+const int32 = z.int().min(INT32_MIN).max(INT32_MAX)
+const keySchema = z.union([
+  z.bigint().min(INT64_MIN).max(INT64_MAX),
+  z.int(),
+  z.string().min(1),
+  z.tuple([int32, int32]).readonly(),
+])
+const KEY_EXPECTATION =
+  'a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey())'
+
+/** Validates a key and returns it as PostgreSQL receives it. @internal */
+export function resolveAdvisoryKey(key: unknown, subject: string): ResolvedAdvisoryKey {
+  const { key: k } = parseOptions(z.strictObject({ key: keySchema }), { key }, subject, { key: KEY_EXPECTATION })
+  if (typeof k === 'bigint') return k
+  if (typeof k === 'number') return BigInt(k)
+  if (typeof k === 'string') return hashKey(k, ADVISORY_KEY_NAMESPACE)
+  return Object.freeze([k[0], k[1]] as const)
 }
 
 function idOf(key: ResolvedAdvisoryKey): string {
   return typeof key === 'bigint' ? key.toString() : `${key[0]},${key[1]}`
-}
-
-/** `$1::bigint` or `$1::int, $2::int`, and the parameters. */
-function keyArguments(key: ResolvedAdvisoryKey): { sql: string; values: unknown[] } {
-  return typeof key === 'bigint' ? { sql: '$1::bigint', values: [key.toString()] } : { sql: '$1::int, $2::int', values: [key[0], key[1]] }
-}
-
-/** `SELECT pg_[try_]advisory_[xact_]lock[_shared](key) AS acquired`. @internal */
-export function advisoryLockStatement(key: ResolvedAdvisoryKey, level: 'xact' | 'session', shared: boolean, wait: boolean): { text: string; values: unknown[] } {
-  const args = keyArguments(key)
-  const fn = `pg_${wait ? '' : 'try_'}advisory_${level === 'xact' ? 'xact_' : ''}lock${shared ? '_shared' : ''}`
-  return { text: wait ? `SELECT ${fn}(${args.sql})` : `SELECT ${fn}(${args.sql}) AS acquired`, values: args.values }
-}
-
-/** `SELECT pg_advisory_unlock[_shared](key) AS released`. @internal */
-export function advisoryUnlockStatement(key: ResolvedAdvisoryKey, shared: boolean): { text: string; values: unknown[] } {
-  const args = keyArguments(key)
-  return { text: `SELECT pg_advisory_unlock${shared ? '_shared' : ''}(${args.sql}) AS released`, values: args.values }
 }
 
 /** Options of {@link advisoryLock}. */
@@ -126,12 +136,15 @@ export interface AdvisoryLockOptions {
    * previous value restored afterwards), then reject with `LockNotAvailableError`. Whole number
    * from 0 to 2147483647; `0` waits without limit. Default: the transaction's `lock_timeout`.
    */
-  timeout?: number
-  /** Alias of the database. Default: `'default'`. */
+  timeoutMs?: number
+  /**
+   * Alias of the database whose current block takes the lock (it must be registered). Default:
+   * the innermost active `atomic()` block of the current async context, whatever its database.
+   */
   using?: string
 }
 
-/** Options of {@link withAdvisoryLock}: the same as {@link AdvisoryLockOptions}. */
+/** Options of {@link withAdvisoryLock}. */
 export interface WithAdvisoryLockOptions {
   /** Take the lock in shared mode. Default: `false`. */
   shared?: boolean
@@ -141,8 +154,11 @@ export interface WithAdvisoryLockOptions {
    * Default: `true`.
    */
   wait?: boolean
-  /** With `wait`, wait at most this many milliseconds, then reject with `LockNotAvailableError`. Default: no limit (the server's `lock_timeout`). */
-  timeout?: number
+  /**
+   * With `wait`, wait at most this many milliseconds, then reject with `LockNotAvailableError`.
+   * Whole number from 0 to 2147483647; `0` waits without limit. Default: the server's `lock_timeout`.
+   */
+  timeoutMs?: number
   /** Alias of the database whose pool provides the connection. Default: `'default'`. */
   using?: string
 }
@@ -159,24 +175,34 @@ export interface AdvisoryLockContext {
   readonly signal: AbortSignal
 }
 
-const OPTION_KEYS = ['shared', 'wait', 'timeout', 'using'] as const
+const optionsSchema = z.strictObject({
+  shared: z.boolean().optional(),
+  wait: z.boolean().optional(),
+  timeoutMs: timeoutMsSchema.optional(),
+  using: usingSchema.optional(),
+})
+const OPTION_EXPECTATIONS = {
+  shared: 'true or false',
+  wait: 'true or false',
+  timeoutMs: TIMEOUT_MS_EXPECTATION,
+  using: USING_EXPECTATION,
+  fn: 'the function to run while the lock is held',
+}
 
 interface Resolved {
   readonly shared: boolean
   readonly wait: boolean
-  readonly timeout: number | undefined
-  readonly using: string
+  readonly timeoutMs: number | undefined
+  readonly using: string | undefined
 }
 
 function resolveOptions(options: unknown, subject: string): Resolved {
-  const o = checkOptionKeys(options, OPTION_KEYS, '', subject)
-  const shared = optionalBoolean(o['shared'], 'shared', subject) ?? false
-  const wait = optionalBoolean(o['wait'], 'wait', subject) ?? true
-  const timeout = optionalTimeout(o['timeout'], 'timeout', subject)
-  if (!wait && timeout !== undefined) {
-    throw new InvalidOptionError('timeout', `Option "timeout" of ${subject} applies only when waiting: remove it, or remove wait: false.`)
+  const o = parseOptions(optionsSchema, options ?? {}, subject, OPTION_EXPECTATIONS)
+  const wait = o.wait ?? true
+  if (!wait && o.timeoutMs !== undefined) {
+    throw new InvalidOptionError('timeoutMs', `Invalid option "timeoutMs" for ${subject}: it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.`)
   }
-  return { shared, wait, timeout, using: optionalUsing(o['using'], subject) }
+  return { shared: o.shared ?? false, wait, timeoutMs: o.timeoutMs, using: o.using }
 }
 
 /** Session locks held by withAdvisoryLock() in the current async context (to refuse self-deadlocks). */
@@ -206,20 +232,21 @@ export const ADVISORY_LOCK_OUTSIDE_MESSAGE =
  * It is held until the transaction ends (commit or rollback), or until the nested block that took
  * it rolls back; it cannot be released earlier. PgBouncer-safe.
  *
- * 1. The key and options are validated first (`InvalidOptionError`); outside a block it throws
- *    `TransactionManagementError` before anything is sent.
+ * 1. The key and options are validated first (`InvalidOptionError`). The block: the one of
+ *    `using`, else the innermost active block of the current async context; outside a block it
+ *    throws `TransactionManagementError` before anything is sent.
  * 2. The key is sent as a parameter: `SELECT pg_advisory_xact_lock($1::bigint)`, or
  *    `($1::int, $2::int)` for a pair.
  * 3. With `wait: false` it resolves to `true` (acquired) or `false` (held elsewhere; the block is
  *    not affected). With `wait` it resolves to `true`, or rejects: `LockNotAvailableError` when
- *    `timeout` (or the transaction's `lock_timeout`) expires, PostgreSQL's `40P01` when this
+ *    `timeoutMs` (or the transaction's `lock_timeout`) expires, PostgreSQL's `40P01` when this
  *    transaction is chosen as a deadlock victim. Both doom the block.
- * 4. With `timeout`, three statements are sent: the `lock_timeout` change, the lock, the restore.
+ * 4. With `timeoutMs`, three statements are sent: the `lock_timeout` change, the lock, the restore.
  *
  * Locks are re-entrant within one session: a second `advisoryLock()` of the same key in the same
  * transaction succeeds at once. They exclude other sessions, not other code sharing this transaction.
  *
- * Default: exclusive, waits, `using: 'default'`.
+ * Default: exclusive, waits.
  *
  * @example
  * ```ts
@@ -231,15 +258,15 @@ export const ADVISORY_LOCK_OUTSIDE_MESSAGE =
  */
 export async function advisoryLock(key: AdvisoryLockKey, options?: AdvisoryLockOptions): Promise<boolean> {
   const subject = 'advisoryLock()'
-  const k = resolveAdvisoryKey(key, 'key', subject)
+  const k = resolveAdvisoryKey(key, subject)
   const o = resolveOptions(options, subject)
-  const { block } = requireBlock(o.using, ADVISORY_LOCK_OUTSIDE_MESSAGE)
-  refuseSelfDeadlock(o.using, k, o.shared, subject)
-  const statement = advisoryLockStatement(k, 'xact', o.shared, o.wait)
+  const block = requireActiveBlock(o.using, ADVISORY_LOCK_OUTSIDE_MESSAGE)
+  refuseSelfDeadlock(block.tx.db.alias, k, o.shared, subject)
+  const statement = advisoryLockSql(k, 'xact', o.shared, o.wait)
   try {
-    if (o.timeout !== undefined) await block.run(applyLockTimeoutStatement(o.timeout), undefined)
+    if (o.timeoutMs !== undefined) await block.run(applyLockTimeoutSql(o.timeoutMs), undefined)
     const result = await block.run<{ acquired?: boolean }>(statement.text, statement.values)
-    if (o.timeout !== undefined) await block.run(RESTORE_LOCK_TIMEOUT, undefined)
+    if (o.timeoutMs !== undefined) await block.run(RESTORE_LOCK_TIMEOUT_SQL, undefined)
     return o.wait ? true : result.rows[0]?.acquired === true
   } catch (error) {
     throw lockNotAvailableFrom(error, { kind: 'advisory' }) ?? error
@@ -262,18 +289,20 @@ function transactionPoolingMessage(alias: string): string {
  *    database (the lock would be released before that transaction commits: use `advisoryLock()`),
  *    and for a key an enclosing `withAdvisoryLock()` already holds (it would wait for itself).
  * 2. One connection is checked out from the database's pool and kept for the whole call, with an
- *    'error' listener. The lock is taken on it (with `timeout`: inside `BEGIN; SET LOCAL
+ *    'error' listener. The lock is taken on it (with `timeoutMs`: inside `BEGIN; SET LOCAL
  *    lock_timeout` ... `COMMIT`, so no setting outlives the call). `wait: false` and the lock is
  *    taken elsewhere, or the timeout expires: `LockNotAvailableError`, and `fn` does not run.
  * 3. `fn({ key, signal })` runs while the lock is held. Its statements use the database as usual
  *    (other connections): the lock connection only holds the lock.
  * 4. In `finally`, even when `fn` throws, `pg_advisory_unlock` releases the lock and the connection
  *    goes back to the pool. If the unlock fails or returns `false`, the connection is destroyed
- *    instead (closing the session releases its locks) and the failure is logged.
+ *    instead (closing the session releases its locks) and the failure is logged (the error as the
+ *    logger's second argument, never in the sentence).
  * 5. If the lock connection dies while `fn` runs, `signal` is aborted; `fn`'s own error is
  *    rethrown, and if `fn` succeeded the call rejects with `ConnectionLostError` (the lock was
  *    lost part-way, so mutual exclusion was not guaranteed).
  *
+ * It is not tied to a block, so without `using` it uses the database registered as `'default'`.
  * The call needs two connections when `fn` queries the database: size the pool for it.
  * Default: exclusive, waits without limit, `using: 'default'`.
  *
@@ -289,17 +318,17 @@ function transactionPoolingMessage(alias: string): string {
  */
 export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: AdvisoryLockContext) => T | Promise<T>, options?: WithAdvisoryLockOptions): Promise<T> {
   const subject = 'withAdvisoryLock()'
-  const k = resolveAdvisoryKey(key, 'key', subject)
-  if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'withAdvisoryLock() expects the function to run while the lock is held.')
+  const k = resolveAdvisoryKey(key, subject)
+  if (typeof fn !== 'function') throw new InvalidOptionError('fn', `Invalid option "fn" for ${subject}: it must be ${OPTION_EXPECTATIONS.fn}.`)
   const o = resolveOptions(options, subject)
-  const db = requireDatabase(o.using)
+  const db = requireDatabase(o.using ?? 'default')
   if (db.transactionPooling) throw new TransactionManagementError(transactionPoolingMessage(db.alias))
   if (db.inAtomicBlock()) {
     throw new TransactionManagementError(
       "withAdvisoryLock() cannot be used inside an atomic() block: its session-level lock would be released when fn returns, before the enclosing transaction commits, so another process could take the lock without seeing this transaction's work. Use advisoryLock() (released at COMMIT), or call withAdvisoryLock() outside and open the atomic() block inside fn.",
     )
   }
-  refuseSelfDeadlock(o.using, k, o.shared, subject)
+  refuseSelfDeadlock(db.alias, k, o.shared, subject)
   db.assertNotClosed()
 
   const client = await db.connect()
@@ -309,7 +338,7 @@ export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: Advis
     if (lost !== undefined) return
     lost = error ?? new Error('Connection terminated')
     controller.abort(
-      new ConnectionLostError(`The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released and other sessions can take it.`, { cause: lost }),
+      new ConnectionLostError('The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released and other sessions can take it.', { cause: lost }),
     )
   }
   const onEnd = (): void => onLost()
@@ -336,7 +365,7 @@ export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: Advis
 
   let outcome: { ok: true; value: T } | { ok: false; error: unknown }
   try {
-    const entry: HeldLock = { alias: o.using, id: idOf(k), shared: o.shared }
+    const entry: HeldLock = { alias: db.alias, id: idOf(k), shared: o.shared }
     const value = await held.run([...(held.getStore() ?? []), entry], () => fn(Object.freeze({ key: k, signal: controller.signal })))
     outcome = { ok: true, value }
   } catch (error) {
@@ -350,8 +379,8 @@ export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: Advis
 }
 
 async function acquireSessionLock(client: PoolClient, key: ResolvedAdvisoryKey, o: Resolved): Promise<void> {
-  const statement = advisoryLockStatement(key, 'session', o.shared, o.wait)
-  if (o.timeout === undefined) {
+  const statement = advisoryLockSql(key, 'session', o.shared, o.wait)
+  if (o.timeoutMs === undefined) {
     const result = await client.query<{ acquired?: boolean }>(statement.text, statement.values)
     if (!o.wait && result.rows[0]?.acquired !== true) {
       throw new LockNotAvailableError('Could not obtain the advisory lock of withAdvisoryLock() without waiting (wait: false): another session holds it in a conflicting mode. fn was not run.', {
@@ -362,16 +391,24 @@ async function acquireSessionLock(client: PoolClient, key: ResolvedAdvisoryKey, 
   }
   // The timeout is a transaction-local setting, so nothing outlives the call; a session lock taken
   // inside a transaction stays held after COMMIT.
-  await client.query(`BEGIN; SET LOCAL lock_timeout = ${o.timeout}`)
+  await client.query(beginWithLockTimeoutSql(o.timeoutMs))
   try {
     await client.query(statement.text, statement.values)
   } catch (error) {
-    // A failed ROLLBACK leaves the transaction status not idle: the caller then destroys the connection.
-    await client.query('ROLLBACK').catch(() => undefined)
+    try {
+      await client.query(ROLLBACK_SQL)
+    } catch {
+      // The transaction status then stays not idle, and release() destroys the connection; the
+      // lock statement's error is the one the caller needs.
+    }
     throw error
   }
-  await client.query('COMMIT')
+  await client.query(COMMIT_SQL)
 }
+
+/** The sentence logged when the unlock did not work; the error goes to the logger as its own argument. */
+const UNLOCK_FAILED_MESSAGE =
+  'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, which releases every lock of its session.'
 
 async function releaseSessionLock(
   client: PoolClient,
@@ -379,13 +416,13 @@ async function releaseSessionLock(
   shared: boolean,
   lost: () => unknown,
   release: (destroy: unknown) => void,
-  log: (message: string, error?: unknown) => void,
+  log: (message: string, error: unknown) => void,
 ): Promise<void> {
   if (lost() !== undefined) {
     release(lost())
     return
   }
-  const statement = advisoryUnlockStatement(key, shared)
+  const statement = advisoryUnlockSql(key, shared)
   try {
     const result = await client.query<{ released: boolean }>(statement.text, statement.values)
     if (result.rows[0]?.released === true) {
@@ -393,10 +430,10 @@ async function releaseSessionLock(
       return
     }
     const error = new Error('pg_advisory_unlock returned false')
-    log('withAdvisoryLock() could not release its advisory lock (pg_advisory_unlock returned false); the connection was destroyed instead, which releases every lock of its session.', error)
+    log(UNLOCK_FAILED_MESSAGE, error)
     release(error)
   } catch (error) {
-    log(`withAdvisoryLock() could not release its advisory lock (${error instanceof Error ? error.message : String(error)}); the connection was destroyed instead, which releases every lock of its session.`, error)
+    log(UNLOCK_FAILED_MESSAGE, error)
     release(error)
   }
 }

@@ -1,81 +1,46 @@
 /**
- * PostgreSQL's eight table-level lock modes as data: names, the conflict matrix, and which
- * statements take each mode. Verified against PostgreSQL 15 (see docs/guide/locking.md) and the
- * table in the manual ("Explicit Locking → Table-Level Locks").
+ * Table lock modes as the lock helpers accept them: `LOCK TABLE`'s words in any case
+ * (`'ACCESS EXCLUSIVE'`, `'row exclusive'`) or `pg_locks` names (`'RowExclusiveLock'`).
  *
  * @module
+ * @internal
  */
-import { InvalidOptionError } from '../errors'
+import { z } from 'zod'
+import { parseOptions } from '../validation'
 import { LOCK_MODES, PG_LOCK_MODE_NAMES } from '../vocabulary'
 import type { LockMode } from '../vocabulary'
 
-// Rows: requested mode; columns: held mode; in LOCK_MODES order. Symmetric.
-const X = true
-const _ = false
-const MATRIX: readonly (readonly boolean[])[] = [
-  [_, _, _, _, _, _, _, X], // access share
-  [_, _, _, _, _, _, X, X], // row share
-  [_, _, _, _, X, X, X, X], // row exclusive
-  [_, _, _, X, X, X, X, X], // share update exclusive
-  [_, _, X, X, _, X, X, X], // share
-  [_, _, X, X, X, X, X, X], // share row exclusive
-  [_, X, X, X, X, X, X, X], // exclusive
-  [X, X, X, X, X, X, X, X], // access exclusive
-]
-
-/**
- * The full 8×8 conflict matrix: `LOCK_CONFLICT_MATRIX[i][j]` is `true` when mode `LOCK_MODES[i]`
- * requested by one transaction conflicts with `LOCK_MODES[j]` held by another. (A transaction never
- * conflicts with its own locks.)
- */
-export const LOCK_CONFLICT_MATRIX: readonly (readonly boolean[])[] = Object.freeze(MATRIX.map((row) => Object.freeze([...row])))
-
-/** Statements that take each mode (observed in `pg_locks` on PostgreSQL 15 unless the manual says so). */
-export const LOCK_TAKEN_BY: Readonly<Record<LockMode, readonly string[]>> = Object.freeze({
-  'access share': ['SELECT'],
-  'row share': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE'],
-  'row exclusive': ['INSERT', 'UPDATE', 'DELETE', 'MERGE'],
-  'share update exclusive': ['VACUUM (not FULL)', 'ANALYZE', 'CREATE INDEX CONCURRENTLY', 'CREATE STATISTICS', 'COMMENT ON', 'ALTER TABLE ... VALIDATE CONSTRAINT', 'ALTER TABLE ... SET (storage parameter)'],
-  share: ['CREATE INDEX (not CONCURRENTLY)'],
-  'share row exclusive': ['CREATE TRIGGER', 'ALTER TABLE ... ADD FOREIGN KEY (on both tables)'],
-  exclusive: ['REFRESH MATERIALIZED VIEW CONCURRENTLY'],
-  'access exclusive': ['DROP TABLE', 'TRUNCATE', 'ALTER TABLE (most forms)', 'CLUSTER', 'VACUUM FULL', 'REFRESH MATERIALIZED VIEW', 'LOCK TABLE (default mode)'],
-})
-
-function indexOf(mode: LockMode): number {
-  return LOCK_MODES.indexOf(mode)
-}
-
-/** Whether a lock in mode `requested` conflicts with a lock in mode `held` taken by another transaction. */
-export function conflicts(requested: LockMode | string, held: LockMode | string): boolean {
-  const row = MATRIX[indexOf(parseLockMode(requested, 'requested'))] as readonly boolean[]
-  return row[indexOf(parseLockMode(held, 'held'))] === true
-}
-
-/** The modes that conflict with `mode`, weakest first. */
-export function conflictingModes(mode: LockMode | string): readonly LockMode[] {
-  const row = MATRIX[indexOf(parseLockMode(mode, 'mode'))] as readonly boolean[]
-  return LOCK_MODES.filter((_m, i) => row[i] === true)
-}
-
-/** The statements (of other transactions) that a lock in `mode` blocks, e.g. `['ALTER TABLE (most forms)', 'VACUUM FULL', ...]`. */
-export function blockedStatements(mode: LockMode | string): readonly string[] {
-  return conflictingModes(mode).flatMap((m) => LOCK_TAKEN_BY[m])
-}
-
 const BY_PG_NAME = new Map<string, LockMode>(LOCK_MODES.map((m) => [PG_LOCK_MODE_NAMES[m].toLowerCase(), m]))
 
+/** The lock mode `input` names, or `undefined`. @internal */
+export function normalizeLockMode(input: unknown): LockMode | undefined {
+  if (typeof input !== 'string') return undefined
+  const normalized = input.trim().toLowerCase().replace(/\s+/g, ' ')
+  if ((LOCK_MODES as readonly string[]).includes(normalized)) return normalized as LockMode
+  return BY_PG_NAME.get(normalized)
+}
+
+/** What a lock mode must be, for messages. @internal */
+export const LOCK_MODE_EXPECTATION = `one of ${LOCK_MODES.map((m) => `'${m}'`).join(', ')} (any case), or a pg_locks name such as 'RowExclusiveLock'`
+
+/** A lock mode, normalized to `LOCK_MODES` words. @internal */
+export const lockModeSchema = z.custom<LockMode | string>((v) => normalizeLockMode(v) !== undefined).transform((v) => normalizeLockMode(v) as LockMode)
+
 /**
- * Validates a table lock mode: LOCK TABLE's words in any case (`'ACCESS EXCLUSIVE'`,
- * `'row exclusive'`) or `pg_locks` names (`'RowExclusiveLock'`). Throws `InvalidOptionError`
- * naming `field` and the allowed values otherwise.
+ * Validates a table lock mode: `LOCK TABLE`'s words in any case (`'ACCESS EXCLUSIVE'`,
+ * `'row exclusive'`) or a `pg_locks` name (`'RowExclusiveLock'`), and returns it in
+ * {@link LOCK_MODES} words. Anything else is an `InvalidOptionError` naming `field` and the
+ * allowed values.
+ *
+ * @param field - the name used in the error. Default: `'mode'`.
+ * @param subject - the function named in the error. Default: `'parseLockMode()'`.
+ *
+ * @example
+ * ```ts
+ * parseLockMode('RowExclusiveLock') // 'row exclusive'
+ * ```
  */
-export function parseLockMode(input: unknown, field = 'mode'): LockMode {
-  if (typeof input === 'string') {
-    const normalized = input.trim().toLowerCase().replace(/\s+/g, ' ')
-    if ((LOCK_MODES as readonly string[]).includes(normalized)) return normalized as LockMode
-    const fromPg = BY_PG_NAME.get(normalized)
-    if (fromPg !== undefined) return fromPg
-  }
-  throw new InvalidOptionError(field, `Invalid lock mode for "${field}": it must be one of ${LOCK_MODES.map((m) => `'${m}'`).join(', ')} (upper case accepted).`)
+export function parseLockMode(input: unknown, field = 'mode', subject = 'parseLockMode()'): LockMode {
+  const parsed = parseOptions(z.strictObject({ [field]: lockModeSchema }), { [field]: input }, subject, { [field]: LOCK_MODE_EXPECTATION })
+  return parsed[field] as LockMode
 }

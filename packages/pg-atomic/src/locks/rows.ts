@@ -6,10 +6,15 @@
  * @module
  */
 import type { QueryResult, QueryResultRow } from 'pg'
+import { z } from 'zod'
+import { requireActiveBlock } from '../current'
 import { InvalidOptionError, lockNotAvailableFrom } from '../errors'
+import { quoteIdentifier } from '../sql/identifier'
+import { appendLockClauseSql, rowLockClauseSql } from '../sql/locks'
+import { parseOptions } from '../validation'
 import { ROW_LOCK_STRENGTHS } from '../vocabulary'
 import type { RowLockStrength } from '../vocabulary'
-import { checkOptionKeys, optionalBoolean, optionalUsing, parseUnqualifiedName, requireBlock } from './common'
+import { OF_EXPECTATION, USING_EXPECTATION, unqualifiedNamesSchema, usingSchema } from './schemas'
 
 /** Options of {@link forUpdate}. */
 export interface ForUpdateOptions {
@@ -22,8 +27,8 @@ export interface ForUpdateOptions {
   strength?: RowLockStrength | Uppercase<RowLockStrength>
   /**
    * Lock only the rows of these tables of the query (`OF ...`): each a table name or alias exactly
-   * as written in the FROM clause (unqualified; when the table has an alias, the alias). Default:
-   * every table of the query.
+   * as written in the FROM clause (unqualified; when the table has an alias, the alias), taken
+   * literally and quoted by pg-atomic, at most 63 bytes of UTF-8. Default: every table of the query.
    */
   of?: string | readonly string[]
   /** Fail at once with `LockNotAvailableError` when a row is locked (`NOWAIT`). Default: `false`. */
@@ -34,40 +39,50 @@ export interface ForUpdateOptions {
 
 /** Options of {@link selectForUpdate}. */
 export interface SelectForUpdateOptions extends ForUpdateOptions {
-  /** Alias of the database whose current block runs the statement. Default: `'default'`. */
+  /**
+   * Alias of the database whose current block runs the statement (it must be registered).
+   * Default: the innermost active `atomic()` block of the current async context, whatever its
+   * database.
+   */
   using?: string
 }
 
-const FOR_UPDATE_KEYS = ['strength', 'of', 'nowait', 'skipLocked'] as const
-const SELECT_FOR_UPDATE_KEYS = ['strength', 'of', 'nowait', 'skipLocked', 'using'] as const
+const strengthSchema = z
+  .string()
+  .transform((s) => s.trim().toLowerCase().replace(/\s+/g, ' '))
+  .pipe(z.enum(ROW_LOCK_STRENGTHS))
 
-function clause(o: Record<string, unknown>, subject: string): string {
-  let strength: RowLockStrength = 'update'
-  const s = o['strength']
-  if (s !== undefined) {
-    const normalized = typeof s === 'string' ? s.trim().toLowerCase().replace(/\s+/g, ' ') : undefined
-    if (normalized === undefined || !(ROW_LOCK_STRENGTHS as readonly string[]).includes(normalized)) {
-      throw new InvalidOptionError('strength', `Invalid option "strength" for ${subject}: it must be one of ${ROW_LOCK_STRENGTHS.map((m) => `'${m}'`).join(', ')} (upper case accepted).`)
-    }
-    strength = normalized as RowLockStrength
-  }
-  let of: string[] = []
-  const rawOf = o['of']
-  if (rawOf !== undefined) {
-    const list = Array.isArray(rawOf) ? (rawOf as unknown[]) : [rawOf]
-    if (list.length === 0) throw new InvalidOptionError('of', `Invalid option "of" for ${subject}: the list is empty; leave "of" out to lock the rows of every table of the query.`)
-    of = list.map((name) => parseUnqualifiedName(name, 'of', subject))
-  }
-  const nowait = optionalBoolean(o['nowait'], 'nowait', subject) ?? false
-  const skipLocked = optionalBoolean(o['skipLocked'], 'skipLocked', subject) ?? false
+const forUpdateShape = {
+  strength: strengthSchema.optional(),
+  of: unqualifiedNamesSchema.optional(),
+  nowait: z.boolean().optional(),
+  skipLocked: z.boolean().optional(),
+}
+const forUpdateSchema = z.strictObject(forUpdateShape)
+const selectForUpdateSchema = z.strictObject({ ...forUpdateShape, using: usingSchema.optional() })
+
+const EXPECTATIONS = {
+  strength: `one of ${ROW_LOCK_STRENGTHS.map((m) => `'${m}'`).join(', ')} (upper case accepted)`,
+  of: OF_EXPECTATION,
+  nowait: 'true or false',
+  skipLocked: 'true or false',
+  using: USING_EXPECTATION,
+  text: 'the SQL text of a SELECT without its locking clause (a non-empty string)',
+  values: 'an array of parameters for $1, $2, ...: selectForUpdate() takes (text, values, options) or (text, options)',
+}
+
+/** The clause for validated options. */
+function clause(o: z.output<typeof forUpdateSchema>, subject: string): string {
+  const nowait = o.nowait ?? false
+  const skipLocked = o.skipLocked ?? false
   if (nowait && skipLocked) {
-    throw new InvalidOptionError('skipLocked', `Options "nowait" and "skipLocked" of ${subject} cannot be combined: NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.`)
+    throw new InvalidOptionError(
+      'skipLocked',
+      `Invalid option "skipLocked" for ${subject}: it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.`,
+    )
   }
-  let sql = `FOR ${strength.toUpperCase()}`
-  if (of.length > 0) sql += ` OF ${of.join(', ')}`
-  if (nowait) sql += ' NOWAIT'
-  if (skipLocked) sql += ' SKIP LOCKED'
-  return sql
+  const of = o.of === undefined ? [] : typeof o.of === 'string' ? [o.of] : o.of
+  return rowLockClauseSql(o.strength ?? 'update', of.map(quoteIdentifier), nowait, skipLocked)
 }
 
 /**
@@ -85,17 +100,15 @@ function clause(o: Record<string, unknown>, subject: string): string {
  * ```
  */
 export function forUpdate(options?: ForUpdateOptions): string {
-  return clause(checkOptionKeys(options, FOR_UPDATE_KEYS, '', 'forUpdate()'), 'forUpdate()')
+  const subject = 'forUpdate()'
+  return clause(parseOptions(forUpdateSchema, options ?? {}, subject, EXPECTATIONS), subject)
 }
 
 /** The message of `selectForUpdate()` outside a block (Django's words, and why). */
 export const SELECT_FOR_UPDATE_OUTSIDE_MESSAGE =
   'select_for_update cannot be used outside of a transaction. Call selectForUpdate() inside an atomic() block: in autocommit mode the row locks would be released as soon as the statement ends.'
 
-/** `text` without trailing whitespace and semicolons, followed by a newline (ending a `--` comment). */
-function appendClause(text: string, lockClause: string): string {
-  return `${text.replace(/[\s;]+$/, '')}\n${lockClause}`
-}
+const textSchema = z.strictObject({ text: z.string().refine((t) => t.trim() !== '') })
 
 /**
  * Runs a `SELECT` with a row-locking clause in the current `atomic()` block: `text` (without
@@ -103,7 +116,8 @@ function appendClause(text: string, lockClause: string): string {
  * `values` as `$n` parameters. Resolves to pg's `QueryResult`.
  *
  * 1. Options are validated first (`InvalidOptionError`).
- * 2. Outside a block it rejects with `TransactionManagementError` ("select_for_update cannot be
+ * 2. The block: the one of `using`, else the innermost active block of the current async context.
+ *    Outside a block it rejects with `TransactionManagementError` ("select_for_update cannot be
  *    used outside of a transaction.") before anything is sent: the locks would be released at once.
  * 3. A locked row with `nowait` (or an expired `lock_timeout`) rejects with
  *    `LockNotAvailableError` (`relation` = the table PostgreSQL names); other errors pass through:
@@ -111,7 +125,7 @@ function appendClause(text: string, lockClause: string): string {
  *    transaction"), `0A000` for query shapes that cannot lock rows (aggregates, `DISTINCT`,
  *    `GROUP BY`, `UNION`, window functions, the nullable side of an outer join: use `of`).
  *
- * Default: `strength: 'update'`, every table of the query, waits; `using: 'default'`.
+ * Default: `strength: 'update'`, every table of the query, waits.
  *
  * @example
  * ```ts
@@ -135,16 +149,15 @@ export async function selectForUpdate<R extends QueryResultRow = QueryResultRow>
     values = valuesOrOptions as readonly unknown[] | undefined
     options = maybeOptions
   } else {
-    if (maybeOptions !== undefined) throw new InvalidOptionError('values', `${subject} takes (text, values, options) or (text, options): "values" must be an array of parameters.`)
+    if (maybeOptions !== undefined) throw new InvalidOptionError('values', `Invalid option "values" for ${subject}: it must be ${EXPECTATIONS.values}.`)
     options = valuesOrOptions
   }
-  if (typeof text !== 'string' || text.trim() === '') throw new InvalidOptionError('text', `${subject} expects the SQL text of a SELECT (a non-empty string) without its locking clause.`)
-  const o = checkOptionKeys(options, SELECT_FOR_UPDATE_KEYS, '', subject)
+  parseOptions(textSchema, { text }, subject, EXPECTATIONS)
+  const o = parseOptions(selectForUpdateSchema, options ?? {}, subject, EXPECTATIONS)
   const lockClause = clause(o, subject)
-  const using = optionalUsing(o['using'], subject)
-  const { block } = requireBlock(using, SELECT_FOR_UPDATE_OUTSIDE_MESSAGE)
+  const block = requireActiveBlock(o.using, SELECT_FOR_UPDATE_OUTSIDE_MESSAGE)
   try {
-    return await block.run<R>(appendClause(text, lockClause), values)
+    return await block.run<R>(appendLockClauseSql(text, lockClause), values)
   } catch (error) {
     throw lockNotAvailableFrom(error, { kind: 'row' }) ?? error
   }
