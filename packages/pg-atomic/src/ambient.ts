@@ -1,14 +1,16 @@
 /**
  * The module-level API: `atomic()`, `onCommit()`, `onRollback()`, `setRollback()`,
- * `getRollback()`, `inAtomicBlock()`, `currentTransaction()`. Each works on the database
- * registered as `'default'` unless told otherwise.
+ * `getRollback()`, `inAtomicBlock()`, `currentTransaction()`. `atomic()` opens a block of the
+ * database registered as `'default'` unless told otherwise (`using`); the others act on the
+ * innermost active block of the current async context, whatever its database, unless `using`
+ * names one.
  *
  * @module
  */
 import { enterAtomic } from './atomic/block'
 import type { Block } from './atomic/block'
 import { reportHookError } from './atomic/hooks'
-import { currentBlock } from './context'
+import { activeBlock } from './current'
 import { findDatabase, requireDatabase } from './registry'
 import { InvalidOptionError, ROLLBACK_FLAG_OUTSIDE_MESSAGE, TransactionManagementError } from './errors'
 import { resolveAtomicOptions } from './options'
@@ -106,35 +108,48 @@ function wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>, options?: 
  */
 export const atomic: AtomicFunction = Object.assign(atomicImpl, { wrap })
 
-function activeBlock(using: string, explicit = false): Block | undefined {
-  const db = explicit ? requireDatabase(using) : findDatabase(using)
-  if (db === undefined) return undefined
-  const block = currentBlock(db)
-  return block === undefined || block.ended ? undefined : block
-}
-
 const consoleLogger: AtomicLogger = console
 
-/** Options of the ambient hook functions. */
+/** Options of the module-level helpers: which database's block they act on. */
 export interface AmbientOptions {
-  /** Alias of the database; when given, it must be registered (a typo is an error). Default: `'default'`. */
+  /**
+   * Alias of the database whose innermost active block the helper acts on; it must be registered
+   * (a typo is an error). Default: the innermost active block of the current async context,
+   * whatever its database.
+   */
   using?: string
 }
 
+/** The `using` of a helper's options, validated before anything else happens. */
+function usingOf(options: unknown, subject: string): string | undefined {
+  if (options === undefined) return undefined
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new InvalidOptionError('options', `The options of ${subject} must be an object such as { using: 'reports' }.`)
+  }
+  const using = (options as AmbientOptions).using
+  if (using !== undefined && (typeof using !== 'string' || using === '')) {
+    throw new InvalidOptionError('using', `Invalid option "using" for ${subject}: it must be a non-empty string naming a registered database.`)
+  }
+  return using
+}
+
 /**
- * Registers `fn` to run after the outermost COMMIT of the current transaction of the database.
+ * Registers `fn` to run after the outermost COMMIT of the current transaction.
  *
- * 1. Hooks run in registration order (FIFO), after the connection went back to the pool, outside
+ * 1. Without `using`, it belongs to the innermost active block of the current async context,
+ *    whatever its database; with `using`, to that database's innermost active block.
+ * 2. Hooks run in registration order (FIFO), after the connection went back to the pool, outside
  *    the transaction; async hooks are awaited one by one. A hook may open its own block, whose
  *    hooks run when that block commits (depth-first).
- * 2. A hook registered in a block that rolls back (savepoint or whole transaction) is dropped,
- *    including hooks of blocks nested in it.
- * 3. Outside a block, `fn` runs immediately. A synchronous error is thrown to the caller (or
+ * 3. A hook registered in a block that rolls back (savepoint or whole transaction) is dropped,
+ *    including hooks of blocks nested in it. When the outcome of COMMIT is unknown
+ *    (`CommitOutcomeUnknownError`), no hook runs.
+ * 4. Outside a block, `fn` runs immediately. A synchronous error is thrown to the caller (or
  *    logged when `robust`); an asynchronous failure cannot be thrown and is logged.
- * 4. A failing non-robust hook makes `atomic()` reject with `OnCommitHookError` (committed:
+ * 5. A failing non-robust hook makes `atomic()` reject with `OnCommitHookError` (committed:
  *    true) and drops the hooks after it; a robust hook's error is logged and the rest still run.
  *
- * Default: `robust: false`, `using: 'default'`.
+ * Default: `robust: false`; the innermost block of any database.
  *
  * @example
  * ```ts
@@ -146,25 +161,24 @@ export interface AmbientOptions {
  */
 export function onCommit(fn: Hook, options?: OnCommitOptions & AmbientOptions): void {
   if (typeof fn !== 'function') throw new InvalidOptionError('callback', "onCommit()'s callback must be a function.")
-  const using = options?.using ?? 'default'
-  // A `using` given explicitly must name a registered database (a typo is an error, not "outside").
-  const block = activeBlock(using, options?.using !== undefined)
+  const using = usingOf(options, 'onCommit()')
+  const block = activeBlock(using)
   if (block !== undefined) {
     block.onCommit(fn, options)
     return
   }
   const robust = options?.robust === true
-  const db = findDatabase(using) ?? { alias: using, logger: consoleLogger }
+  const db = findDatabase(using ?? 'default') ?? { alias: using ?? 'default', logger: consoleLogger }
   let result: unknown
   try {
     result = fn()
   } catch (error) {
     if (!robust) throw error
-    reportHookError(db as Parameters<typeof reportHookError>[0], 'commit', undefined, fn, error)
+    reportHookError(db, 'commit', undefined, fn, error)
     return
   }
   if (typeof result === 'object' && result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
-    ;(result as PromiseLike<unknown>).then(undefined, (error: unknown) => reportHookError(db as Parameters<typeof reportHookError>[0], 'commit', undefined, fn, error))
+    ;(result as PromiseLike<unknown>).then(undefined, (error: unknown) => reportHookError(db, 'commit', undefined, fn, error))
   }
 }
 
@@ -172,40 +186,71 @@ export function onCommit(fn: Hook, options?: OnCommitOptions & AmbientOptions): 
  * Registers `fn` to run when the current block's savepoint is rolled back, or when the whole
  * transaction is rolled back (Django has no such hook). Hooks run FIFO, outside the transaction,
  * awaited; their errors are logged, never thrown, so they cannot mask the error that caused the
- * rollback. Outside a block there is nothing to roll back and `fn` is not kept.
- * Default: `using: 'default'`.
+ * rollback. They do not run when the outcome of COMMIT is unknown (`CommitOutcomeUnknownError`):
+ * the transaction may have committed. Outside a block there is nothing to roll back and `fn` is
+ * not kept.
+ *
+ * Default: the innermost block of any database (see {@link AmbientOptions}).
  */
 export function onRollback(fn: Hook, options?: AmbientOptions): void {
   if (typeof fn !== 'function') throw new InvalidOptionError('callback', "onRollback()'s callback must be a function.")
-  activeBlock(options?.using ?? 'default', options?.using !== undefined)?.onRollback(fn)
+  activeBlock(usingOf(options, 'onRollback()'))?.onRollback(fn)
 }
 
 /**
  * Marks the current transaction for rollback (`true`) without raising: the innermost enclosing
- * block with a savepoint (or the transaction) rolls back when it exits, silently, and queries are
- * refused until then. `false` cancels a pending rollback (only safe after rolling back to a
- * known-good savepoint yourself). Outside a block: `TransactionManagementError`.
- * Default: `using: 'default'`.
+ * block with a savepoint (or the transaction) rolls back when it exits, silently, and statements
+ * are refused until then. `false` cancels a pending rollback; it cannot undo a failed statement's
+ * abort of the server-side transaction (the block then still rolls back, and rejects). Outside a
+ * block: `TransactionManagementError`.
+ *
+ * Default: the innermost block of any database (see {@link AmbientOptions}).
+ *
+ * @example
+ * ```ts
+ * await atomic(async () => {
+ *   await db.query('insert into drafts(body) values ($1)', [body])
+ *   if (dryRun) setRollback(true) // rolled back silently when the block exits
+ * })
+ * ```
  */
-export function setRollback(flag: boolean, using = 'default'): void {
+export function setRollback(flag: boolean, options?: AmbientOptions): void {
+  const using = usingOf(options, 'setRollback()')
+  if (typeof flag !== 'boolean') throw new InvalidOptionError('flag', 'setRollback() expects true or false.')
   const block = activeBlock(using)
   if (block === undefined) throw new TransactionManagementError(ROLLBACK_FLAG_OUTSIDE_MESSAGE)
   block.setRollback(flag)
 }
 
-/** Whether the current transaction is marked for rollback. Outside a block: `TransactionManagementError`. */
-export function getRollback(using = 'default'): boolean {
-  const block = activeBlock(using)
+/**
+ * Whether the current transaction will roll back. Outside a block: `TransactionManagementError`.
+ * Default: the innermost block of any database (see {@link AmbientOptions}).
+ */
+export function getRollback(options?: AmbientOptions): boolean {
+  const block = activeBlock(usingOf(options, 'getRollback()'))
   if (block === undefined) throw new TransactionManagementError(ROLLBACK_FLAG_OUTSIDE_MESSAGE)
   return block.getRollback()
 }
 
-/** Whether the current async context is inside an active block of the database. Default: `'default'`. */
-export function inAtomicBlock(using = 'default'): boolean {
-  return activeBlock(using) !== undefined
+/**
+ * Whether the current async context is inside an active block: of any database, or of the one
+ * named by `using` (`false` when no database is registered under it).
+ */
+export function inAtomicBlock(options?: AmbientOptions): boolean {
+  return questionBlock(options, 'inAtomicBlock()') !== undefined
 }
 
-/** A snapshot of the current transaction (depth, savepoint names, isolation, id), or `undefined`. */
-export function currentTransaction(using = 'default'): TransactionInfo | undefined {
-  return activeBlock(using)?.info()
+/**
+ * A snapshot of the current transaction (depth, savepoint names, isolation, id): of the innermost
+ * active block of any database, or of the one named by `using`; `undefined` outside.
+ */
+export function currentTransaction(options?: AmbientOptions): TransactionInfo | undefined {
+  return questionBlock(options, 'currentTransaction()')?.info()
+}
+
+/** For the two questions, an unregistered `using` simply has no block. */
+function questionBlock(options: AmbientOptions | undefined, subject: string): Block | undefined {
+  const using = usingOf(options, subject)
+  if (using !== undefined && findDatabase(using) === undefined) return undefined
+  return activeBlock(using)
 }

@@ -107,7 +107,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
       // An idle client whose backend dies is removed by pg-pool, which then emits 'error' on the
       // pool; without a listener that would crash the process.
       this.realPool.on('error', (error) => {
-        if (this.realPool.listenerCount('error') === 1) this.logger.error(`An idle connection of database '${this.alias}' failed and was removed from the pool (${error.message}).`, error)
+        if (this.realPool.listenerCount('error') === 1) this.logger.error(`An idle connection of database '${this.alias}' failed and was removed from the pool; the error is attached.`, error)
       })
     }
     this.pool = new PoolFacade(this) as unknown as Pool
@@ -332,7 +332,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
           await cursor.close()
         } catch (error) {
           closeError = error
-          this.logger.error(`Closing a cursor of database '${this.alias}' failed; its connection was destroyed (${error instanceof Error ? error.message : String(error)}).`, error)
+          this.logger.error(`Closing a cursor of database '${this.alias}' failed, so its connection was destroyed; the error is attached.`, error)
         }
       }
       // A cursor that failed leaves the portal's implicit transaction in an unknown state: destroy.

@@ -466,8 +466,8 @@ describe('inAtomicBlock() and currentTransaction()', () => {
     expect(currentTransaction()).toBeUndefined()
     expect(h.db.inAtomicBlock()).toBe(false)
     expect(h.db.currentTransaction()).toBeUndefined()
-    expect(inAtomicBlock('no-such-alias')).toBe(false)
-    expect(currentTransaction('no-such-alias')).toBeUndefined()
+    expect(inAtomicBlock({ using: 'no-such-alias' })).toBe(false)
+    expect(currentTransaction({ using: 'no-such-alias' })).toBeUndefined()
   })
 
   test('depth, savepoint names, isolation, id, name, begun and rollback, level by level', async () => {

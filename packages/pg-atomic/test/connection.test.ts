@@ -454,7 +454,7 @@ describe('lost connections outside a block', () => {
       await h.admin.query('select pg_terminate_backend($1)', [pid])
       await waitUntil(() => owned.pool.totalCount === 0, 'the dead idle connection to be removed')
       expect(logged.map((l) => l.message)).toEqual([
-        expect.stringMatching(/^An idle connection of database 'connection_owned' failed and was removed from the pool \(.*terminat.*\)\.$/),
+        "An idle connection of database 'connection_owned' failed and was removed from the pool; the error is attached.",
       ])
       await expect(owned.atomic(() => owned.query('select 1 as one'))).resolves.toMatchObject({ rows: [{ one: 1 }] })
       expect(uncaught).not.toHaveBeenCalled()
