@@ -14,7 +14,17 @@
 //
 // Usage: node scripts/check-doc-examples.mjs [--keep]   (--keep leaves the temporary directory)
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join, relative, resolve, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -84,7 +94,10 @@ const compilerOptions = {
   skipLibCheck: true,
   forceConsistentCasingInFileNames: true,
   noEmit: true,
-  paths: { 'pg-atomic': [entry], 'pg-atomic/insight': [join(root, 'packages', 'pg-atomic', 'src', 'insight', 'index.ts')] },
+  paths: {
+    'pg-atomic': [entry],
+    'pg-atomic/insight': [join(root, 'packages', 'pg-atomic', 'src', 'insight', 'index.ts')],
+  },
 }
 
 const tmp = realpathSync(mkdtempSync(join(tmpdir(), 'pg-atomic-doc-examples-')))
@@ -115,7 +128,10 @@ try {
       }
       checked++
       if (!/from\s+['"]pg-atomic['"]/.test(block.code)) {
-        problems.set(where, [`${rel}:${block.line}: the example does not import from 'pg-atomic' (mark it \`\`\`ts no-check if it must not be checked)`])
+        problems.set(where, [
+          `${rel}:${block.line}: the example does not import from 'pg-atomic' ` +
+            '(mark it ```ts no-check if it must not be checked)',
+        ])
       }
       const group = groups.get(block.flags.includes('legacy-decorators') ? 'legacy-decorators' : 'standard')
       const name = `${rel.replace(/[^A-Za-z0-9]+/g, '_')}_L${block.line}.ts`
@@ -131,9 +147,17 @@ try {
     const tsconfig = join(dir, 'tsconfig.json')
     writeFileSync(
       tsconfig,
-      JSON.stringify({ compilerOptions: { ...compilerOptions, ...group.options }, files: [...group.files.keys()] }, null, 2),
+      JSON.stringify(
+        { compilerOptions: { ...compilerOptions, ...group.options }, files: [...group.files.keys()] },
+        null,
+        2,
+      ),
     )
-    const run = spawnSync(tsc, ['-p', tsconfig, '--pretty', 'false'], { cwd: dir, encoding: 'utf8', shell: process.platform === 'win32' })
+    const run = spawnSync(tsc, ['-p', tsconfig, '--pretty', 'false'], {
+      cwd: dir,
+      encoding: 'utf8',
+      shell: process.platform === 'win32',
+    })
     if (run.error) throw run.error
     const output = `${run.stdout}${run.stderr}`
     // "file(line,col): error TSxxxx: message", followed by indented continuation lines.
@@ -152,7 +176,9 @@ try {
           // An error in the library source (or a declaration file): not attributable to a block.
           otherErrors++
           current = undefined
-          console.log(`error outside the examples (${groupName}): ${relative(root, abs)}(${l},${c}): ${code}: ${message}`)
+          console.log(
+            `error outside the examples (${groupName}): ${relative(root, abs)}(${l},${c}): ${code}: ${message}`,
+          )
         }
       } else if (line.startsWith(' ') && line.trim() !== '') {
         if (current !== undefined) current[current.length - 1] += `\n      ${line.trim()}`
@@ -168,9 +194,11 @@ try {
     }
   }
 
-  for (const [block, messages] of [...problems].sort((a, b) => a[0].file.localeCompare(b[0].file) || a[0].line - b[0].line)) {
+  for (const [block, messages] of [...problems].sort(
+    (a, b) => a[0].file.localeCompare(b[0].file) || a[0].line - b[0].line,
+  )) {
     failedBlocks++
-    console.log(`\nFAIL ${block.file}:${block.line} (\`\`\`${block.lang}${block.flags.length > 0 ? ' ' + block.flags.join(' ') : ''} block)`)
+    console.log(`\nFAIL ${block.file}:${block.line} (\`\`\`${[block.lang, ...block.flags].join(' ')} block)`)
     for (const message of messages) console.log(`  ${message}`)
   }
 } finally {
@@ -178,5 +206,8 @@ try {
   else rmSync(tmp, { recursive: true, force: true })
 }
 
-console.log(`\ndoc examples: ${checked} checked, ${failedBlocks} failed, ${skipped} skipped (no-check)${otherErrors > 0 ? `, ${otherErrors} other error(s)` : ''}`)
+console.log(
+  `\ndoc examples: ${checked} checked, ${failedBlocks} failed, ${skipped} skipped (no-check)` +
+    (otherErrors > 0 ? `, ${otherErrors} other error(s)` : ''),
+)
 process.exit(failedBlocks > 0 || otherErrors > 0 ? 1 : 0)

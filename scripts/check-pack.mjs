@@ -121,9 +121,13 @@ try {
   const consumer = join(tmp, 'consumer')
   mkdirSync(consumer)
   writeFileSync(join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', private: true }, null, 2))
-  const install = run('npm', ['install', '--no-audit', '--no-fund', '--no-package-lock', lib.tarball, cli.tarball, 'pg'], {
-    cwd: consumer,
-  })
+  const install = run(
+    'npm',
+    ['install', '--no-audit', '--no-fund', '--no-package-lock', lib.tarball, cli.tarball, 'pg'],
+    {
+      cwd: consumer,
+    },
+  )
   if (install.status !== 0) throw new Error('npm install of the tarballs failed')
 
   const entries = Object.keys(lib.pkgJson.exports ?? { '.': null }).filter((key) => key !== './package.json')
@@ -139,13 +143,17 @@ for (const specifier of ${JSON.stringify(specifiers)}) {
   const esm = Object.keys(await import(specifier)).filter((k) => k !== 'default' && k !== 'module.exports').sort()
   const missing = cjs.filter((k) => !esm.includes(k))
   if (cjs.length === 0) { ok = false; console.log('FAIL ' + specifier + ': require() gives no named exports') }
-  if (missing.length > 0) { ok = false; console.log('FAIL ' + specifier + ': import() lacks the named exports ' + missing.join(', ')) }
+  if (missing.length > 0) {
+    ok = false
+    console.log('FAIL ' + specifier + ': import() lacks the named exports ' + missing.join(', '))
+  }
   else console.log('    ' + specifier + ': ' + cjs.length + ' named exports through require() and import()')
 }
 process.exit(ok ? 0 : 1)
 `,
   )
-  if (run('node', ['load.mjs'], { cwd: consumer, echo: true }).status !== 0) fail('require()/import() of the entry points')
+  if (run('node', ['load.mjs'], { cwd: consumer, echo: true }).status !== 0)
+    fail('require()/import() of the entry points')
 
   step('type-check a strict consumer (skipLibCheck: false, types: []): node16 (.cts, .mts) and bundler')
   const imports = specifiers.map((s, i) => `import * as entry${i} from '${s}'`).join('\n')
@@ -173,8 +181,14 @@ export const entries: readonly object[] = [${specifiers.map((_, i) => `entry${i}
     forceConsistentCasingInFileNames: true,
   }
   const tsconfigs = {
-    'tsconfig.node16.json': { compilerOptions: { ...strict, module: 'node16', moduleResolution: 'node16' }, files: ['cjs.cts', 'esm.mts'] },
-    'tsconfig.bundler.json': { compilerOptions: { ...strict, module: 'esnext', moduleResolution: 'bundler' }, files: ['bundler.ts'] },
+    'tsconfig.node16.json': {
+      compilerOptions: { ...strict, module: 'node16', moduleResolution: 'node16' },
+      files: ['cjs.cts', 'esm.mts'],
+    },
+    'tsconfig.bundler.json': {
+      compilerOptions: { ...strict, module: 'esnext', moduleResolution: 'bundler' },
+      files: ['bundler.ts'],
+    },
   }
   for (const [name, tsconfig] of Object.entries(tsconfigs)) {
     writeFileSync(join(consumer, name), JSON.stringify(tsconfig, null, 2))
@@ -203,7 +217,11 @@ export const entries: readonly object[] = [${specifiers.map((_, i) => `entry${i}
       continue
     }
     step(`attw ${pkg.name}`)
-    if (run(bin('attw'), [pkg.tarball, '--profile', 'node16', '--format', 'table-flipped', '--no-color', '--no-emoji'], { echo: true }).status !== 0) {
+    if (
+      run(bin('attw'), [pkg.tarball, '--profile', 'node16', '--format', 'table-flipped', '--no-color', '--no-emoji'], {
+        echo: true,
+      }).status !== 0
+    ) {
       fail(`attw ${pkg.name}`)
     }
   }

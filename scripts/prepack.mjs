@@ -80,7 +80,7 @@ if (args.has('--bundle-cli')) {
   })
   cpSync(join(cliDir, 'src'), join(target, 'src'), { recursive: true })
   const bundled = {
-    description: `pg-atomic-cli ${cliPkg.version}, bundled at pack time by scripts/prepack.mjs; run by bin/pg-atomic.js`,
+    description: `pg-atomic-cli ${cliPkg.version}, copied by scripts/prepack.mjs; run by bin/pg-atomic.js`,
     version: cliPkg.version,
     type: 'commonjs',
     private: true,

@@ -49,7 +49,9 @@ async function main(): Promise<void> {
   const pool = new pg.Pool({ connectionString: server.url, max: 2 })
   pool.on('error', () => undefined)
   const db = createDatabase({ pool })
-  await pool.query('drop table if exists bench_t; create table bench_t (id int primary key, v int); insert into bench_t select g, 0 from generate_series(1, 100) g')
+  await pool.query(
+    'drop table if exists bench_t; create table bench_t (id int primary key, v int); insert into bench_t select g, 0 from generate_series(1, 100) g',
+  )
 
   const handWritten = async (body: (c: pg.PoolClient) => Promise<unknown>): Promise<void> => {
     const client = await pool.connect()
@@ -145,7 +147,9 @@ async function main(): Promise<void> {
     },
   ]
 
-  console.log(`pg-atomic benchmark — ${ROUNDS} interleaved rounds × ${OPS} operations, PostgreSQL from ${server.source}, Node ${process.version}`)
+  console.log(
+    `pg-atomic benchmark — ${ROUNDS} interleaved rounds × ${OPS} operations, PostgreSQL from ${server.source}, Node ${process.version}`,
+  )
   for (const scenario of scenarios) {
     const samples = scenario.contenders.map(() => [] as Sample[])
     for (const c of scenario.contenders) await time(c.op, Math.min(200, OPS)) // warm-up
@@ -163,8 +167,13 @@ async function main(): Promise<void> {
     const signed = (v: number): string => `${v >= 0 ? '+' : ''}${v.toFixed(1)}`
     console.log(`  ${''.padEnd(30)} ${'wall µs/op'.padStart(12)} ${'client CPU µs/op'.padStart(18)}`)
     scenario.contenders.forEach((c, i) => {
-      const delta = i === 0 ? '' : `   (${signed(wall(i) - wall(0))} wall, ${signed(cpu(i) - cpu(0))} CPU vs ${scenario.contenders[0]?.label})`
-      console.log(`  ${c.label.padEnd(30)} ${wall(i).toFixed(1).padStart(12)} ${cpu(i).toFixed(1).padStart(18)}${delta}`)
+      const delta =
+        i === 0
+          ? ''
+          : `   (${signed(wall(i) - wall(0))} wall, ${signed(cpu(i) - cpu(0))} CPU vs ${scenario.contenders[0]?.label})`
+      console.log(
+        `  ${c.label.padEnd(30)} ${wall(i).toFixed(1).padStart(12)} ${cpu(i).toFixed(1).padStart(18)}${delta}`,
+      )
     })
     console.log(`  heap growth over the scenario: ${((heapAfter - heapBefore) / 1024).toFixed(0)} KiB`)
   }

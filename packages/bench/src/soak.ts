@@ -43,7 +43,10 @@ const WORKERS = Number(process.env.PG_ATOMIC_SOAK_WORKERS ?? 4)
 const CONCURRENCY = Number(process.env.PG_ATOMIC_SOAK_CONCURRENCY ?? 25)
 const SERVER_POOL = Number(process.env.PG_ATOMIC_SOAK_SERVER_POOL ?? 4)
 const ISOLATION = process.env.PG_ATOMIC_SOAK_ISOLATION === 'read-committed' ? 'read committed' : 'serializable'
-const SEED = process.env.PG_ATOMIC_SOAK_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.PG_ATOMIC_SOAK_SEED)
+const SEED =
+  process.env.PG_ATOMIC_SOAK_SEED === undefined
+    ? Math.floor(Math.random() * 2 ** 31)
+    : Number(process.env.PG_ATOMIC_SOAK_SEED)
 const ACCOUNTS = 20
 const INITIAL = 1000
 /** The application_name of the workers' sessions: the only ones the control connection terminates. */
@@ -136,7 +139,12 @@ async function worker(index: number, url: string, deadline: number): Promise<Wor
     retries++
   })
   // Our own pool, so that its counts can be checked at the end.
-  const pool = new pg.Pool({ connectionString: url, max: CONCURRENCY, connectionTimeoutMillis: 10_000, application_name: WORKER_APPLICATION_NAME })
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: CONCURRENCY,
+    connectionTimeoutMillis: 10_000,
+    application_name: WORKER_APPLICATION_NAME,
+  })
   let idleErrors = 0
   pool.on('error', () => {
     idleErrors++ // an idle connection failed (a direct run: its backend was terminated); pg-pool drops it
@@ -166,9 +174,17 @@ async function worker(index: number, url: string, deadline: number): Promise<Wor
     blocks++
     try {
       const applied = await atomic(
-        { isolationLevel: ISOLATION, retry: { maxAttempts: 10, baseDelayMs: 2, maxDelayMs: 200 }, name: 'transfer', ...(fault === 'timeout' ? { statementTimeout: 20 } : {}) },
+        {
+          isolationLevel: ISOLATION,
+          retry: { maxAttempts: 10, baseDelayMs: 2, maxDelayMs: 200 },
+          name: 'transfer',
+          ...(fault === 'timeout' ? { statementTimeout: 20 } : {}),
+        },
         async (tx) => {
-          const { rows } = await tx.query<{ id: number; balance: number }>('select id, balance from soak_accounts where id = any($1::int[]) order by id', [[from, to]])
+          const { rows } = await tx.query<{ id: number; balance: number }>(
+            'select id, balance from soak_accounts where id = any($1::int[]) order by id',
+            [[from, to]],
+          )
           const balance = new Map(rows.map((r) => [r.id, r.balance]))
           const ok = (balance.get(from) as number) >= amount
           if (ok) {
@@ -177,7 +193,8 @@ async function worker(index: number, url: string, deadline: number): Promise<Wor
               [to, (balance.get(to) as number) + amount],
             ]
             writes.sort((a, b) => a[0] - b[0])
-            for (const [account, value] of writes) await tx.query('update soak_accounts set balance = $2 where id = $1', [account, value])
+            for (const [account, value] of writes)
+              await tx.query('update soak_accounts set balance = $2 where id = $1', [account, value])
           }
           if (fault === 'nested') {
             // A savepoint that fails and is caught: only its own work is rolled back.
@@ -190,7 +207,10 @@ async function worker(index: number, url: string, deadline: number): Promise<Wor
               if (!(error instanceof InjectedError)) throw error
             }
           }
-          await tx.query('insert into soak_transfers (id, from_id, to_id, amount, applied) values ($1, $2, $3, $4, $5)', [id, from, to, amount, ok])
+          await tx.query(
+            'insert into soak_transfers (id, from_id, to_id, amount, applied) values ($1, $2, $3, $4, $5)',
+            [id, from, to, amount, ok],
+          )
           if (fault === 'throw') throw new InjectedError('thrown inside the block')
           if (fault === 'fail') await tx.query('select 1/0')
           if (fault === 'swallow') {
@@ -208,17 +228,23 @@ async function worker(index: number, url: string, deadline: number): Promise<Wor
     } catch (error) {
       const name = classify(error)
       errors[name] = (errors[name] ?? 0) + 1
-      if (!expected(name)) unexpected.push(`transfer ${id}: ${name}: ${error instanceof Error ? error.message : String(error)}`)
+      if (!expected(name))
+        unexpected.push(`transfer ${id}: ${name}: ${error instanceof Error ? error.message : String(error)}`)
       outcomes.push([id, name.startsWith('CommitOutcomeUnknownError') ? 'unknown' : 'failed'])
     }
   }
 
   const audit = async (): Promise<void> => {
     try {
-      const row = await atomic({ isolationLevel: 'serializable', readOnly: true, deferrable: true, name: 'audit' }, async (tx) => {
-        const { rows } = await tx.query<{ sum: number; count: number; min: number }>('select sum(balance)::int as sum, count(*)::int as count, min(balance) as min from soak_accounts')
-        return rows[0] as { sum: number; count: number; min: number }
-      })
+      const row = await atomic(
+        { isolationLevel: 'serializable', readOnly: true, deferrable: true, name: 'audit' },
+        async (tx) => {
+          const { rows } = await tx.query<{ sum: number; count: number; min: number }>(
+            'select sum(balance)::int as sum, count(*)::int as count, min(balance) as min from soak_accounts',
+          )
+          return rows[0] as { sum: number; count: number; min: number }
+        },
+      )
       audits++
       if (row.sum !== ACCOUNTS * INITIAL || row.count !== ACCOUNTS || row.min < 0) badAudits.push(JSON.stringify(row))
     } catch (error) {
@@ -276,7 +302,11 @@ async function waitForPort(port: number, ms: number): Promise<boolean> {
 /** The pgbouncer executable: on PATH, or Debian's /usr/sbin (not on a normal user's PATH). */
 function findPgbouncer(): string | undefined {
   try {
-    return execFileSync('sh', ['-c', 'command -v pgbouncer || { test -x /usr/sbin/pgbouncer && echo /usr/sbin/pgbouncer; }']).toString().trim() || undefined
+    return (
+      execFileSync('sh', ['-c', 'command -v pgbouncer || { test -x /usr/sbin/pgbouncer && echo /usr/sbin/pgbouncer; }'])
+        .toString()
+        .trim() || undefined
+    )
   } catch {
     return undefined
   }
@@ -352,8 +382,14 @@ async function startBouncer(binary: string, server: URL): Promise<Bouncer> {
 
 // ---- controller -------------------------------------------------------------------------------
 
-function spawnWorker(index: number, url: string, deadline: number): { child: ChildProcess; report: Promise<WorkerReport> } {
-  const child = fork(__filename, ['--worker', String(index), url, String(deadline)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+function spawnWorker(
+  index: number,
+  url: string,
+  deadline: number,
+): { child: ChildProcess; report: Promise<WorkerReport> } {
+  const child = fork(__filename, ['--worker', String(index), url, String(deadline)], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
   const report = new Promise<WorkerReport>((resolve, reject) => {
     let got: WorkerReport | undefined
     child.on('message', (message) => {
@@ -407,7 +443,9 @@ async function main(): Promise<number> {
       }
       control = await connect(direct.toString())
     }
-    const { rows: dbRows } = await control.query<{ db: string; version: string }>('select current_database() as db, current_setting($$server_version$$) as version')
+    const { rows: dbRows } = await control.query<{ db: string; version: string }>(
+      'select current_database() as db, current_setting($$server_version$$) as version',
+    )
     const soakDb = dbRows[0]?.db as string
     await control.query(`
       drop table if exists soak_accounts, soak_transfers, soak_notes;
@@ -416,10 +454,17 @@ async function main(): Promise<number> {
       create table soak_transfers (id text not null, from_id int not null, to_id int not null, amount int not null, applied boolean not null);
       create table soak_notes (transfer_id text not null);
     `)
-    await control.query('insert into soak_accounts (id, balance) select i, $1 from generate_series(1, $2) i', [INITIAL, ACCOUNTS])
+    await control.query('insert into soak_accounts (id, balance) select i, $1 from generate_series(1, $2) i', [
+      INITIAL,
+      ACCOUNTS,
+    ])
 
-    console.log(`pg-atomic soak: ${WORKERS} processes × ${CONCURRENCY} concurrent blocks for ${SECONDS} s, transfers at ${ISOLATION.toUpperCase()}, seed ${SEED}`)
-    console.log(`  PostgreSQL ${dbRows[0]?.version}${server === undefined ? '' : ` (${server.source})`}, database ${soakDb}`)
+    console.log(
+      `pg-atomic soak: ${WORKERS} processes × ${CONCURRENCY} concurrent blocks for ${SECONDS} s, transfers at ${ISOLATION.toUpperCase()}, seed ${SEED}`,
+    )
+    console.log(
+      `  PostgreSQL ${dbRows[0]?.version}${server === undefined ? '' : ` (${server.source})`}, database ${soakDb}`,
+    )
     console.log(`  through: ${through}`)
 
     const started = Date.now()
@@ -435,12 +480,15 @@ async function main(): Promise<number> {
         try {
           const { rows } = await (control as pg.Client).query<{ pid: number }>(
             // Only the soak's own sessions (PgBouncer sets the client's application_name on the server).
-            "select pid from pg_stat_activity where datname = $1 and application_name = $2 and pid <> pg_backend_pid()",
+            'select pid from pg_stat_activity where datname = $1 and application_name = $2 and pid <> pg_backend_pid()',
             [soakDb, WORKER_APPLICATION_NAME],
           )
           const victim = rows[Math.floor(random() * rows.length)]
           if (victim === undefined) continue
-          const { rows: done } = await (control as pg.Client).query<{ ok: boolean }>('select pg_terminate_backend($1) as ok', [victim.pid])
+          const { rows: done } = await (control as pg.Client).query<{ ok: boolean }>(
+            'select pg_terminate_backend($1) as ok',
+            [victim.pid],
+          )
           if (done[0]?.ok === true) terminations++
         } catch (error) {
           // Through a pooler the control session's own server connection can be the victim.
@@ -454,10 +502,13 @@ async function main(): Promise<number> {
       }
     })()
 
-    const watchdog = setTimeout(() => {
-      failures.push(`workers still running ${GRACE_MS / 1000} s after the deadline: killed`)
-      for (const w of workers) w.child.kill('SIGKILL')
-    }, SECONDS * 1000 + GRACE_MS)
+    const watchdog = setTimeout(
+      () => {
+        failures.push(`workers still running ${GRACE_MS / 1000} s after the deadline: killed`)
+        for (const w of workers) w.child.kill('SIGKILL')
+      },
+      SECONDS * 1000 + GRACE_MS,
+    )
     const settled = await Promise.allSettled(workers.map((w) => w.report))
     clearTimeout(watchdog)
     await killer
@@ -474,20 +525,25 @@ async function main(): Promise<number> {
     for (const r of reports) for (const [id, outcome] of r.outcomes) outcomes.set(id, outcome)
     const count = (o: Outcome) => [...outcomes.values()].filter((v) => v === o).length
     const errors = new Map<string, number>()
-    for (const r of reports) for (const [name, n] of Object.entries(r.errors)) errors.set(name, (errors.get(name) ?? 0) + n)
+    for (const r of reports)
+      for (const [name, n] of Object.entries(r.errors)) errors.set(name, (errors.get(name) ?? 0) + n)
     console.log(`\n  ${blocks} transfer blocks in ${elapsed.toFixed(1)} s: ${(blocks / elapsed).toFixed(0)} blocks/s`)
-    console.log(`  committed ${count('applied')} applied + ${count('declined')} declined (insufficient funds), failed ${count('failed')}, outcome unknown ${count('unknown')}`)
+    console.log(
+      `  committed ${count('applied')} applied + ${count('declined')} declined (insufficient funds), failed ${count('failed')}, outcome unknown ${count('unknown')}`,
+    )
     console.log(`  retries (retry events): ${reports.reduce((n, r) => n + r.retries, 0)}`)
     console.log(`  audits (serializable read-only deferrable): ${reports.reduce((n, r) => n + r.audits, 0)}`)
     console.log(`  backends terminated by the control connection: ${terminations}`)
     console.log('  errors by class:')
-    for (const [name, n] of [...errors.entries()].sort((a, b) => b[1] - a[1])) console.log(`    ${String(n).padStart(7)}  ${name}`)
+    for (const [name, n] of [...errors.entries()].sort((a, b) => b[1] - a[1]))
+      console.log(`    ${String(n).padStart(7)}  ${name}`)
 
     // ---- checks
     for (const r of reports) {
       if (!r.poolIdle) failures.push(`worker ${r.worker}: pool not idle at the end (${r.poolState})`)
       for (const u of r.unexpected.slice(0, 10)) failures.push(`worker ${r.worker}: unexpected: ${u}`)
-      if (r.unexpected.length > 10) failures.push(`worker ${r.worker}: ... and ${r.unexpected.length - 10} more unexpected errors`)
+      if (r.unexpected.length > 10)
+        failures.push(`worker ${r.worker}: ... and ${r.unexpected.length - 10} more unexpected errors`)
       for (const a of r.badAudits) failures.push(`worker ${r.worker}: an audit saw a wrong total: ${a}`)
     }
     // Leaks: the sessions settle once the workers are gone (bounded wait).
@@ -513,11 +569,17 @@ async function main(): Promise<number> {
     for (const l of locks) failures.push(`advisory lock left (${l.mode}) by pid ${l.pid}`)
     // The bank: the total never changes, no balance is negative, every transfer is logged at most
     // once, exactly as its worker was told, and the log explains every balance.
-    const balances = (await control.query<{ id: number; balance: number }>('select id, balance from soak_accounts order by id')).rows
+    const balances = (
+      await control.query<{ id: number; balance: number }>('select id, balance from soak_accounts order by id')
+    ).rows
     const total = balances.reduce((n, b) => n + b.balance, 0)
     if (total !== ACCOUNTS * INITIAL) failures.push(`total is ${total}, expected ${ACCOUNTS * INITIAL}`)
     if (balances.some((b) => b.balance < 0)) failures.push('a balance is negative')
-    const logged = (await control.query<{ id: string; n: number; applied: boolean; from_id: number; to_id: number; amount: number }>('select id, count(*)::int as n, bool_and(applied) as applied, min(from_id) as from_id, min(to_id) as to_id, min(amount) as amount from soak_transfers group by id')).rows
+    const logged = (
+      await control.query<{ id: string; n: number; applied: boolean; from_id: number; to_id: number; amount: number }>(
+        'select id, count(*)::int as n, bool_and(applied) as applied, min(from_id) as from_id, min(to_id) as to_id, min(amount) as amount from soak_transfers group by id',
+      )
+    ).rows
     const inLog = new Map(logged.map((r) => [r.id, r]))
     const twice = logged.filter((r) => r.n > 1)
     if (twice.length > 0) failures.push(`${twice.length} transfers applied more than once, e.g. ${twice[0]?.id}`)
@@ -525,11 +587,21 @@ async function main(): Promise<number> {
     for (const [id, outcome] of outcomes) {
       const row = inLog.get(id)
       const ok =
-        outcome === 'applied' ? row?.applied === true : outcome === 'declined' ? row?.applied === false : outcome === 'failed' ? row === undefined : true
-      if (!ok && mismatches++ < 5) failures.push(`transfer ${id}: its worker saw '${outcome}' but the log has ${row === undefined ? 'no row' : `applied = ${row.applied}`}`)
+        outcome === 'applied'
+          ? row?.applied === true
+          : outcome === 'declined'
+            ? row?.applied === false
+            : outcome === 'failed'
+              ? row === undefined
+              : true
+      if (!ok && mismatches++ < 5)
+        failures.push(
+          `transfer ${id}: its worker saw '${outcome}' but the log has ${row === undefined ? 'no row' : `applied = ${row.applied}`}`,
+        )
     }
     if (mismatches > 5) failures.push(`... ${mismatches - 5} more transfers disagree with their log`)
-    for (const id of inLog.keys()) if (!outcomes.has(id)) failures.push(`transfer ${id} is in the log but no worker ran it`)
+    for (const id of inLog.keys())
+      if (!outcomes.has(id)) failures.push(`transfer ${id} is in the log but no worker ran it`)
     const fromLog = new Map<number, number>()
     for (const b of balances) fromLog.set(b.id, INITIAL)
     for (const r of logged) {
@@ -538,14 +610,21 @@ async function main(): Promise<number> {
       fromLog.set(r.to_id, (fromLog.get(r.to_id) as number) + r.amount * r.n)
     }
     const unexplained = balances.filter((b) => fromLog.get(b.id) !== b.balance)
-    if (unexplained.length > 0) failures.push(`${unexplained.length} balances are not explained by the transfer log, e.g. account ${unexplained[0]?.id}`)
+    if (unexplained.length > 0)
+      failures.push(
+        `${unexplained.length} balances are not explained by the transfer log, e.g. account ${unexplained[0]?.id}`,
+      )
     const notes = (await control.query<{ n: number }>('select count(*)::int as n from soak_notes')).rows[0]?.n
     if (notes !== 0) failures.push(`${notes} rows of failed nested blocks were committed`)
     if (blocks === 0) failures.push('no transfer ran at all')
 
     console.log(`\n  final total ${total} (expected ${ACCOUNTS * INITIAL}), ${logged.length} transfers in the log`)
-    console.log('  checks: no session idle in transaction, no advisory lock, every worker pool idle, no unexpected error or unhandled rejection,')
-    console.log('          every audit and the final total unchanged, each transfer id logged at most once and as its worker was told, the log explains every balance')
+    console.log(
+      '  checks: no session idle in transaction, no advisory lock, every worker pool idle, no unexpected error or unhandled rejection,',
+    )
+    console.log(
+      '          every audit and the final total unchanged, each transfer id logged at most once and as its worker was told, the log explains every balance',
+    )
     if (failures.length === 0) console.log('  PASSED')
     else {
       console.log(`  FAILED (${failures.length}):`)
@@ -555,7 +634,8 @@ async function main(): Promise<number> {
   } finally {
     await control?.end().catch(() => undefined)
     await bouncer?.stop()
-    if (database !== undefined) await admin?.query(`drop database if exists ${pg.escapeIdentifier(database)} with (force)`).catch(() => undefined)
+    if (database !== undefined)
+      await admin?.query(`drop database if exists ${pg.escapeIdentifier(database)} with (force)`).catch(() => undefined)
     await admin?.end().catch(() => undefined)
     await server?.stop()
   }

@@ -8,7 +8,16 @@
 import pg from 'pg'
 import { startDatabase } from '@pg-atomic/devdb'
 import diagnostics_channel from 'node:diagnostics_channel'
-import { Atomic, RETRY_CHANNEL, TransactionManagementError, atomic, createDatabase, lockTable, onCommit, setRollback } from 'pg-atomic'
+import {
+  Atomic,
+  RETRY_CHANNEL,
+  TransactionManagementError,
+  atomic,
+  createDatabase,
+  lockTable,
+  onCommit,
+  setRollback,
+} from 'pg-atomic'
 import { locksHeld } from 'pg-atomic/insight'
 import type { RetryEvent } from 'pg-atomic'
 
@@ -20,13 +29,16 @@ let roundTrips = 0
 class TracingClient extends pg.Client {
   constructor(config?: string | pg.ClientConfig) {
     super(config)
-    ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on('readyForQuery', () => {
-      roundTrips++
-    })
+    ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on(
+      'readyForQuery',
+      () => {
+        roundTrips++
+      },
+    )
   }
   override query(...args: unknown[]): never {
     const first = args[0] as string | { text?: string }
-    const text = typeof first === 'string' ? first : first.text ?? '(cursor)'
+    const text = typeof first === 'string' ? first : (first.text ?? '(cursor)')
     console.log(dim(`     → ${text.replace(/\s+/g, ' ')}`))
     return (super.query as (...a: unknown[]) => never)(...args)
   }
@@ -43,23 +55,36 @@ function outcome(text: string): void {
 
 async function main(): Promise<void> {
   const server = await startDatabase()
-  const tracingPool = new pg.Pool({ connectionString: server.url, max: 4, Client: TracingClient as unknown as typeof pg.Client })
+  const tracingPool = new pg.Pool({
+    connectionString: server.url,
+    max: 4,
+    Client: TracingClient as unknown as typeof pg.Client,
+  })
   const setup = new pg.Pool({ connectionString: server.url, max: 2 })
   // Pools created by the application need an 'error' listener, or a server restart crashes Node.
-  for (const pool of [tracingPool, setup]) pool.on('error', (error) => console.error(`   (idle connection closed: ${error.message})`))
+  for (const pool of [tracingPool, setup])
+    pool.on('error', (error) => console.error(`   (idle connection closed: ${error.message})`))
   const db = createDatabase({ pool: tracingPool, lockTimeout: 2000 })
   try {
     const version = (await setup.query<{ v: string }>("select current_setting('server_version') as v")).rows[0]?.v
-    console.log(`pg-atomic demo — PostgreSQL ${version ?? '?'} (${server.source === 'env' ? 'from DATABASE_URL' : server.source})`)
+    console.log(
+      `pg-atomic demo — PostgreSQL ${version ?? '?'} (${server.source === 'env' ? 'from DATABASE_URL' : server.source})`,
+    )
     await setup.query(`
       drop table if exists demo_audit, demo_accounts;
       create table demo_accounts (id int primary key, owner text not null, balance int not null check (balance >= 0));
       create table demo_audit (id serial primary key, note text not null);
       insert into demo_accounts values (1, 'alice', 100), (2, 'bob', 50);`)
     const balances = async (): Promise<string> =>
-      (await setup.query<{ owner: string; balance: number }>('select owner, balance from demo_accounts order by id')).rows.map((r) => `${r.owner}=${r.balance}`).join(', ')
+      (
+        await setup.query<{ owner: string; balance: number }>('select owner, balance from demo_accounts order by id')
+      ).rows
+        .map((r) => `${r.owner}=${r.balance}`)
+        .join(', ')
 
-    section('1. A transfer: one transaction, BEGIN sent lazily (with SET LOCAL in the same round trip), an onCommit hook')
+    section(
+      '1. A transfer: one transaction, BEGIN sent lazily (with SET LOCAL in the same round trip), an onCommit hook',
+    )
     const sent: string[] = []
     await atomic(async () => {
       await db.query('update demo_accounts set balance = balance - $1 where id = $2', [30, 1])
@@ -70,7 +95,9 @@ async function main(): Promise<void> {
     })
     outcome(`committed: ${await balances()}; hook ran after COMMIT: ${JSON.stringify(sent)}`)
 
-    section('2. Nested blocks are savepoints: the failing one is rolled back, the rest commits (ROLLBACK TO merged with COMMIT)')
+    section(
+      '2. Nested blocks are savepoints: the failing one is rolled back, the rest commits (ROLLBACK TO merged with COMMIT)',
+    )
     await atomic(async () => {
       await db.query("insert into demo_audit(note) values ('outer')")
       await atomic(() => db.query("insert into demo_audit(note) values ('first nested')"))
@@ -83,7 +110,9 @@ async function main(): Promise<void> {
         console.log(`   ✗ third nested block failed: ${(error as Error).message}`)
       }
     })
-    const notes = (await setup.query<{ note: string }>('select note from demo_audit order by id')).rows.map((r) => r.note)
+    const notes = (await setup.query<{ note: string }>('select note from demo_audit order by id')).rows.map(
+      (r) => r.note,
+    )
     outcome(`committed audit rows: ${JSON.stringify(notes)} — hand-written pg needs 12 round trips for this`)
 
     section('3. A swallowed error never commits silently')
@@ -106,7 +135,9 @@ async function main(): Promise<void> {
     section('4. setRollback(true): an intentional, silent rollback (a dry run)')
     const preview = await atomic(async () => {
       await db.query('update demo_accounts set balance = balance * 2')
-      const doubled = await balances().then(() => db.query<{ total: number }>('select sum(balance)::int as total from demo_accounts'))
+      const doubled = await balances().then(() =>
+        db.query<{ total: number }>('select sum(balance)::int as total from demo_accounts'),
+      )
       setRollback(true)
       return doubled.rows[0]?.total
     })
@@ -138,7 +169,9 @@ async function main(): Promise<void> {
         atomic(() => db.query("insert into demo_audit(note) values ('sibling C')")),
       ])
     })
-    const siblings = (await setup.query<{ note: string }>("select note from demo_audit where note like 'sibling%' order by id")).rows.map((r) => r.note)
+    const siblings = (
+      await setup.query<{ note: string }>("select note from demo_audit where note like 'sibling%' order by id")
+    ).rows.map((r) => r.note)
     outcome(`committed: ${JSON.stringify(siblings)}`)
 
     section('7. A read-only serializable snapshot for reports')
@@ -152,7 +185,9 @@ async function main(): Promise<void> {
     const retries: RetryEvent[] = []
     const onRetry = (event: unknown): void => {
       retries.push(event as RetryEvent)
-      console.log(`   ↻ attempt ${(event as RetryEvent).attempt} failed with ${(event as RetryEvent).code}; retrying after ${(event as RetryEvent).delayMs} ms`)
+      console.log(
+        `   ↻ attempt ${(event as RetryEvent).attempt} failed with ${(event as RetryEvent).code}; retrying after ${(event as RetryEvent).delayMs} ms`,
+      )
     }
     diagnostics_channel.subscribe(RETRY_CHANNEL, onRetry)
     let bothRead!: () => void
@@ -162,7 +197,8 @@ async function main(): Promise<void> {
     })
     const transfer = (amount: number): Promise<void> =>
       atomic({ isolationLevel: 'serializable', retry: { maxAttempts: 5, baseDelayMs: 10 } }, async () => {
-        const balance = (await db.query<{ balance: number }>('select balance from demo_accounts where id = 1')).rows[0]?.balance ?? 0
+        const balance =
+          (await db.query<{ balance: number }>('select balance from demo_accounts where id = 1')).rows[0]?.balance ?? 0
         if (++reads === 2) bothRead()
         await Promise.race([barrier, new Promise((resolve) => setTimeout(resolve, 200))]) // both read before either writes
         await db.query('update demo_accounts set balance = $1 where id = 1', [balance - amount])
@@ -175,12 +211,17 @@ async function main(): Promise<void> {
     await atomic(async () => {
       await lockTable(['demo_audit', 'demo_accounts'], 'share row exclusive', { nowait: true })
       const held = await locksHeld()
-      for (const lock of held) console.log(`   🔒 ${lock.target}: ${lock.mode} (${lock.granted ? 'granted' : 'waiting'})`)
+      for (const lock of held)
+        console.log(`   🔒 ${lock.target}: ${lock.mode} (${lock.granted ? 'granted' : 'waiting'})`)
     })
     outcome('both tables locked in one canonical order, released at COMMIT')
 
-    const idle = (await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")).rows[0].n
-    console.log(`\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`)
+    const idle = (
+      await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")
+    ).rows[0].n
+    console.log(
+      `\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`,
+    )
     await setup.query('drop table demo_audit, demo_accounts')
   } finally {
     await db.close()

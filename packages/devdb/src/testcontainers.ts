@@ -1,4 +1,4 @@
-import type { StartedServer } from './embedded';
+import type { StartedServer } from './embedded'
 
 /**
  * Starts PostgreSQL in Docker with `@testcontainers/postgresql`, which is an
@@ -9,33 +9,33 @@ import type { StartedServer } from './embedded';
  * @returns the container's superuser URL and a stop function.
  */
 export async function startTestcontainers(image: string, log: (line: string) => void): Promise<StartedServer> {
-  let mod: typeof import('@testcontainers/postgresql');
+  let mod: typeof import('@testcontainers/postgresql')
   try {
-    mod = await import('@testcontainers/postgresql');
+    mod = await import('@testcontainers/postgresql')
   } catch (error) {
     throw new Error(
       'PG_ATOMIC_TESTCONTAINERS=1 but @testcontainers/postgresql could not be loaded ' +
         `(install it with \`npm install -D @testcontainers/postgresql\`): ${String(error)}`,
-    );
+    )
   }
-  log(`devdb: starting ${image} with Testcontainers`);
-  const started = Date.now();
-  let container: Awaited<ReturnType<InstanceType<typeof mod.PostgreSqlContainer>['start']>>;
+  log(`devdb: starting ${image} with Testcontainers`)
+  const started = Date.now()
+  let container: Awaited<ReturnType<InstanceType<typeof mod.PostgreSqlContainer>['start']>>
   try {
     container = await new mod.PostgreSqlContainer(image)
       .withCommand(['postgres', '-c', 'max_connections=200', '-c', 'fsync=off'])
-      .start();
+      .start()
   } catch (error) {
     throw new Error(
       `Testcontainers could not start ${image} (is a Docker engine running?): ` +
         (error instanceof Error ? error.message : String(error)),
-    );
+    )
   }
-  log(`devdb: container ready in ${Date.now() - started} ms`);
+  log(`devdb: container ready in ${Date.now() - started} ms`)
   return {
     url: container.getConnectionUri(),
     stop: async () => {
-      await container.stop();
+      await container.stop()
     },
-  };
+  }
 }

@@ -34,7 +34,10 @@ export interface Ledger {
   readOnly(): Promise<void>
   /** `@Atomic()` on a method that is not async: starts an insert of x without awaiting it, returns 42. */
   notAsync(x: number): number
-  /** `@Atomic()`: calls another decorated method (private where the syntax has them) that inserts x and returns its depth. */
+  /**
+   * `@Atomic()`: calls another decorated method (private where the syntax has them) that inserts x
+   * and returns its depth.
+   */
   nested(x: number): Promise<number | undefined>
 }
 
@@ -212,7 +215,10 @@ export function describeAtomicDecorator(mode: 'TC39' | 'legacy', define: (tools:
       [
         'isolationLevel',
         { isolationLevel: 'sometimes' },
-        /^Invalid option "isolationLevel" for atomic\(\): it must be one of 'read committed', 'repeatable read', 'serializable', 'read uncommitted'\.$/,
+        new RegExp(
+          '^Invalid option "isolationLevel" for atomic\\(\\): it must be one of ' +
+            "'read committed', 'repeatable read', 'serializable', 'read uncommitted'\\.$",
+        ),
       ],
       [
         'lockTimeout',

@@ -299,5 +299,8 @@ export async function startFaultProxy(target: { host: string; port: number }): P
 /** Host and port of a postgres:// URL (default port 5432). */
 export function targetOf(url: string): { host: string; port: number } {
   const u = new URL(url)
-  return { host: u.hostname === '' || u.hostname === 'localhost' ? '127.0.0.1' : u.hostname, port: u.port === '' ? 5432 : Number(u.port) }
+  return {
+    host: u.hostname === '' || u.hostname === 'localhost' ? '127.0.0.1' : u.hostname,
+    port: u.port === '' ? 5432 : Number(u.port),
+  }
 }

@@ -1,15 +1,15 @@
-import { Client } from 'pg';
+import { Client } from 'pg'
 
 // Imported from source (not @pg-atomic/devdb's dist) so tests need no build.
-import { redactUrl, startDatabase, type DevDatabase } from '../../../devdb/src/index';
+import { redactUrl, startDatabase, type DevDatabase } from '../../../devdb/src/index'
 
 declare global {
   /** The server started by globalSetup, stopped by globalTeardown. */
-  var __pgAtomicDevDatabase: DevDatabase | undefined;
+  var __pgAtomicDevDatabase: DevDatabase | undefined
 }
 
 /** Environment variable through which test workers receive the superuser URL. */
-export const ADMIN_URL_ENV = 'PG_ATOMIC_TEST_ADMIN_URL';
+export const ADMIN_URL_ENV = 'PG_ATOMIC_TEST_ADMIN_URL'
 
 /**
  * Jest globalSetup: finds or starts one PostgreSQL server for the run (see
@@ -18,30 +18,31 @@ export const ADMIN_URL_ENV = 'PG_ATOMIC_TEST_ADMIN_URL';
  * Set `PG_ATOMIC_DEVDB_VERBOSE=1` to see the server's own log.
  */
 export default async function globalSetup(): Promise<void> {
-  const verbose = process.env['PG_ATOMIC_DEVDB_VERBOSE'] === '1';
+  const verbose = process.env['PG_ATOMIC_DEVDB_VERBOSE'] === '1'
   const database = await startDatabase({
     log: verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-  });
-  globalThis.__pgAtomicDevDatabase = database;
-  process.env[ADMIN_URL_ENV] = database.url;
+  })
+  globalThis.__pgAtomicDevDatabase = database
+  process.env[ADMIN_URL_ENV] = database.url
 
-  let version: string;
-  const client = new Client({ connectionString: database.url });
+  let version: string
+  const client = new Client({ connectionString: database.url })
   try {
-    await client.connect();
-    const { rows } = await client.query<{ server_version: string }>('SHOW server_version');
-    version = rows[0]?.server_version ?? 'unknown';
+    await client.connect()
+    const { rows } = await client.query<{ server_version: string }>('SHOW server_version')
+    version = rows[0]?.server_version ?? 'unknown'
   } catch (error) {
-    globalThis.__pgAtomicDevDatabase = undefined;
-    await database.stop();
+    globalThis.__pgAtomicDevDatabase = undefined
+    await database.stop()
     throw new Error(
-      `Cannot connect to the test PostgreSQL (source: ${database.source}, ${redactUrl(database.url)}): ${String(error)}`,
-    );
+      `Cannot connect to the test PostgreSQL (source: ${database.source}, ${redactUrl(database.url)}): ` +
+        String(error),
+    )
   } finally {
-    await client.end().catch(() => {});
+    await client.end().catch(() => {})
   }
   // stderr, so `jest --json` on stdout stays parseable.
   process.stderr.write(
     `\n[pg-atomic tests] PostgreSQL ${version} (source: ${database.source}) at ${redactUrl(database.url)}\n`,
-  );
+  )
 }

@@ -3,7 +3,7 @@
  * came from DATABASE_URL / PG* variables).
  */
 export default async function globalTeardown(): Promise<void> {
-  const database = globalThis.__pgAtomicDevDatabase;
-  globalThis.__pgAtomicDevDatabase = undefined;
-  await database?.stop();
+  const database = globalThis.__pgAtomicDevDatabase
+  globalThis.__pgAtomicDevDatabase = undefined
+  await database?.stop()
 }

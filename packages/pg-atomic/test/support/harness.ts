@@ -43,18 +43,31 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
   class RecordingClient extends pg.Client {
     constructor(config?: string | pg.ClientConfig) {
       super(config)
-      ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on('readyForQuery', () => {
-        rfq++
-      })
+      ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on(
+        'readyForQuery',
+        () => {
+          rfq++
+        },
+      )
     }
     override query(...args: unknown[]): never {
       const first = args[0]
-      statements.push(typeof first === 'string' ? first : typeof (first as { text?: unknown })?.text === 'string' ? (first as { text: string }).text : '<submittable>')
+      statements.push(
+        typeof first === 'string'
+          ? first
+          : typeof (first as { text?: unknown })?.text === 'string'
+            ? (first as { text: string }).text
+            : '<submittable>',
+      )
       return (super.query as (...a: unknown[]) => never)(...args)
     }
   }
   const { max, ...config } = options
-  const pool = new pg.Pool({ connectionString: testDb.url, max: max ?? 5, Client: RecordingClient as unknown as typeof pg.Client })
+  const pool = new pg.Pool({
+    connectionString: testDb.url,
+    max: max ?? 5,
+    Client: RecordingClient as unknown as typeof pg.Client,
+  })
   // Through a transaction-mode pooler (PG_ATOMIC_TEST_POOLER_URL), databases declare it by default,
   // so session-level features are refused as they would be in production.
   const db = createDatabase({ ...(poolerUrl() === undefined ? {} : { transactionPooling: true }), ...config, pool })

@@ -55,7 +55,13 @@ export type Op =
   | { readonly op: 'throw'; readonly id: number; readonly as: ThrownKind }
   | { readonly op: 'setRollback'; readonly flag: boolean; readonly via: Via }
   /** `onCommit(hook, { robust })`; with `throws` the hook throws `new HookError(label)`. */
-  | { readonly op: 'onCommit'; readonly label: string; readonly via: Via; readonly robust: boolean; readonly throws: boolean }
+  | {
+      readonly op: 'onCommit'
+      readonly label: string
+      readonly via: Via
+      readonly robust: boolean
+      readonly throws: boolean
+    }
   /** `onRollback(hook)`; with `throws` the hook throws `new HookError(label)`. */
   | { readonly op: 'onRollback'; readonly label: string; readonly via: Via; readonly throws: boolean }
   /** `await atomic({ savepoint, durable }, body)` */
@@ -100,7 +106,8 @@ export const OUTERMOST_RESULT = 'result'
 // ---- Observations -----------------------------------------------------------------------------
 
 /** Why pg-atomic raised a TransactionManagementError. */
-export type TmeReason = 'doomed' | 'swallowed' | 'aborted' | 'durable-nested' | 'control-failed' | 'commit-answered-rollback'
+export type TmeReason =
+  'doomed' | 'swallowed' | 'aborted' | 'durable-nested' | 'control-failed' | 'commit-answered-rollback'
 
 /** An error, reduced to what the comparison needs. */
 export type ErrorShape =
@@ -144,7 +151,10 @@ type RawOp =
   | { readonly op: 'onCommit'; readonly via: Via; readonly robust: boolean; readonly throws: boolean }
   | { readonly op: 'onRollback'; readonly via: Via; readonly throws: boolean }
   | { readonly op: 'block'; readonly block: RawBlock }
-  | { readonly op: 'siblings'; readonly members: ReadonlyArray<{ readonly block: RawBlock } | { readonly query: RawOp }> }
+  | {
+      readonly op: 'siblings'
+      readonly members: ReadonlyArray<{ readonly block: RawBlock } | { readonly query: RawOp }>
+    }
   | { readonly op: 'try'; readonly body: readonly RawOp[] }
 
 interface RawBlock {
@@ -162,23 +172,38 @@ const via: fc.Arbitrary<Via> = fc.oneof(
 const queryOp: fc.Arbitrary<RawOp> = fc.oneof(
   { weight: 6, arbitrary: via.map((v) => ({ op: 'insert' as const, via: v })) },
   { weight: 2, arbitrary: fc.record({ pick: fc.nat(15), via }).map((r) => ({ op: 'dup' as const, ...r })) },
-  { weight: 3, arbitrary: fc.record({ sql: fc.constantFrom<FailingSql>('division', 'unique'), via }).map((r) => ({ op: 'fail' as const, ...r })) },
+  {
+    weight: 3,
+    arbitrary: fc
+      .record({ sql: fc.constantFrom<FailingSql>('division', 'unique'), via })
+      .map((r) => ({ op: 'fail' as const, ...r })),
+  },
 )
 
 const leafOp: fc.Arbitrary<RawOp> = fc.oneof(
   { weight: 11, arbitrary: queryOp },
-  { weight: 2, arbitrary: fc.constantFrom<ThrownKind>('error', 'object', 'string').map((as) => ({ op: 'throw' as const, as })) },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom<ThrownKind>('error', 'object', 'string').map((as) => ({ op: 'throw' as const, as })),
+  },
   { weight: 3, arbitrary: fc.record({ flag: fc.boolean(), via }).map((r) => ({ op: 'setRollback' as const, ...r })) },
   {
     weight: 2,
     arbitrary: fc
-      .record({ via, robust: fc.boolean(), throws: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }) })
+      .record({
+        via,
+        robust: fc.boolean(),
+        throws: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
+      })
       .map((r) => ({ op: 'onCommit' as const, ...r })),
   },
   {
     weight: 2,
     arbitrary: fc
-      .record({ via, throws: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }) })
+      .record({
+        via,
+        throws: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
+      })
       .map((r) => ({ op: 'onRollback' as const, ...r })),
   },
 )
@@ -191,10 +216,16 @@ const raw = fc.letrec<{ op: RawOp; body: readonly RawOp[]; block: RawBlock }>((t
     {
       weight: 1,
       arbitrary: fc
-        .array(fc.oneof({ weight: 3, arbitrary: tie('block').map((block) => ({ block })) }, { weight: 1, arbitrary: queryOp.map((query) => ({ query })) }), {
-          minLength: 2,
-          maxLength: 3,
-        })
+        .array(
+          fc.oneof(
+            { weight: 3, arbitrary: tie('block').map((block) => ({ block })) },
+            { weight: 1, arbitrary: queryOp.map((query) => ({ query })) },
+          ),
+          {
+            minLength: 2,
+            maxLength: 3,
+          },
+        )
         .map((members) => ({ op: 'siblings' as const, members })),
     },
     { weight: 4, arbitrary: tie('body').map((body) => ({ op: 'try' as const, body })) },
@@ -215,7 +246,10 @@ function number(outermost: RawBlock): Program {
     ops.reduce((n, o) => {
       if (o.op === 'insert') return n + 1
       if (o.op === 'block') return n + countInserts(o.block.body)
-      if (o.op === 'siblings') return n + o.members.reduce((m, x) => m + ('block' in x ? countInserts(x.block.body) : countInserts([x.query])), 0)
+      if (o.op === 'siblings')
+        return (
+          n + o.members.reduce((m, x) => m + ('block' in x ? countInserts(x.block.body) : countInserts([x.query])), 0)
+        )
       if (o.op === 'try') return n + countInserts(o.body)
       return n
     }, 0)
@@ -244,7 +278,12 @@ function number(outermost: RawBlock): Program {
         case 'block':
           return { op: 'block', block: block(o.block) }
         case 'siblings':
-          return { op: 'siblings', members: o.members.map((m): Member => ('block' in m ? { block: block(m.block) } : { query: ops([m.query])[0] as QueryOp })) }
+          return {
+            op: 'siblings',
+            members: o.members.map((m): Member =>
+              'block' in m ? { block: block(m.block) } : { query: ops([m.query])[0] as QueryOp },
+            ),
+          }
         case 'try':
           return { op: 'try', id: ++counters.try, body: ops(o.body) }
       }
@@ -271,11 +310,21 @@ export function renderProgram(program: Program): string {
     if (b.durable) parts.push('durable: true')
     return parts.length === 0 ? '' : `{ ${parts.join(', ')} }, `
   }
-  const block = (b: BlockSpec, indent: string, prefix: string, suffix: string, outermost = false, member = false): void => {
-    lines.push(`${indent}${prefix}atomic(${options(b, outermost)}async (${outermost ? 'outer' : 'tx'}) => { // block ${b.id}`)
+  const block = (
+    b: BlockSpec,
+    indent: string,
+    prefix: string,
+    suffix: string,
+    outermost = false,
+    member = false,
+  ): void => {
+    lines.push(
+      `${indent}${prefix}atomic(${options(b, outermost)}async (${outermost ? 'outer' : 'tx'}) => { // block ${b.id}`,
+    )
     if (member) lines.push(`${indent}  await Promise.resolve() // members of Promise.all start after all were called`)
     body(b.body, `${indent}  `, outermost)
-    if (b.body[b.body.length - 1]?.op !== 'throw') lines.push(`${indent}  return '${outermost ? OUTERMOST_RESULT : `block ${b.id}`}'`)
+    if (b.body[b.body.length - 1]?.op !== 'throw')
+      lines.push(`${indent}  return '${outermost ? OUTERMOST_RESULT : `block ${b.id}`}'`)
     lines.push(`${indent}})${suffix}`)
   }
   const target = (v: Via, ambient: string, inOutermost: boolean): string =>
@@ -285,24 +334,29 @@ export function renderProgram(program: Program): string {
       switch (o.op) {
         case 'insert':
         case 'dup':
-          lines.push(`${indent}await ${target(o.via, 'db.', inOutermost)}query('${INSERT_SQL}', [${o.value}])${o.op === 'dup' ? ' // dup' : ''}`)
+          lines.push(
+            `${indent}await ${target(o.via, 'db.', inOutermost)}query('${INSERT_SQL}', [${o.value}])${o.op === 'dup' ? ' // dup' : ''}`,
+          )
           break
         case 'fail':
           lines.push(`${indent}await ${target(o.via, 'db.', inOutermost)}query('${FAILING_SQL[o.sql]}')`)
           break
         case 'throw':
-          lines.push(`${indent}throw ${o.as === 'error' ? `new ProgramError(${o.id})` : o.as === 'object' ? `{ thrownId: ${o.id} }` : `'thrown ${o.id}'`}`)
+          lines.push(
+            `${indent}throw ${o.as === 'error' ? `new ProgramError(${o.id})` : o.as === 'object' ? `{ thrownId: ${o.id} }` : `'thrown ${o.id}'`}`,
+          )
           break
         case 'setRollback':
           lines.push(`${indent}${target(o.via, '', inOutermost)}setRollback(${o.flag})`)
           break
         case 'onCommit':
-        case 'onRollback': {
-          const run = `log('${o.op === 'onCommit' ? 'commit' : 'rollback'}:${o.label}')${o.throws ? `; throw new HookError('${o.label}')` : ''}`
-          const options = o.op === 'onCommit' && o.robust ? ', { robust: true }' : ''
-          lines.push(`${indent}${target(o.via, '', inOutermost)}${o.op}(() => { ${run} }${options})`)
-          break
-        }
+        case 'onRollback':
+          {
+            const run = `log('${o.op === 'onCommit' ? 'commit' : 'rollback'}:${o.label}')${o.throws ? `; throw new HookError('${o.label}')` : ''}`
+            const options = o.op === 'onCommit' && o.robust ? ', { robust: true }' : ''
+            lines.push(`${indent}${target(o.via, '', inOutermost)}${o.op}(() => { ${run} }${options})`)
+            break
+          }
           break
         case 'block':
           block(o.block, indent, 'await ', '')
@@ -312,7 +366,8 @@ export function renderProgram(program: Program): string {
           for (const m of o.members) {
             if ('block' in m) block(m.block, `${indent}  `, '', ',', false, true)
             else {
-              const text = m.query.op === 'fail' ? `'${FAILING_SQL[m.query.sql]}'` : `'${INSERT_SQL}', [${m.query.value}]`
+              const text =
+                m.query.op === 'fail' ? `'${FAILING_SQL[m.query.sql]}'` : `'${INSERT_SQL}', [${m.query.value}]`
               lines.push(`${indent}  ${target(m.query.via, 'db.', inOutermost)}query(${text}),`)
             }
           }
@@ -337,7 +392,8 @@ class ModelError {
   constructor(readonly shape: ErrorShape) {}
 }
 
-const tme = (reason: TmeReason, cause?: ErrorShape): ModelError => new ModelError(cause === undefined ? { tme: reason } : { tme: reason, cause })
+const tme = (reason: TmeReason, cause?: ErrorShape): ModelError =>
+  new ModelError(cause === undefined ? { tme: reason } : { tme: reason, cause })
 const dbError = (code: string): ModelError => new ModelError({ db: code })
 
 interface ModelBlock {
@@ -375,7 +431,13 @@ export function runModel(program: Program): Observation {
   let pendingReleases: number[] = []
   const stack: ModelBlock[] = []
   let rows: Array<{ value: number; owner: ModelBlock }> = []
-  let hooks: Array<{ kind: 'commit' | 'rollback'; label: string; owner: ModelBlock; robust: boolean; throws: boolean }> = []
+  let hooks: Array<{
+    kind: 'commit' | 'rollback'
+    label: string
+    owner: ModelBlock
+    robust: boolean
+    throws: boolean
+  }> = []
   const hookLog: string[] = []
   const blocks: Record<number, Outcome> = {}
   const caught: Record<number, ErrorShape> = {}
@@ -462,7 +524,12 @@ export function runModel(program: Program): Observation {
         // (decided then, even if a member queued ahead of it clears the doom with setRollback(false)
         // before its turn: refusal is decided when a statement is issued).
         // Block members start with an await (see model.test.ts), so "when called" is the group's start.
-        const refusedQuery = controlFailed !== undefined ? tme('control-failed', controlFailed) : needsRollback ? tme('doomed', cause) : undefined
+        const refusedQuery =
+          controlFailed !== undefined
+            ? tme('control-failed', controlFailed)
+            : needsRollback
+              ? tme('doomed', cause)
+              : undefined
         const errors: ModelError[] = []
         const queued: Member[] = []
         for (const m of o.members) {
@@ -598,7 +665,13 @@ export function runModel(program: Program): Observation {
   }
 
   const outermost = (spec: BlockSpec): Outcome => {
-    const block: ModelBlock = { parent: undefined, depth: 1, savepoint: false, owner: undefined as unknown as ModelBlock, materialized: false }
+    const block: ModelBlock = {
+      parent: undefined,
+      depth: 1,
+      savepoint: false,
+      owner: undefined as unknown as ModelBlock,
+      materialized: false,
+    }
     ;(block as { owner: ModelBlock }).owner = block
     stack.push(block)
     let thrown: ModelError | undefined
@@ -618,7 +691,12 @@ export function runModel(program: Program): Observation {
         // COMMIT of an aborted transaction is answered with ROLLBACK: nothing was committed.
         rows = []
         runRollbackHooks()
-        return { error: abortCause === undefined ? { tme: 'commit-answered-rollback' } : { tme: 'commit-answered-rollback', cause: abortCause } }
+        return {
+          error:
+            abortCause === undefined
+              ? { tme: 'commit-answered-rollback' }
+              : { tme: 'commit-answered-rollback', cause: abortCause },
+        }
       }
       // FIFO after COMMIT. A robust hook's error is logged; a plain hook's error ends the run of
       // hooks and comes out of the block as OnCommitHookError (the data is committed).
