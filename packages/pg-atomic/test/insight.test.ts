@@ -1,16 +1,29 @@
 /**
- * Lock insight against real concurrent sessions: locksHeld() inside a block, the lockWaits()
- * tree (a holder idle in transaction, an ALTER TABLE queued behind it, a SELECT queued behind the
- * ALTER, an advisory-lock waiter), idleInTransaction() and its olderThan filter, and
- * explainLocks(): the locks of SELECT / UPDATE / ALTER TABLE, row locks with and without
- * pgrowlocks, refusals before anything is sent, and no trace left behind.
+ * Lock insight (`pg-atomic/insight`) against real concurrent sessions: locksHeld() inside a block,
+ * the lockWaits() tree (a holder idle in transaction, an ALTER TABLE queued behind it, a SELECT
+ * queued behind the ALTER, an advisory-lock waiter), idleInTransaction() and its olderThanMs
+ * filter, terminateSessions(), serverInfo(), and explainLocks(): the locks of SELECT / UPDATE /
+ * ALTER TABLE, row locks with and without pgrowlocks, refusals before anything is sent
+ * (assertExplainable()), and no trace left behind.
  */
 import pg from 'pg'
-import { InvalidOptionError, TransactionManagementError, atomic, explainLocks, idleInTransaction, lockWaits, locksHeld } from 'pg-atomic'
-import type { LockInfo, LockWaitNode } from 'pg-atomic'
-import { refuseUnexplainable, tokenizeStatements } from '../src/locks/insight'
-import { rejection, setupHarness } from './support/harness'
+import { InvalidOptionError, TransactionManagementError, atomic, createDatabase } from 'pg-atomic'
+import {
+  INSIGHT_DEFAULTS,
+  assertExplainable,
+  explainLocks,
+  idleInTransaction,
+  lockWaits,
+  locksHeld,
+  serverInfo,
+  terminateSessions,
+} from 'pg-atomic/insight'
+import type { LockInfo, LockWaitNode } from 'pg-atomic/insight'
+import { splitStatements } from '../src/sql/lexer'
+import { rejection, thrown } from './support/errors'
+import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { recordedDatabase } from './support/locks'
 
 let h: Harness
 
@@ -124,8 +137,33 @@ describe('locksHeld()', () => {
     expect(h.statements.filter((s) => s.includes('pg_lock_status'))).toHaveLength(2)
   })
 
+  test("regression (issue 7, defect 6): without using, the locks of the innermost block, whatever its database ('reports' only)", async () => {
+    const reports = recordedDatabase(h, 'reports')
+    try {
+      await atomic({ using: 'reports' }, async () => {
+        await reports.db.query('select pg_advisory_xact_lock(31)')
+        const held = await locksHeld()
+        expect(held.filter((l) => l.type === 'advisory').map((l) => l.target)).toEqual(['advisory key 31'])
+        // Nested in the reports block, a block of 'default' is the innermost one.
+        await atomic(async () => {
+          await h.db.query('select pg_advisory_xact_lock(32)')
+          expect((await locksHeld()).filter((l) => l.type === 'advisory').map((l) => l.target)).toEqual(['advisory key 32'])
+          expect((await locksHeld({ using: 'reports' })).filter((l) => l.type === 'advisory').map((l) => l.target)).toEqual(['advisory key 31'])
+        })
+      })
+      expect(reports.statements.filter((t) => t.includes('pg_lock_status'))).toHaveLength(2)
+      expect(h.statements.filter((t) => t.includes('pg_lock_status'))).toHaveLength(1)
+    } finally {
+      await reports.close()
+    }
+  })
+
   test('unknown option and bad "using" are InvalidOptionError', async () => {
-    await expect(atomic(() => locksHeld({ usign: 'default' } as never))).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'usign' })
+    await expect(atomic(() => locksHeld({ usign: 'default' } as never))).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'usign',
+      message: 'Unknown option "usign" for locksHeld(). The accepted options are: using.',
+    })
     await expect(atomic(() => locksHeld({ using: 42 } as never))).rejects.toMatchObject({
       name: 'InvalidOptionError',
       field: 'using',
@@ -267,7 +305,7 @@ describe('lockWaits() and idleInTransaction() with real sessions', () => {
     })
   })
 
-  test('idleInTransaction(): olderThan filters on idle time; aborted sessions are listed; invalid values refused', async () => {
+  test('idleInTransaction(): olderThanMs filters on idle time; aborted sessions are listed; invalid values refused', async () => {
     const hold = await holder()
     const aborted = await session('aborted')
     await aborted.client.query('begin')
@@ -277,7 +315,7 @@ describe('lockWaits() and idleInTransaction() with real sessions', () => {
       return rows[0]?.ok === true
     })
 
-    const all = await idleInTransaction({ olderThan: 0 })
+    const all = await idleInTransaction({ olderThanMs: 0 })
     expect(all.map((s) => s.pid).sort((a, b) => a - b)).toEqual([hold.pid, aborted.pid].sort((a, b) => a - b))
     const a = all.find((s) => s.pid === aborted.pid)
     expect(a).toMatchObject({ state: 'idle in transaction (aborted)', applicationName: 'aborted', query: 'select 1 / 0' })
@@ -287,19 +325,125 @@ describe('lockWaits() and idleInTransaction() with real sessions', () => {
     expect(held?.idleSince).toBeInstanceOf(Date)
     expect(held?.transactionAgeMs).toBeGreaterThanOrEqual(held?.idleMs as number)
 
-    expect((await idleInTransaction({ olderThan: 200 })).map((s) => s.pid)).toContain(hold.pid)
-    expect((await idleInTransaction({ olderThan: 3_600_000 })).map((s) => s.pid)).toEqual([])
+    expect((await idleInTransaction({ olderThanMs: 200 })).map((s) => s.pid)).toContain(hold.pid)
+    expect((await idleInTransaction({ olderThanMs: 3_600_000 })).map((s) => s.pid)).toEqual([])
 
-    for (const olderThan of [-1, 1.5, '5m', Number.NaN]) {
-      await expect(idleInTransaction({ olderThan } as never)).rejects.toMatchObject({
+    for (const olderThanMs of [-1, 1.5, '5m', Number.NaN]) {
+      await expect(idleInTransaction({ olderThanMs } as never)).rejects.toMatchObject({
         name: 'InvalidOptionError',
-        field: 'olderThan',
-        message: 'Invalid option "olderThan" for idleInTransaction(): it must be a whole number of milliseconds of at least 0.',
+        field: 'olderThanMs',
+        message: 'Invalid option "olderThanMs" for idleInTransaction(): it must be a whole number of milliseconds of at least 0.',
       })
     }
-    await expect(idleInTransaction({ queryLength: 0 })).rejects.toBeInstanceOf(InvalidOptionError)
+    await expect(idleInTransaction({ olderThan: 5 } as never)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'olderThan',
+      message: 'Unknown option "olderThan" for idleInTransaction(). The accepted options are: using, olderThanMs, queryLength.',
+    })
+    await expect(idleInTransaction({ queryLength: 0 })).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'queryLength',
+      message: 'Invalid option "queryLength" for idleInTransaction(): it must be a whole number of characters from 1 to 1000000.',
+    })
     await hold.client.query('rollback')
     await aborted.client.query('rollback')
+  })
+})
+
+describe('terminateSessions() and serverInfo()', () => {
+  test('ends a session still idle in the same transaction; skips one that ran a statement since it was listed', async () => {
+    const hold = await holder()
+    const busy = await session('busy')
+    await busy.client.query('begin')
+    await busy.client.query('select 1')
+    const listed = await idleInTransaction()
+    expect(listed.map((s) => s.pid).sort((a, b) => a - b)).toEqual([hold.pid, busy.pid].sort((a, b) => a - b))
+    // busy runs another statement: its state_change moves, so it is no longer "the same" idle transaction.
+    await busy.client.query('select 2')
+    h.reset()
+    const outcomes = await terminateSessions(listed)
+    expect(outcomes).toEqual(
+      listed.map((s) =>
+        s.pid === hold.pid
+          ? { pid: hold.pid, outcome: 'terminated', reason: null, code: null, error: null }
+          : {
+              pid: busy.pid,
+              outcome: 'skipped',
+              reason: 'It is no longer idle in the same transaction (it ran a statement, or its transaction ended, since it was listed), so it was left alone.',
+              code: null,
+              error: null,
+            },
+      ),
+    )
+    expect(Object.isFrozen(outcomes)).toBe(true)
+    expect(h.statements[0]).toBe("SELECT pg_catalog.current_setting('server_version_num')::int AS version")
+    expect(h.statements.slice(1).every((t) => t.includes('pg_catalog.pg_terminate_backend(s.pid'))).toBe(true)
+    await waitUntil('the terminated session to end', async () => (await h.column('select count(*)::int from pg_stat_activity where pid = $1', [hold.pid]))[0] === 0)
+    expect(await h.column('select state from pg_stat_activity where pid = $1', [busy.pid])).toEqual(['idle in transaction'])
+    await busy.client.query('rollback')
+    expect(await terminateSessions([])).toEqual([])
+  })
+
+  test("a refusal by the server is that session's 'failed' outcome, with code and error", async () => {
+    const role = `pga_insight_${process.pid}`
+    await h.admin.query(`create role ${role} login password 'pw' in role pg_read_all_stats`)
+    try {
+      const hold = await holder()
+      const url = new URL(h.testDb.url)
+      url.username = role
+      url.password = 'pw'
+      const pool = new pg.Pool({ connectionString: url.toString(), max: 1 })
+      const db = createDatabase({ alias: 'limited', pool })
+      try {
+        const listed = (await idleInTransaction({ using: db })).filter((s) => s.pid === hold.pid)
+        const [outcome] = await terminateSessions(listed, { using: db })
+        expect(outcome).toMatchObject({
+          pid: hold.pid,
+          outcome: 'failed',
+          reason: "Permission denied: ending another role's session needs superuser, membership in that role, or the pg_signal_backend role (and a superuser's session needs superuser).",
+          code: '42501',
+        })
+        expect(outcome?.error).toBeInstanceOf(pg.DatabaseError)
+        expect(await h.column('select state from pg_stat_activity where pid = $1', [hold.pid])).toEqual(['idle in transaction'])
+      } finally {
+        await db.close()
+        await pool.end()
+      }
+      await hold.client.query('rollback')
+    } finally {
+      await waitUntil(`the sessions of ${role} to end`, async () => (await h.column('select count(*)::int from pg_stat_activity where usename = $1', [role]))[0] === 0)
+      await h.admin.query(`drop role ${role}`)
+    }
+  })
+
+  test('refused inside a block, and invalid arguments, before anything is sent', async () => {
+    await expect(atomic(() => terminateSessions([]))).rejects.toMatchObject({
+      name: 'TransactionManagementError',
+      message:
+        'terminateSessions() cannot be used inside an atomic() block: terminating a session is not part of any transaction (a rollback would not undo it), and a refused termination would doom the block. Call it outside atomic().',
+    })
+    await expect(terminateSessions([{ pid: 1 }] as never)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'sessions',
+      message: 'Invalid option "sessions" for terminateSessions(): it must be a list of sessions, each { pid, idleSince } as idleInTransaction() returns them.',
+    })
+    await expect(terminateSessions([], { exitTimeoutMs: -1 })).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'exitTimeoutMs',
+      message: 'Invalid option "exitTimeoutMs" for terminateSessions(): it must be a whole number of milliseconds from 0 to 2147483647.',
+    })
+    expect(h.statements).toEqual([])
+  })
+
+  test('serverInfo(): the database, role and server version; the defaults are exported', async () => {
+    const info = await serverInfo()
+    expect(info).toEqual({
+      database: h.testDb.name,
+      role: (await h.column<string>('select current_user'))[0],
+      serverVersion: Number((await h.column<string>("select current_setting('server_version_num')"))[0]),
+    })
+    expect(INSIGHT_DEFAULTS).toEqual({ queryLength: 200, olderThanMs: 0, exitTimeoutMs: 5000, lockTimeout: 1000, statementTimeout: 30_000, rowLocks: true, maxRowLocks: 100 })
+    expect(Object.isFrozen(INSIGHT_DEFAULTS)).toBe(true)
   })
 })
 
@@ -312,7 +456,7 @@ describe('explainLocks()', () => {
     expect(report.locks.map((l) => `${l.target} ${l.mode}`)).toEqual(['table public.accounts AccessShareLock', 'index public.accounts_pkey AccessShareLock'])
     expect(report.locks[0]).toMatchObject({ lockMode: 'access share', conflictsWith: ['access exclusive'], granted: true })
     expect(report.locks[0]?.blocks).toEqual(['DROP TABLE', 'TRUNCATE', 'ALTER TABLE (most forms)', 'CLUSTER', 'VACUUM FULL', 'REFRESH MATERIALIZED VIEW', 'LOCK TABLE (default mode)'])
-    expect(report.rowLocks).toEqual({ source: 'none', rows: [], truncated: false, note: 'The statement took no RowShareLock or RowExclusiveLock on a table, so it locked no rows.' })
+    expect(report.rowLocks).toEqual({ source: 'none', rows: [], truncated: false, note: 'The statement took no RowShareLock or RowExclusiveLock on a table, so it locked no rows.', error: null })
     expect(h.statements[0]).toBe(prelude)
     expect(h.statements[1]).toBe('select * from accounts where id = 1')
     expect(h.statements[h.statements.length - 1]).toBe('ROLLBACK')
@@ -325,7 +469,7 @@ describe('explainLocks()', () => {
     expect(report.locks[0]).toMatchObject({ target: 'table public.accounts', lockMode: 'row exclusive', conflictsWith: ['share', 'share row exclusive', 'exclusive', 'access exclusive'] })
     expect(report.locks[0]?.blocks).toContain('CREATE INDEX (not CONCURRENTLY)')
     expect(report.locks[2]?.blocks).toEqual(['transactions waiting to lock or change the rows this one changed or locked (until it ends)'])
-    expect(report.rowLocks).toMatchObject({ source: 'not installed', rows: [], truncated: false })
+    expect(report.rowLocks).toMatchObject({ source: 'not installed', rows: [], truncated: false, error: null })
     expect(report.rowLocks.note).toBe(
       'Row locks are not kept in pg_locks and the pgrowlocks extension is not installed, so they are not listed; the RowShareLock / RowExclusiveLock on public.accounts shows the statement locked or changed rows there (CREATE EXTENSION pgrowlocks lists them).',
     )
@@ -397,9 +541,21 @@ describe('explainLocks()', () => {
     }
     expect(h.statements).toEqual([])
     expect(await h.column("select count(*)::int from pg_indexes where indexname = 'accounts_balance'")).toEqual([0])
-    await expect(explainLocks('  -- nothing\n')).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'sql' })
-    await expect(explainLocks('select 1', 'x' as never)).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'params' })
-    await expect(explainLocks('select 1', [], { lockTimeout: -1 })).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'lockTimeout' })
+    await expect(explainLocks('  -- nothing\n;')).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'sql',
+      message: 'Invalid option "sql" for explainLocks(): it must be the SQL statement to explain (a non-empty string with at least one statement).',
+    })
+    await expect(explainLocks('select 1', 'x' as never)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'params',
+      message: 'Invalid option "params" for explainLocks(): it must be an array of values for $1, $2, ... (or undefined).',
+    })
+    await expect(explainLocks('select 1', [], { lockTimeout: -1 })).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'lockTimeout',
+      message: 'Invalid option "lockTimeout" for explainLocks(): it must be a whole number of milliseconds from 0 to 2147483647.',
+    })
     expect(h.statements).toEqual([])
   })
 
@@ -407,9 +563,9 @@ describe('explainLocks()', () => {
     const error = await rejection(explainLocks("do $$ begin execute 'vacuum accounts'; end $$"))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect((error as Error).message).toBe(
-      'explainLocks() cannot explain this statement: it cannot run inside a transaction block (PostgreSQL: "VACUUM cannot run inside a transaction block"), so it could not be rolled back afterwards. Nothing was changed.',
+      "explainLocks() cannot explain this statement: PostgreSQL refused to run it inside a transaction block (SQLSTATE 25001; the server's message is in cause), so it could not be rolled back afterwards. Nothing was changed.",
     )
-    expect((error as Error).cause).toMatchObject({ code: '25001' })
+    expect((error as Error).cause).toMatchObject({ code: '25001', message: 'VACUUM cannot run inside a transaction block' })
     await expect(explainLocks('select * from missing_table')).rejects.toMatchObject({ name: 'error', code: '42P01' })
     expect(h.statements.filter((s) => s === 'ROLLBACK')).toHaveLength(2)
   })
@@ -426,7 +582,7 @@ describe('explainLocks()', () => {
   })
 })
 
-describe('the statement scanner', () => {
+describe('the statement classifier (assertExplainable) on the one lexer', () => {
   test.each([
     'insert into accounts values (9, 1) returning id',
     "insert into t values ('; commit')",
@@ -442,8 +598,10 @@ describe('the statement scanner', () => {
     'create rule r as on insert to t do also (insert into u values (1); insert into u values (2))',
     'lock table accounts in access exclusive mode',
     'set transaction isolation level serializable',
+    'lock table "we""ird; vacuum" in share mode',
+    "select U&'d\\0061t; vacuum'",
   ])('allows %s', (sql) => {
-    expect(() => refuseUnexplainable(sql)).not.toThrow()
+    expect(() => assertExplainable(sql)).not.toThrow()
   })
 
   test.each([
@@ -468,12 +626,28 @@ describe('the statement scanner', () => {
     ["copy accounts to '/tmp/accounts.csv'", 'COPY ... TO a file'],
     ["copy accounts from program 'cat /etc/passwd'", 'COPY ... PROGRAM'],
     ['drop subscription s', 'DROP SUBSCRIPTION'],
+    ["select 'x'; /* ; */ VACUUM", 'VACUUM'],
   ])('refuses %s (%s)', (sql, command) => {
-    expect(() => refuseUnexplainable(sql)).toThrow(TransactionManagementError)
-    expect(() => refuseUnexplainable(sql)).toThrow(command)
+    const error = thrown(() => assertExplainable(sql))
+    expect(error).toBeInstanceOf(TransactionManagementError)
+    expect((error as Error).message).toContain(` ${command}`)
   })
 
-  test('splits on top-level semicolons only', () => {
-    expect(tokenizeStatements("select ';'; select (1); ; -- x\n").map((s) => s.filter((t) => t.kind === 'word').map((t) => t.text))).toEqual([['SELECT'], ['SELECT']])
+  test('splits on top-level semicolons only, not inside parentheses or BEGIN ATOMIC bodies', () => {
+    const words = (sql: string): string[][] => splitStatements(sql).map((st) => st.filter((t) => t.kind === 'word').map((t) => t.text))
+    expect(words("select ';'; select (1); ; -- x\n")).toEqual([['SELECT'], ['SELECT']])
+    expect(words('create function f() returns int language sql begin atomic select 1; end; vacuum')).toEqual([
+      ['CREATE', 'FUNCTION', 'F', 'RETURNS', 'INT', 'LANGUAGE', 'SQL', 'BEGIN', 'ATOMIC', 'SELECT', 'END'],
+      ['VACUUM'],
+    ])
+    expect(words('select $1, "a;b", $q$;$q$, E\'\\\'; x\'; commit')).toEqual([['SELECT'], ['COMMIT']])
+  })
+
+  test('an empty statement or a non-string is an InvalidOptionError', () => {
+    for (const sql of ['', ' ; ; ', '/* only a comment */', 42]) {
+      const error = thrown(() => assertExplainable(sql as string))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ field: 'sql' })
+    }
   })
 })

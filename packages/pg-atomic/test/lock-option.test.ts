@@ -1,9 +1,11 @@
 /**
- * The `lock` option of atomic() / @Atomic(): a table lock taken when the block starts.
+ * The `lock` option of atomic() / @Atomic(): a table lock taken when the block starts, with
+ * `timeoutMs`, names quoted (double quotes doubled) and refused beyond 63 bytes.
  */
 import pg from 'pg'
 import { Atomic, InvalidOptionError, LockNotAvailableError, atomic } from 'pg-atomic'
-import { rejection, setupHarness } from './support/harness'
+import { rejection } from './support/errors'
+import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 
 let h: Harness
@@ -12,6 +14,7 @@ let other: pg.Client
 beforeAll(async () => {
   h = await setupHarness('lock_option')
   await h.admin.query('create table a (x int); create table b (x int)')
+  await h.admin.query(`create table ${'a'.repeat(63)} (x int); create table "we""ird" (x int)`)
   other = new pg.Client(h.testDb.url)
   await other.connect()
 })
@@ -81,14 +84,43 @@ test('a nested block with a lock that rolls back releases it while the outer blo
   ])
 })
 
+test('timeoutMs applies lock_timeout to the lock statement only; a name with a double quote is quoted the standard way', async () => {
+  await atomic({ lock: { tables: ['we"ird', 'a'], mode: 'share', timeoutMs: 250 } }, async (tx) => {
+    expect((await tx.query('show lock_timeout')).rows).toEqual([{ lock_timeout: '0' }])
+  })
+  expect(h.statements).toEqual([
+    'BEGIN',
+    "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 250; LOCK TABLE \"a\", \"we\"\"ird\" IN SHARE MODE; SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
+    'show lock_timeout',
+    'COMMIT',
+  ])
+})
+
+const MODES =
+  "one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'"
+const TABLES =
+  "a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table)"
+const LOCK = "an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }"
+
 test.each([
-  [{ tables: 'a', mode: 'exclusivest' }, 'lock.mode'],
-  [{ tables: '', mode: 'share' }, 'lock.tables'],
-  [{ mode: 'share' }, 'lock.tables'],
-  ['a', 'lock'],
-])('an invalid lock %j is an InvalidOptionError naming %s, and nothing is sent', async (lock, field) => {
+  [{ tables: 'a', mode: 'exclusivest' }, 'lock.mode', `Invalid option "lock.mode" for atomic(): it must be ${MODES}.`],
+  [{ tables: '', mode: 'share' }, 'lock.tables', `Invalid option "lock.tables" for atomic(): it must be ${TABLES}.`],
+  [{ mode: 'share' }, 'lock.tables', `Invalid option "lock.tables" for atomic(): it must be ${TABLES}.`],
+  [{ tables: `${'a'.repeat(63)}_other`, mode: 'access exclusive' }, 'lock.tables', `Invalid option "lock.tables" for atomic(): it must be ${TABLES}.`],
+  [{ tables: 'a', mode: 'share', timeout: 5 }, 'lock.timeout', `Unknown option "lock.timeout" for atomic(): "lock" must be ${LOCK}.`],
+  [{ tables: 'a', mode: 'share', timeoutMs: -5 }, 'lock.timeoutMs', 'Invalid option "lock.timeoutMs" for atomic(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).'],
+  ['a', 'lock', `Invalid option "lock" for atomic(): it must be ${LOCK}.`],
+])('an invalid lock %j is an InvalidOptionError naming %s, and nothing is sent', async (lock, field, message) => {
   const error = await rejection(atomic({ lock } as never, async () => undefined))
   expect(error).toBeInstanceOf(InvalidOptionError)
-  expect(error).toMatchObject({ field })
+  expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
   expect(h.statements).toEqual([])
+})
+
+test('regression (issue 7, defect 3): a lock option naming a table longer than 63 bytes never locks the table PostgreSQL would cut it to', async () => {
+  const long = 'a'.repeat(63)
+  const error = await rejection(atomic({ lock: { tables: `${long}_other`, mode: 'access exclusive' } }, async () => undefined))
+  expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'lock.tables' })
+  expect(h.statements).toEqual([])
+  expect(await h.column("select count(*)::int from pg_locks where locktype = 'relation' and relation = $1::regclass", [long])).toEqual([0])
 })

@@ -1,6 +1,7 @@
 /**
  * Advisory locks: advisoryKey() hashing, advisoryLock() (transaction level) and withAdvisoryLock()
- * (session level, dedicated connection), with a second real session.
+ * (session level, dedicated connection), with a second real session; the block advisoryLock()
+ * acts on when several databases are registered; what is logged when the unlock fails.
  */
 import pg from 'pg'
 import {
@@ -16,9 +17,10 @@ import {
   withAdvisoryLock,
 } from 'pg-atomic'
 import type { AdvisoryLockContext } from 'pg-atomic'
-import { rejection, setupHarness } from './support/harness'
+import { Boom, rejection, thrown } from './support/errors'
+import { setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
-import { openSession, waitFor, waitForWaiters } from './support/locks'
+import { openSession, recordedDatabase, waitFor, waitForWaiters } from './support/locks'
 
 let h: Harness
 let other: pg.Client
@@ -39,10 +41,6 @@ beforeEach(async () => {
   await h.admin.query('truncate events')
   h.reset()
 })
-
-class Boom extends Error {
-  override name = 'Boom'
-}
 
 /** Whether the other session can take the (transaction-level, exclusive unless `shared`) lock right now; always rolled back. */
 async function otherCanTake(key: bigint | readonly [number, number], shared = false): Promise<boolean> {
@@ -106,8 +104,16 @@ describe('advisoryKey()', () => {
   })
 
   test('a namespace containing ":" or non-string input is an InvalidOptionError', () => {
-    expect(() => advisoryKey('x', 'a:b')).toThrow(expect.objectContaining({ name: 'InvalidOptionError', field: 'namespace' }))
-    expect(() => advisoryKey(42 as never)).toThrow(expect.objectContaining({ name: 'InvalidOptionError', field: 'text' }))
+    expect(thrown(() => advisoryKey('x', 'a:b'))).toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'namespace',
+      message: 'Invalid option "namespace" for advisoryKey(): it must be a string without \':\' (the separator between namespace and text).',
+    })
+    expect(thrown(() => advisoryKey(42 as never))).toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'text',
+      message: 'Invalid option "text" for advisoryKey(): it must be the text to hash (a string).',
+    })
   })
 })
 
@@ -152,22 +158,70 @@ describe('advisoryLock()', () => {
     ['an object', { key: 1 }, undefined, 'key'],
     ['a non-boolean shared', 1, { shared: 'yes' }, 'shared'],
     ['a non-boolean wait', 1, { wait: 0 }, 'wait'],
-    ['a negative timeout', 1, { timeout: -5 }, 'timeout'],
-    ['timeout with wait: false', 1, { wait: false, timeout: 10 }, 'timeout'],
+    ['a negative timeoutMs', 1, { timeoutMs: -5 }, 'timeoutMs'],
+    ['timeoutMs with wait: false', 1, { wait: false, timeoutMs: 10 }, 'timeoutMs'],
+    ['the old name timeout', 1, { timeout: 10 }, 'timeout'],
     ['an unknown option', 1, { nowait: true }, 'nowait'],
+    ['an empty using', 1, { using: '' }, 'using'],
   ])('%s is an InvalidOptionError and nothing is sent', async (_name, key, options, field) => {
     await atomic(async () => {
       const error = await rejection(advisoryLock(key as bigint, options as never))
       expect(error).toBeInstanceOf(InvalidOptionError)
-      expect(error).toMatchObject({ field })
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field })
     })
     expect(h.statements).toEqual([])
   })
 
-  test('the key message lists what is allowed', async () => {
-    await expect(advisoryLock(1.5)).rejects.toThrow(
-      'Invalid "key" for advisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).',
+  test('the messages name the field and what is allowed', async () => {
+    const invalid = async (key: unknown, options: unknown, field: string, message: string): Promise<void> => {
+      const error = await rejection(advisoryLock(key as bigint, options as never))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
+    }
+    await invalid(
+      1.5,
+      undefined,
+      'key',
+      'Invalid option "key" for advisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).',
     )
+    await invalid(
+      1,
+      { wait: false, timeoutMs: 10 },
+      'timeoutMs',
+      'Invalid option "timeoutMs" for advisoryLock(): it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.',
+    )
+    await invalid(
+      1,
+      { timeoutMs: -5 },
+      'timeoutMs',
+      'Invalid option "timeoutMs" for advisoryLock(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).',
+    )
+    await invalid(1, { timeout: 5 }, 'timeout', 'Unknown option "timeout" for advisoryLock(). The accepted options are: shared, wait, timeoutMs, using.')
+  })
+
+  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', advisoryLock() locks in that block", async () => {
+    const reports = recordedDatabase(h, 'reports')
+    const key = advisoryKey('reports')
+    try {
+      await atomic({ using: 'reports' }, async () => {
+        expect(await advisoryLock(key)).toBe(true)
+        expect(await otherCanTake(key)).toBe(false)
+      })
+      expect(await otherCanTake(key)).toBe(true)
+      expect(reports.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::bigint)', 'COMMIT'])
+      expect(h.statements).toEqual([])
+      // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
+      await atomic(async () => {
+        await atomic({ using: 'reports' }, async () => {
+          await advisoryLock([1, 1])
+          await advisoryLock([2, 2], { using: 'default' })
+        })
+      })
+      expect(reports.statements.slice(3)).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::int, $2::int)', 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::int, $2::int)', 'COMMIT'])
+    } finally {
+      await reports.close()
+    }
   })
 
   test('outside a block: TransactionManagementError before any SQL', async () => {
@@ -269,12 +323,12 @@ describe('advisoryLock()', () => {
     expect(await h.column('select n from events')).toEqual([3])
   })
 
-  test('timeout: LockNotAvailableError, and the previous lock_timeout is restored after a success', async () => {
+  test('timeoutMs: LockNotAvailableError, and the previous lock_timeout is restored after a success', async () => {
     const key = advisoryKey('timeout')
     await other.query('BEGIN')
     await other.query('select pg_advisory_xact_lock($1::bigint)', [key.toString()])
     await atomic({ lockTimeout: 4000 }, async () => {
-      const error = await rejection(atomic(() => advisoryLock(key, { timeout: 50 })))
+      const error = await rejection(atomic(() => advisoryLock(key, { timeoutMs: 50 })))
       expect(error).toBeInstanceOf(LockNotAvailableError)
       expect(error).toMatchObject({
         code: '55P03',
@@ -284,7 +338,7 @@ describe('advisoryLock()', () => {
       })
       expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '4s' }])
       await other.query('ROLLBACK')
-      expect(await advisoryLock(key, { timeout: 1000 })).toBe(true)
+      expect(await advisoryLock(key, { timeoutMs: 1000 })).toBe(true)
       expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '4s' }])
     })
     expect(h.statements).toEqual([
@@ -377,7 +431,7 @@ describe('withAdvisoryLock()', () => {
     await waitFor(async () => order.length > 0, 'the first caller to hold the lock')
     const second = withAdvisoryLock(99n, () => {
       order.push('second in')
-    }, { timeout: 10_000 })
+    }, { timeoutMs: 10_000 })
     await waitForWaiters(h, 1, 'advisory')
     releaseFirst()
     await Promise.all([first, second])
@@ -414,14 +468,14 @@ describe('withAdvisoryLock()', () => {
     expect(poolIsIdle()).toBe(true)
   })
 
-  test('timeout: LockNotAvailableError after lock_timeout, set only inside a transaction of its own', async () => {
+  test('timeoutMs: LockNotAvailableError after lock_timeout, set only inside a transaction of its own', async () => {
     await other.query('BEGIN')
     await other.query('select pg_advisory_xact_lock($1::bigint)', ['6'])
-    const error = await rejection(withAdvisoryLock(6, () => undefined, { timeout: 50 }))
+    const error = await rejection(withAdvisoryLock(6, () => undefined, { timeoutMs: 50 }))
     expect(error).toMatchObject({ name: 'LockNotAvailableError', reason: 'lock_timeout', relation: undefined })
     expect(poolIsIdle()).toBe(true)
     await other.query('ROLLBACK')
-    await withAdvisoryLock(6, () => undefined, { timeout: 1000 })
+    await withAdvisoryLock(6, () => undefined, { timeoutMs: 1000 })
     expect(h.statements).toEqual([
       'BEGIN; SET LOCAL lock_timeout = 50',
       'SELECT pg_advisory_lock($1::bigint)',
@@ -472,9 +526,27 @@ describe('withAdvisoryLock()', () => {
   })
 
   test('invalid arguments are InvalidOptionErrors before anything is sent', async () => {
-    await expect(withAdvisoryLock('', () => undefined)).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'key' })
-    await expect(withAdvisoryLock('job', 'fn' as never)).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'fn' })
-    await expect(withAdvisoryLock('job', () => undefined, { wait: false, timeout: 5 })).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'timeout' })
+    await expect(withAdvisoryLock('', () => undefined)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'key',
+      message:
+        'Invalid option "key" for withAdvisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).',
+    })
+    await expect(withAdvisoryLock('job', 'fn' as never)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'fn',
+      message: 'Invalid option "fn" for withAdvisoryLock(): it must be the function to run while the lock is held.',
+    })
+    await expect(withAdvisoryLock('job', () => undefined, { wait: false, timeoutMs: 5 })).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'timeoutMs',
+      message: 'Invalid option "timeoutMs" for withAdvisoryLock(): it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.',
+    })
+    await expect(withAdvisoryLock('job', () => undefined, { timeout: 5 } as never)).rejects.toMatchObject({
+      name: 'InvalidOptionError',
+      field: 'timeout',
+      message: 'Unknown option "timeout" for withAdvisoryLock(). The accepted options are: shared, wait, timeoutMs, using.',
+    })
     expect(h.statements).toEqual([])
   })
 
@@ -497,4 +569,36 @@ describe('withAdvisoryLock()', () => {
     await waitFor(async () => poolIsIdle(), 'the destroyed connection to leave the pool')
     expect(h.statements).toEqual(['SELECT pg_advisory_lock($1::bigint)'])
   })
+  // Session advisory locks are refused behind a transaction pooler, so this runs on direct connections only.
+  testDirect(
+    'regression (issue 7, defect 2): a failed unlock is logged with the error as its own argument, never its message in the sentence',
+    async () => {
+      const SECRET = 'SECRETBIND'
+      const serverError = Object.assign(new Error(`invalid input syntax for type integer: "${SECRET}"`), { code: '22P02' })
+      class FailingUnlock extends pg.Client {
+        override query(...args: unknown[]): never {
+          if (typeof args[0] === 'string' && args[0].startsWith('SELECT pg_advisory_unlock')) return Promise.reject(serverError) as never
+          return (super.query as (...a: unknown[]) => never)(...args)
+        }
+      }
+      const logged: unknown[][] = []
+      const pool = new pg.Pool({ connectionString: h.testDb.url, max: 2, Client: FailingUnlock as unknown as typeof pg.Client })
+      const db = createDatabase({ alias: 'locks_unlock_fails', pool, logger: { error: (...args: unknown[]) => logged.push(args) } })
+      try {
+        expect(await withAdvisoryLock(777n, () => 'done', { using: 'locks_unlock_fails' })).toBe('done')
+        expect(logged).toEqual([
+          [
+            'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, which releases every lock of its session.',
+            serverError,
+          ],
+        ])
+        expect(JSON.stringify(logged.map(([message]) => message))).not.toContain(SECRET)
+        // Closing the session released the lock.
+        await waitFor(async () => otherCanTake(777n), 'the destroyed session to release the lock')
+      } finally {
+        await db.close()
+        await pool.end()
+      }
+    },
+  )
 })

@@ -1,12 +1,14 @@
 /**
  * Row locks: forUpdate() (the clause builder) and selectForUpdate() (runs in the current block),
- * against a second real session.
+ * against a second real session; `of` names quoted (double quotes doubled) and refused beyond 63
+ * bytes; the block a call without `using` acts on when several databases are registered.
  */
 import pg from 'pg'
 import { InvalidOptionError, LockNotAvailableError, ROW_LOCK_STRENGTHS, TransactionManagementError, atomic, forUpdate, selectForUpdate } from 'pg-atomic'
-import { rejection, setupHarness } from './support/harness'
+import { rejection, thrown } from './support/errors'
+import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
-import { openSession } from './support/locks'
+import { openSession, recordedDatabase } from './support/locks'
 
 let h: Harness
 let other: pg.Client
@@ -16,6 +18,7 @@ beforeAll(async () => {
   await h.admin.query('create table accounts (id int primary key, balance int not null)')
   await h.admin.query('create table transfers (id serial primary key, account_id int not null references accounts(id))')
   await h.admin.query('insert into accounts values (1, 100), (2, 200), (3, 300)')
+  await h.admin.query('create table "we""ird" (id int primary key); insert into "we""ird" values (1)')
   other = await openSession(h)
 })
 afterAll(async () => {
@@ -52,6 +55,8 @@ describe('forUpdate()', () => {
     expect(forUpdate({ strength: 'key share', nowait: true })).toBe('FOR KEY SHARE NOWAIT')
     expect(forUpdate({ of: 'a', skipLocked: true })).toBe('FOR UPDATE OF "a" SKIP LOCKED')
     expect(forUpdate({ of: ['a', 'Accounts'], nowait: false, skipLocked: false })).toBe('FOR UPDATE OF "a", "Accounts"')
+    expect(forUpdate({ of: 'we"ird' })).toBe('FOR UPDATE OF "we""ird"')
+    expect(forUpdate({ of: 'b'.repeat(63) })).toBe(`FOR UPDATE OF "${'b'.repeat(63)}"`)
     expect(h.statements).toEqual([])
   })
 
@@ -64,21 +69,35 @@ describe('forUpdate()', () => {
     ['an empty of', { of: '' }, 'of'],
     ['an empty of list', { of: [] }, 'of'],
     ['a qualified of', { of: 'public.accounts' }, 'of'],
-    ['a quoted of', { of: '"a"' }, 'of'],
+    ['an of of 64 bytes', { of: 'b'.repeat(64) }, 'of'],
+    ['an of with a NUL character', { of: 'a\0' }, 'of'],
     ['a non-string of', { of: [1] }, 'of'],
     ['an unknown option', { noKey: true }, 'noKey'],
     ['using (selectForUpdate only)', { using: 'default' }, 'using'],
   ])('%s is an InvalidOptionError', (_name, options, field) => {
-    expect(() => forUpdate(options as never)).toThrow(expect.objectContaining({ name: 'InvalidOptionError', field }))
+    const error = thrown(() => forUpdate(options as never))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(error).toMatchObject({ name: 'InvalidOptionError', field })
   })
 
   test('messages name the field and what is allowed', () => {
-    expect(() => forUpdate({ nowait: true, skipLocked: true })).toThrow(
-      'Options "nowait" and "skipLocked" of forUpdate() cannot be combined: NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
+    const invalid = (options: unknown, field: string, message: string): void => {
+      const error = thrown(() => forUpdate(options as never))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
+    }
+    invalid(
+      { nowait: true, skipLocked: true },
+      'skipLocked',
+      'Invalid option "skipLocked" for forUpdate(): it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
     )
-    expect(() => forUpdate({ strength: 'exclusive' as never })).toThrow(
-      "Invalid option \"strength\" for forUpdate(): it must be one of 'update', 'no key update', 'share', 'key share' (upper case accepted).",
+    invalid({ strength: 'exclusive' }, 'strength', "Invalid option \"strength\" for forUpdate(): it must be one of 'update', 'no key update', 'share', 'key share' (upper case accepted).")
+    invalid(
+      { of: 'public.accounts' },
+      'of',
+      'Invalid option "of" for forUpdate(): it must be a table name or alias exactly as written in the FROM clause, or a non-empty list of them; each taken literally (quoted by pg-atomic), without schema (no dot), non-empty, without NUL character and at most 63 bytes of UTF-8.',
     )
+    invalid({ using: 'default' }, 'using', 'Unknown option "using" for forUpdate(). The accepted options are: strength, of, nowait, skipLocked.')
   })
 })
 
@@ -117,10 +136,27 @@ describe('selectForUpdate()', () => {
 
   test('invalid options and text are InvalidOptionErrors, before anything is sent', async () => {
     await atomic(async () => {
-      await expect(selectForUpdate('select 1', { nowait: true, skipLocked: true })).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'skipLocked' })
-      await expect(selectForUpdate('', [])).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'text' })
-      await expect(selectForUpdate('select 1', { using: '' })).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'using' })
-      await expect(selectForUpdate('select 1', { of: 'x' } as never, { of: 'y' })).rejects.toMatchObject({ name: 'InvalidOptionError', field: 'values' })
+      await expect(selectForUpdate('select 1', { nowait: true, skipLocked: true })).rejects.toMatchObject({
+        name: 'InvalidOptionError',
+        field: 'skipLocked',
+        message: 'Invalid option "skipLocked" for selectForUpdate(): it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
+      })
+      await expect(selectForUpdate('', [])).rejects.toMatchObject({
+        name: 'InvalidOptionError',
+        field: 'text',
+        message: 'Invalid option "text" for selectForUpdate(): it must be the SQL text of a SELECT without its locking clause (a non-empty string).',
+      })
+      await expect(selectForUpdate('select 1', { using: '' })).rejects.toMatchObject({
+        name: 'InvalidOptionError',
+        field: 'using',
+        message: 'Invalid option "using" for selectForUpdate(): it must be a non-empty string naming a registered database.',
+      })
+      await expect(selectForUpdate('select 1', { of: 'x' } as never, { of: 'y' })).rejects.toMatchObject({
+        name: 'InvalidOptionError',
+        field: 'values',
+        message:
+          'Invalid option "values" for selectForUpdate(): it must be an array of parameters for $1, $2, ...: selectForUpdate() takes (text, values, options) or (text, options).',
+      })
     })
     expect(h.statements).toEqual([])
   })
@@ -212,5 +248,43 @@ describe('selectForUpdate()', () => {
 
   test('InvalidOptionError is thrown for bad values before the block check', async () => {
     await expect(selectForUpdate('select 1', { strength: 'x' as never })).rejects.toBeInstanceOf(InvalidOptionError)
+  })
+
+  test('regression (issue 7, defect 4): OF a table named with a double quote is quoted the standard way and locks its rows', async () => {
+    await atomic(async () => {
+      expect((await selectForUpdate('select w.id from "we""ird" w join accounts a on a.id = w.id', { of: 'w' })).rows).toEqual([{ id: 1 }])
+      expect((await selectForUpdate('select id from "we""ird"', { of: 'we"ird', nowait: true })).rows).toEqual([{ id: 1 }])
+      expect(await probe('select id from "we""ird" for update nowait')).toMatchObject({ code: '55P03' })
+      expect(await probe('select id from accounts where id = 1 for update nowait')).toBeUndefined()
+    })
+    expect(h.statements).toEqual([
+      'BEGIN',
+      'select w.id from "we""ird" w join accounts a on a.id = w.id\nFOR UPDATE OF "w"',
+      'select id from "we""ird"\nFOR UPDATE OF "we""ird" NOWAIT',
+      'COMMIT',
+    ])
+  })
+
+  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', selectForUpdate() runs in that block", async () => {
+    const reports = recordedDatabase(h, 'reports')
+    try {
+      await atomic({ using: 'reports' }, async () => {
+        expect((await selectForUpdate<{ id: number }>('select id from accounts where id = $1', [3])).rows).toEqual([{ id: 3 }])
+        expect(await probe('select id from accounts where id = 3 for update nowait')).toMatchObject({ code: '55P03' })
+      })
+      expect(reports.statements).toEqual(['BEGIN', 'select id from accounts where id = $1\nFOR UPDATE', 'COMMIT'])
+      expect(h.statements).toEqual([])
+      // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
+      await atomic(async () => {
+        await atomic({ using: 'reports' }, async () => {
+          await selectForUpdate('select id from accounts where id = 1')
+          await selectForUpdate('select id from accounts where id = 2', { using: 'default' })
+        })
+      })
+      expect(reports.statements.slice(3)).toEqual(['BEGIN', 'select id from accounts where id = 1\nFOR UPDATE', 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', 'select id from accounts where id = 2\nFOR UPDATE', 'COMMIT'])
+    } finally {
+      await reports.close()
+    }
   })
 })

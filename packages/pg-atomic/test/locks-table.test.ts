@@ -1,15 +1,23 @@
 /**
- * Table locks: lockTable(), lockTableStatement(), resolveTableLock(), with a second real session
- * holding and probing locks.
+ * Table locks: lockTable(), and the internal lockTableStatement() / resolveTableLock(), with a
+ * second real session holding and probing locks; identifiers up to 63 bytes and with double
+ * quotes; the block a call without `using` acts on when several databases are registered.
  */
 import pg from 'pg'
-import { InvalidOptionError, LockNotAvailableError, TransactionManagementError, atomic, lockTable, lockTableStatement, resolveTableLock } from 'pg-atomic'
-import { rejection, setupHarness } from './support/harness'
+import { InvalidOptionError, LockNotAvailableError, TransactionManagementError, atomic, lockTable } from 'pg-atomic'
+import { lockTableStatement, resolveTableLock } from '../src/locks/table-lock'
+import { Boom, rejection, thrown } from './support/errors'
+import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
-import { heldTableModes, openSession, waitForWaiters } from './support/locks'
+import { heldTableModes, openSession, recordedDatabase, waitForWaiters } from './support/locks'
 
 let h: Harness
 let other: pg.Client
+
+/** A name of exactly 63 bytes: PostgreSQL's longest identifier. */
+const LONG = 'a'.repeat(63)
+/** 31 two-byte characters and one ASCII letter: 63 bytes of UTF-8 in 32 characters. */
+const MULTIBYTE_63 = `${'é'.repeat(31)}x`
 
 beforeAll(async () => {
   h = await setupHarness('locks_table')
@@ -17,6 +25,11 @@ beforeAll(async () => {
   await h.admin.query('create table ledger (id serial primary key, amount int not null)')
   await h.admin.query('create schema "Billing"')
   await h.admin.query('create table "Billing"."Invoices" (id int primary key)')
+  await h.admin.query(`create table ${LONG} (id int)`)
+  await h.admin.query('create table "we""ird" (id int)')
+  await h.admin.query('create schema "sch""ema"')
+  await h.admin.query('create table "sch""ema"."t" (id int)')
+  await h.admin.query(`create table "${MULTIBYTE_63}" (id int)`)
   other = await openSession(h)
 })
 afterAll(async () => {
@@ -39,10 +52,6 @@ async function probe(sql: string): Promise<unknown> {
   } finally {
     await other.query('ROLLBACK')
   }
-}
-
-class Boom extends Error {
-  override name = 'Boom'
 }
 
 describe('lockTable()', () => {
@@ -108,15 +117,20 @@ describe('lockTable()', () => {
     ['an empty table part', 'public.', 'share', undefined, 'tables'],
     ['three parts', 'db.public.accounts', 'share', undefined, 'tables'],
     ['a NUL character', 'acc\0ounts', 'share', undefined, 'tables'],
-    ['a quoted name', '"accounts"', 'share', undefined, 'tables'],
+    ['a table part of 64 bytes', `${LONG}b`, 'share', undefined, 'tables'],
+    ['a schema part of 64 bytes', `${LONG}b.accounts`, 'share', undefined, 'tables'],
+    ['a name of 32 characters but 64 bytes', 'é'.repeat(32), 'share', undefined, 'tables'],
+    ['a long name in a list', ['accounts', `${LONG}_other`], 'share', undefined, 'tables'],
     ['a number', 42, 'share', undefined, 'tables'],
     ['a non-string in the list', ['accounts', 42], 'share', undefined, 'tables'],
     ['a non-boolean nowait', 'accounts', 'share', { nowait: 'yes' }, 'nowait'],
-    ['a negative timeout', 'accounts', 'share', { timeout: -1 }, 'timeout'],
-    ['a fractional timeout', 'accounts', 'share', { timeout: 1.5 }, 'timeout'],
-    ['nowait with timeout', 'accounts', 'share', { nowait: true, timeout: 10 }, 'timeout'],
+    ['a negative timeoutMs', 'accounts', 'share', { timeoutMs: -1 }, 'timeoutMs'],
+    ['a fractional timeoutMs', 'accounts', 'share', { timeoutMs: 1.5 }, 'timeoutMs'],
+    ['nowait with timeoutMs', 'accounts', 'share', { nowait: true, timeoutMs: 10 }, 'timeoutMs'],
+    ['the old name timeout', 'accounts', 'share', { timeout: 10 }, 'timeout'],
     ['an unknown option', 'accounts', 'share', { noWait: true }, 'noWait'],
     ['an empty using', 'accounts', 'share', { using: '' }, 'using'],
+    ['options that are not an object', 'accounts', 'share', 'nowait', 'options'],
   ])('%s is an InvalidOptionError and nothing is sent', async (_name, tables, mode, options, field) => {
     await atomic(async () => {
       const error = await rejection(lockTable(tables as string, mode as string, options as never))
@@ -127,19 +141,77 @@ describe('lockTable()', () => {
   })
 
   test('the messages name the field and what is allowed', async () => {
-    await expect(lockTable('accounts', 'exclusive lock')).rejects.toThrow(
-      "Invalid lock mode for \"mode\": it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (upper case accepted).",
+    const invalid = async (tables: unknown, mode: unknown, options: unknown, field: string, message: string): Promise<void> => {
+      const error = await rejection(lockTable(tables as string, mode as string, options as never))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
+    }
+    await invalid(
+      'accounts',
+      'exclusive lock',
+      undefined,
+      'mode',
+      "Invalid option \"mode\" for lockTable(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
     )
-    await expect(lockTable('"Accounts"', 'share')).rejects.toThrow(
-      'Invalid option "tables" for lockTable(): table names are taken literally and quoted by pg-atomic, so they cannot contain double quotes; pass Accounts, not "Accounts" (and public.accounts, not "public"."accounts").',
+    await invalid(
+      `${LONG}_other`,
+      'share',
+      undefined,
+      'tables',
+      "Invalid option \"tables\" for lockTable(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
     )
-    await expect(lockTable('accounts', 'share', { timeout: -1 })).rejects.toThrow(
-      'Invalid option "timeout" for lockTable(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).',
+    await invalid(
+      'accounts',
+      'share',
+      { timeoutMs: -1 },
+      'timeoutMs',
+      'Invalid option "timeoutMs" for lockTable(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).',
     )
-    await expect(lockTable('accounts', 'share', { noWait: true } as never)).rejects.toThrow(
-      'Unknown option "noWait" for lockTable(). The accepted options are: nowait, timeout, using.',
+    await invalid(
+      'accounts',
+      'share',
+      { nowait: true, timeoutMs: 10 },
+      'timeoutMs',
+      'Invalid option "timeoutMs" for lockTable(): it cannot be combined with "nowait": NOWAIT fails at once, timeoutMs waits up to that long. Choose one.',
     )
+    await invalid('accounts', 'share', { noWait: true }, 'noWait', 'Unknown option "noWait" for lockTable(). The accepted options are: nowait, timeoutMs, using.')
+    await invalid('accounts', 'share', { timeout: 10 }, 'timeout', 'Unknown option "timeout" for lockTable(). The accepted options are: nowait, timeoutMs, using.')
+    await invalid('accounts', 'share', null, 'options', 'The options of lockTable() must be an object.')
     expect(h.statements).toEqual([])
+  })
+
+  test('regression (issue 7, defect 3): a name longer than 63 bytes is refused instead of locking the table PostgreSQL would cut it to', async () => {
+    // Sent as is, PostgreSQL truncates "aaa…a_other" to 63 bytes and locks the existing table "aaa…a".
+    await atomic(async () => {
+      const error = await rejection(lockTable(`${LONG}_other`, 'access exclusive'))
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
+      expect(await heldTableModes(h, `"${LONG}"`)).toEqual([])
+      const schemaError = await rejection(lockTable(`${LONG}_other.accounts`, 'access exclusive'))
+      expect(schemaError).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
+    })
+    expect(h.statements).toEqual([])
+  })
+
+  test('names of exactly 63 bytes are accepted, also when their characters take two bytes each', async () => {
+    await atomic(async () => {
+      await lockTable([LONG, MULTIBYTE_63], 'share')
+      expect(await heldTableModes(h, `"${LONG}"`)).toEqual(['ShareLock'])
+      expect(await heldTableModes(h, `"${MULTIBYTE_63}"`)).toEqual(['ShareLock'])
+    })
+    expect(h.statements).toEqual(['BEGIN', `LOCK TABLE "${LONG}", "${MULTIBYTE_63}" IN SHARE MODE`, 'COMMIT'])
+  })
+
+  test('regression (issue 7, defect 4): a table named with a double quote is quoted the standard way (doubled) and locked', async () => {
+    await atomic(async () => {
+      await lockTable('we"ird', 'exclusive')
+      expect(await heldTableModes(h, '"we""ird"')).toEqual(['ExclusiveLock'])
+      await lockTable('sch"ema.t', 'share')
+      expect(await heldTableModes(h, '"sch""ema"."t"')).toEqual(['ShareLock'])
+    })
+    expect(h.statements).toEqual(['BEGIN', 'LOCK TABLE "we""ird" IN EXCLUSIVE MODE', 'LOCK TABLE "sch""ema"."t" IN SHARE MODE', 'COMMIT'])
+    // Names are taken literally: quotes written around a name are part of it (no table "Accounts" with quotes exists).
+    const error = await rejection(atomic(() => lockTable('"accounts"', 'share')))
+    expect(error).toMatchObject({ code: '42P01', message: 'relation ""accounts"" does not exist' })
   })
 
   test('outside a block: TransactionManagementError before anything is sent', async () => {
@@ -190,11 +262,11 @@ describe('lockTable()', () => {
     expect(error).toMatchObject({ name: 'LockNotAvailableError', relation: 'ledger', reason: 'nowait' })
   })
 
-  test('timeout: LockNotAvailableError after lock_timeout, and the previous lock_timeout is back afterwards', async () => {
+  test('timeoutMs: LockNotAvailableError after lock_timeout, and the previous lock_timeout is back afterwards', async () => {
     await other.query('BEGIN')
     await other.query('LOCK TABLE accounts IN SHARE MODE')
     await atomic({ lockTimeout: 5000 }, async () => {
-      const error = await rejection(atomic(() => lockTable('public.accounts', 'row exclusive', { timeout: 50 })))
+      const error = await rejection(atomic(() => lockTable('public.accounts', 'row exclusive', { timeoutMs: 50 })))
       expect(error).toBeInstanceOf(LockNotAvailableError)
       expect(error).toMatchObject({
         code: '55P03',
@@ -215,16 +287,16 @@ describe('lockTable()', () => {
     ])
   })
 
-  test('timeout: when the lock is obtained, lock_timeout is restored in the same round trip', async () => {
+  test('timeoutMs: when the lock is obtained, lock_timeout is restored in the same round trip', async () => {
     await atomic({ lockTimeout: 3000 }, async () => {
       await h.db.query('select 1')
       const before = h.roundTrips()
-      await lockTable('accounts', 'share', { timeout: 100 })
+      await lockTable('accounts', 'share', { timeoutMs: 100 })
       expect(h.roundTrips() - before).toBe(1)
       expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '3s' }])
     })
     await atomic(async () => {
-      await lockTable('accounts', 'share', { timeout: 100 })
+      await lockTable('accounts', 'share', { timeoutMs: 100 })
       expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '0' }])
     })
   })
@@ -265,14 +337,64 @@ describe('lockTable()', () => {
   })
 })
 
-describe('lockTableStatement() and resolveTableLock()', () => {
+describe('without using: the innermost active block of the current context, whatever its database', () => {
+  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', lockTable() locks in that block", async () => {
+    const reports = recordedDatabase(h, 'reports')
+    try {
+      let pid = 0
+      await atomic({ using: 'reports' }, async () => {
+        pid = (await reports.db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? 0
+        await lockTable('ledger', 'exclusive')
+        expect(await h.column('select mode from pg_locks where pid = $1 and relation = $2::regclass', [pid, 'ledger'])).toEqual(['ExclusiveLock'])
+      })
+      expect(reports.statements).toEqual(['BEGIN', 'select pg_backend_pid() as pid', 'LOCK TABLE "ledger" IN EXCLUSIVE MODE', 'COMMIT'])
+      expect(h.statements).toEqual([])
+    } finally {
+      await reports.close()
+    }
+  })
+
+  test('nested blocks of two databases: without using the innermost one, with using the one named', async () => {
+    const reports = recordedDatabase(h, 'reports')
+    try {
+      await atomic(async () => {
+        await h.db.query('select 1')
+        await atomic({ using: 'reports' }, async () => {
+          await lockTable('accounts', 'share')
+          await lockTable('ledger', 'share', { using: 'default' })
+        })
+      })
+      expect(reports.statements).toEqual(['BEGIN', 'LOCK TABLE "accounts" IN SHARE MODE', 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', 'select 1', 'LOCK TABLE "ledger" IN SHARE MODE', 'COMMIT'])
+    } finally {
+      await reports.close()
+    }
+  })
+
+  test("with using: a registered database without an active block is 'outside a transaction', even inside another database's block", async () => {
+    const reports = recordedDatabase(h, 'reports')
+    try {
+      const error = await rejection(atomic({ using: 'reports' }, () => lockTable('accounts', 'share', { using: 'default' })))
+      expect(error).toBeInstanceOf(TransactionManagementError)
+      expect(error).toMatchObject({
+        message: 'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block (a lock taken in autocommit mode is released at once).',
+      })
+      expect(h.statements).toEqual([])
+    } finally {
+      await reports.close()
+    }
+  })
+})
+
+describe('lockTableStatement() and resolveTableLock() (internal: the statement builder and the lock option)', () => {
   test('lockTableStatement() builds the SQL without sending anything', () => {
     expect(lockTableStatement(['ledger', 'accounts'], 'share row exclusive', { nowait: true })).toBe('LOCK TABLE "accounts", "ledger" IN SHARE ROW EXCLUSIVE MODE NOWAIT')
     expect(lockTableStatement('Ledger Entries', 'Share')).toBe('LOCK TABLE "Ledger Entries" IN SHARE MODE')
-    expect(lockTableStatement('accounts', 'access share', { timeout: 0 })).toBe(
+    expect(lockTableStatement('we"ird', 'share')).toBe('LOCK TABLE "we""ird" IN SHARE MODE')
+    expect(lockTableStatement('accounts', 'access share', { timeoutMs: 0 })).toBe(
       "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 0; LOCK TABLE \"accounts\" IN ACCESS SHARE MODE; SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
     )
-    expect(() => lockTableStatement('accounts', 'nope')).toThrow(InvalidOptionError)
+    expect(thrown(() => lockTableStatement('accounts', 'nope'))).toBeInstanceOf(InvalidOptionError)
     expect(h.statements).toEqual([])
   })
 
@@ -286,27 +408,67 @@ describe('lockTableStatement() and resolveTableLock()', () => {
       tables: ['public.accounts', 'ledger'],
       mode: 'exclusive',
       nowait: true,
-      timeout: undefined,
+      timeoutMs: undefined,
       statement: 'LOCK TABLE "public"."accounts", "ledger" IN EXCLUSIVE MODE NOWAIT',
     })
     expect(Object.isFrozen(lock)).toBe(true)
     expect(Object.isFrozen(lock.tables)).toBe(true)
   })
 
-  test.each<[string, unknown, string]>([
-    ['a bad mode', { tables: 'a', mode: 'x' }, 'lock.mode'],
-    ['missing tables', { mode: 'share' }, 'lock.tables'],
-    ['missing mode', { tables: 'a' }, 'lock.mode'],
-    ['a bad table', { tables: [''], mode: 'share' }, 'lock.tables'],
-    ['an unknown key', { tables: 'a', mode: 'share', using: 'x' }, 'lock.using'],
-    ['not an object', 'a', 'lock'],
-  ])('resolveTableLock() with %s: InvalidOptionError with a prefixed field', (_name, input, field) => {
-    expect(() => resolveTableLock(input as never)).toThrow(expect.objectContaining({ name: 'InvalidOptionError', field }))
+  test.each<[string, unknown, string, string]>([
+    [
+      'a bad mode',
+      { tables: 'a', mode: 'x' },
+      'lock.mode',
+      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+    ],
+    [
+      'missing tables',
+      { mode: 'share' },
+      'lock.tables',
+      "Invalid option \"lock.tables\" for atomic(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
+    ],
+    [
+      'missing mode',
+      { tables: 'a' },
+      'lock.mode',
+      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+    ],
+    [
+      'a table of 64 bytes',
+      { tables: [`${LONG}_`], mode: 'share' },
+      'lock.tables',
+      "Invalid option \"lock.tables\" for atomic(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
+    ],
+    [
+      'an unknown key',
+      { tables: 'a', mode: 'share', using: 'x' },
+      'lock.using',
+      'Unknown option "lock.using" for atomic(): "lock" must be an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: \'accounts\', mode: \'share row exclusive\' }.',
+    ],
+    [
+      'nowait with timeoutMs',
+      { tables: 'a', mode: 'share', nowait: true, timeoutMs: 5 },
+      'lock.timeoutMs',
+      'Invalid option "lock.timeoutMs" for atomic(): it cannot be combined with "lock.nowait": NOWAIT fails at once, timeoutMs waits up to that long. Choose one.',
+    ],
+    [
+      'not an object',
+      'a',
+      'lock',
+      'Invalid option "lock" for atomic(): it must be an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: \'accounts\', mode: \'share row exclusive\' }.',
+    ],
+  ])('resolveTableLock() with %s: InvalidOptionError with a prefixed field', (_name, input, field, message) => {
+    const error = thrown(() => resolveTableLock(input as never))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
   })
 
   test('resolveTableLock() uses the given field name', () => {
-    expect(() => resolveTableLock({ tables: 'a', mode: 'x' }, 'options.lock')).toThrow(
-      "Invalid lock mode for \"options.lock.mode\": it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (upper case accepted).",
-    )
+    expect(thrown(() => resolveTableLock({ tables: 'a', mode: 'x' }, 'options.lock'))).toMatchObject({
+      field: 'options.lock.mode',
+      message:
+        "Invalid option \"options.lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+    })
   })
 })

@@ -1,4 +1,7 @@
 import pg from 'pg'
+import { createDatabase } from 'pg-atomic'
+import type { Database } from 'pg-atomic'
+import { THROUGH_POOLER } from './harness'
 import type { Harness } from './harness'
 
 /** Polls `condition` every 20 ms until it is true; throws after `timeoutMs` (no timing assertion). */
@@ -48,4 +51,34 @@ export async function heldTableModes(h: Harness, table: string): Promise<string[
       order by l.mode`,
     [table],
   )
+}
+
+/** A second pg-atomic database on the test database, under its own alias, recording the statements it sends. */
+export interface RecordedDatabase {
+  readonly db: Database
+  /** Statement texts sent through its pool, in order. */
+  readonly statements: string[]
+  close(): Promise<void>
+}
+
+/** Registers a pg-atomic database under `alias` on its own (recorded) pool of the test database. */
+export function recordedDatabase(h: Harness, alias: string): RecordedDatabase {
+  const statements: string[] = []
+  class RecordingClient extends pg.Client {
+    override query(...args: unknown[]): never {
+      const first = args[0]
+      statements.push(typeof first === 'string' ? first : typeof (first as { text?: unknown })?.text === 'string' ? (first as { text: string }).text : '<submittable>')
+      return (super.query as (...a: unknown[]) => never)(...args)
+    }
+  }
+  const pool = new pg.Pool({ connectionString: h.testDb.url, max: 2, Client: RecordingClient as unknown as typeof pg.Client })
+  const db = createDatabase({ alias, pool, ...(THROUGH_POOLER ? { transactionPooling: true } : {}) })
+  return {
+    db,
+    statements,
+    async close() {
+      await db.close()
+      await pool.end()
+    },
+  }
 }
