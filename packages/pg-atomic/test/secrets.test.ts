@@ -26,6 +26,7 @@ import type { Database } from 'pg-atomic'
 import { setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
 import { rejection } from './support/errors'
+import { waitUntil } from './support/wait'
 
 const SECRET = 'SECRETBIND-7f3a9c'
 const BAD_INT = 'select $1::int as n'
@@ -100,7 +101,7 @@ test('hooks: robust onCommit, onRollback, and onCommit outside a block, each fai
     }),
   )
   onCommit(failing, { robust: true, using: 'secrets' })
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  await waitUntil(() => lines.length === 3, 'the failing hook run outside a block to be logged')
   expect(lines).toHaveLength(3)
 })
 
@@ -150,7 +151,7 @@ testDirect('faults: the connection is terminated after a statement with the secr
   const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid, $1::text as s', [SECRET])
   await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
   const before = lines.length
-  for (let i = 0; i < 50 && lines.length === before; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  await waitUntil(() => lines.length > before, 'the pool to notice the dead idle connection and log it')
   expect(lines.length).toBe(before + 1)
 })
 
