@@ -5,8 +5,9 @@
  * @module
  */
 import { createInterface } from 'node:readline'
-import { explainLocks, idleInTransaction, lockWaits } from 'pg-atomic/insight'
-import type { ExplainedLock, IdleSession, LockInfo, LockReport, LockWaitNode } from 'pg-atomic/insight'
+import { isLockNotAvailable } from 'pg-atomic'
+import { explainLocks, idleInTransaction, lockWaits, terminateSessions } from 'pg-atomic/insight'
+import type { ExplainedLock, IdleSession, LockInfo, LockReport, LockWaitNode, SessionTermination } from 'pg-atomic/insight'
 import { connect, explainFailure } from './connection'
 import type { ConnectionTarget, Session } from './connection'
 import { formatDuration } from './duration'
@@ -36,7 +37,8 @@ function plural(n: number, one: string, many = `${one}s`): string {
 export interface LocksOptions {
   readonly watch: boolean
   readonly intervalMs: number
-  readonly queryLength: number
+  /** `undefined`: the library's default. */
+  readonly queryLength: number | undefined
 }
 
 function lockLabel(lock: LockInfo | null): string {
@@ -161,12 +163,12 @@ export async function locksCommand(ctx: Context, options: LocksOptions): Promise
 
 // ---- explain-locks ------------------------------------------------------------------------------
 
-/** Options of `pg-atomic explain-locks`. */
+/** Options of `pg-atomic explain-locks`; `undefined`: the library's default. */
 export interface ExplainOptions {
   readonly sql: string
   readonly params: readonly string[] | undefined
-  readonly lockTimeoutMs: number
-  readonly statementTimeoutMs: number
+  readonly lockTimeoutMs: number | undefined
+  readonly statementTimeoutMs: number | undefined
   readonly rowLocks: boolean
 }
 
@@ -222,22 +224,21 @@ export function renderReport(report: LockReport, style: Style, width: number | u
   return lines
 }
 
-/** `pg-atomic explain-locks`. */
+/** `pg-atomic explain-locks`; the caller has checked the statement with `assertExplainable()` before connecting. */
 export async function explainCommand(ctx: Context, options: ExplainOptions): Promise<ExitCode> {
   const session = await connect(ctx.target)
   try {
     const report = await explainLocks(options.sql, options.params, {
       using: session.db,
-      lockTimeout: options.lockTimeoutMs,
-      statementTimeout: options.statementTimeoutMs,
+      ...(options.lockTimeoutMs === undefined ? {} : { lockTimeout: options.lockTimeoutMs }),
+      ...(options.statementTimeoutMs === undefined ? {} : { statementTimeout: options.statementTimeoutMs }),
       rowLocks: options.rowLocks,
     })
     ctx.out(ctx.json ? toJson(report, true) : renderReport(report, ctx.style, ctx.width).join('\n'))
     return EXIT.ok
   } catch (error) {
-    const failure = explainFailure(error, ctx.target)
-    const code = (error as { code?: unknown }).code
-    if (code === '55P03') {
+    const failure = explainFailure(error, session.where, ctx.target)
+    if (isLockNotAvailable(error)) {
       throw new CliError(`${failure.message} Another session holds a conflicting lock; run 'pg-atomic locks' to see which, or raise --lock-timeout.`, failure.exitCode, { cause: error })
     }
     throw failure
@@ -250,18 +251,12 @@ export async function explainCommand(ctx: Context, options: ExplainOptions): Pro
 
 /** Options of `pg-atomic idle`. */
 export interface IdleOptions {
-  readonly olderThanMs: number
+  /** `undefined`: the library's default (every session idle in a transaction). */
+  readonly olderThanMs: number | undefined
   readonly terminate: boolean
   readonly yes: boolean
-  readonly queryLength: number
-}
-
-/** The outcome for one session of `idle --terminate`. */
-interface Termination {
-  readonly pid: number
-  readonly outcome: 'terminated' | 'skipped' | 'failed'
-  readonly reason?: string
-  readonly code?: string
+  /** `undefined`: the library's default. */
+  readonly queryLength: number | undefined
 }
 
 async function confirm(question: string): Promise<boolean> {
@@ -277,58 +272,44 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-async function terminate(session: Session, target: IdleSession): Promise<Termination> {
-  // Only if it is still idle in the same transaction: state_change is unchanged since the listing
-  // (a JS Date has millisecond precision, PostgreSQL microseconds).
-  const wait = session.serverVersion >= 140000 ? ', 5000' : ''
-  try {
-    const { rows } = await session.db.query<{ terminated: boolean }>(
-      `SELECT pg_catalog.pg_terminate_backend(s.pid${wait}) AS terminated
-         FROM pg_catalog.pg_stat_get_activity($1::int) s
-        WHERE s.state IN ('idle in transaction', 'idle in transaction (aborted)')
-          AND s.state_change >= $2::timestamptz AND s.state_change < $2::timestamptz + interval '1 millisecond'`,
-      [target.pid, target.idleSince],
-    )
-    const row = rows[0]
-    if (row === undefined) return { pid: target.pid, outcome: 'skipped', reason: 'no longer idle in the same transaction' }
-    if (!row.terminated) return { pid: target.pid, outcome: 'failed', reason: 'signalled, but it did not exit within 5s' }
-    return { pid: target.pid, outcome: 'terminated' }
-  } catch (error) {
-    const failure = explainFailure(error, session.target)
-    if (failure.exitCode === EXIT.connection) throw failure
-    const code = (error as { code?: unknown }).code
-    return { pid: target.pid, outcome: 'failed', reason: failure.message, ...(typeof code === 'string' ? { code } : {}) }
-  }
+/** The sentence shown for a failed termination: the server's error when there is one (this is the user's own terminal), else the library's reason. */
+function failureText(outcome: SessionTermination, session: Session): string {
+  return outcome.error === null ? (outcome.reason ?? '') : explainFailure(outcome.error, session.where).message
 }
+
+const NOTHING_TERMINATED = Object.freeze({ terminated: [], skipped: [], failed: [] })
 
 /** `pg-atomic idle`. */
 export async function idleCommand(ctx: Context, options: IdleOptions): Promise<ExitCode> {
   const session = await connect(ctx.target)
   try {
-    const sessions = await idleInTransaction({ using: session.db, olderThanMs: options.olderThanMs, queryLength: options.queryLength })
-    const older = options.olderThanMs > 0 ? ` for at least ${formatDuration(options.olderThanMs)}` : ''
+    const sessions = await idleInTransaction({
+      using: session.db,
+      ...(options.olderThanMs === undefined ? {} : { olderThanMs: options.olderThanMs }),
+      ...(options.queryLength === undefined ? {} : { queryLength: options.queryLength }),
+    })
+    const older = options.olderThanMs !== undefined && options.olderThanMs > 0 ? ` for at least ${formatDuration(options.olderThanMs)}` : ''
     if (!ctx.json) {
       ctx.out(ctx.style.bold(`Idle in transaction${older} in database ${session.database}: ${sessions.length === 0 ? 'none' : plural(sessions.length, 'session')}`))
       if (sessions.length > 0) ctx.out(['', ...renderIdle(sessions, ctx.style, ctx.width)].join('\n'))
     }
     if (!options.terminate || sessions.length === 0) {
-      if (ctx.json) ctx.out(toJson(options.terminate ? { sessions, terminated: [], skipped: [], failed: [] } : { sessions }, true))
+      if (ctx.json) ctx.out(toJson(options.terminate ? { sessions, ...NOTHING_TERMINATED } : { sessions }, true))
       return EXIT.ok
     }
     if (!options.yes) {
       if (process.stdin.isTTY !== true) {
-        if (ctx.json) ctx.out(toJson({ sessions, terminated: [], skipped: [], failed: [] }, true))
+        if (ctx.json) ctx.out(toJson({ sessions, ...NOTHING_TERMINATED }, true))
         throw usageError(`not terminating ${plural(sessions.length, 'session')}: confirmation needs a terminal and stdin is not one. Pass --yes to terminate without asking.`)
       }
       const pids = sessions.map((s) => s.pid).join(', ')
       if (!(await confirm(`Terminate ${plural(sessions.length, 'session')} (pid ${pids})? Their transactions will be rolled back. [y/N] `))) {
         ctx.err('Nothing was terminated.')
-        if (ctx.json) ctx.out(toJson({ sessions, terminated: [], skipped: [], failed: [] }, true))
+        if (ctx.json) ctx.out(toJson({ sessions, ...NOTHING_TERMINATED }, true))
         return EXIT.error
       }
     }
-    const results: Termination[] = []
-    for (const s of sessions) results.push(await terminate(session, s))
+    const results = await terminateSessions(sessions, { using: session.db })
     const bySession = new Map(sessions.map((s) => [s.pid, s]))
     if (ctx.json) {
       ctx.out(
@@ -336,8 +317,8 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
           {
             sessions,
             terminated: results.filter((r) => r.outcome === 'terminated').map((r) => r.pid),
-            skipped: results.filter((r) => r.outcome === 'skipped').map(({ pid, reason }) => ({ pid, reason })),
-            failed: results.filter((r) => r.outcome === 'failed').map(({ pid, reason, code }) => ({ pid, reason, code })),
+            skipped: results.filter((r) => r.outcome === 'skipped').map((r) => ({ pid: r.pid, reason: r.reason })),
+            failed: results.filter((r) => r.outcome === 'failed').map((r) => ({ pid: r.pid, reason: failureText(r, session), code: r.code })),
           },
           true,
         ),
@@ -347,8 +328,8 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
         const s = bySession.get(r.pid) as IdleSession
         const who = `pid ${r.pid} (${s.applicationName === null || s.applicationName === '' ? 'no application name' : s.applicationName}, idle for ${formatDuration(s.idleMs)})`
         if (r.outcome === 'terminated') return `${ctx.style.green('Terminated')} ${who}.`
-        if (r.outcome === 'skipped') return `${ctx.style.yellow('Skipped')} ${who}: ${r.reason ?? ''}.`
-        return `${ctx.style.red('Failed')} to terminate ${who}: ${r.reason ?? ''}`
+        if (r.outcome === 'skipped') return `${ctx.style.yellow('Skipped')} ${who}: ${r.reason ?? ''}`
+        return `${ctx.style.red('Failed')} to terminate ${who}: ${failureText(r, session)}`
       })
       ctx.out(['', ...lines].join('\n'))
     }

@@ -1,12 +1,14 @@
 /**
- * Argument parsing (node:util `parseArgs`) and dispatch of `pg-atomic <command>`.
+ * Dispatch of `pg-atomic <command>`: read the arguments, call the command, map failures to one
+ * line and an exit code.
  *
  * @module
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
-import type { ParseArgsConfig } from 'node:util'
+import { assertExplainable } from 'pg-atomic/insight'
+import { parseCommandLine } from './args'
+import type { OptionSpecs } from './args'
 import { explainCommand, idleCommand, locksCommand } from './commands'
 import type { Context } from './commands'
 import { explainFailure, resolveTarget } from './connection'
@@ -18,14 +20,12 @@ import { COMMANDS, COMMAND_HELP, PROGRAM_HELP } from './help'
 import type { Command } from './help'
 import { styleFor } from './render'
 
-type Options = NonNullable<ParseArgsConfig['options']>
-
 const GLOBAL_OPTIONS = {
   url: { type: 'string' },
   'connect-timeout': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'V' },
-} satisfies Options
+} satisfies OptionSpecs
 
 const COMMAND_OPTIONS = {
   locks: {
@@ -48,10 +48,15 @@ const COMMAND_OPTIONS = {
     json: { type: 'boolean' },
     'query-length': { type: 'string' },
   },
-} satisfies Record<Command, Options>
+} satisfies Record<Command, OptionSpecs>
 
 /** Global options that take a value: their value is not the command. */
 const VALUE_OPTIONS = new Set(['--url', '--connect-timeout'])
+
+/** How long to wait for a connection unless --connect-timeout says otherwise, in ms. */
+const DEFAULT_CONNECT_TIMEOUT_MS = 5000
+/** Time between refreshes of `locks --watch` unless --interval says otherwise, in ms. */
+const DEFAULT_INTERVAL_MS = 2000
 
 /** The version of this package. */
 export function version(): string {
@@ -73,17 +78,9 @@ function findCommand(argv: readonly string[]): { command: string | undefined; re
   return { command: undefined, rest: [...argv] }
 }
 
-function parse(args: string[], options: Options, allowPositionals: boolean, where: string): ReturnType<typeof parseArgs> {
-  try {
-    return parseArgs({ args, options, allowPositionals, strict: true })
-  } catch (error) {
-    const message = error instanceof Error ? error.message.replace(/\s+To specify a positional argument.*$/s, '') : String(error)
-    throw usageError(`${message.replace(/\.$/, '')}. Run '${where} --help' for the options.`)
-  }
-}
-
-function wholeNumber(text: string | undefined, option: string, fallback: number): number {
-  if (text === undefined) return fallback
+/** A whole number from 1 to 1000000, or `undefined` when the option is absent. */
+function wholeNumber(text: string | undefined, option: string): number | undefined {
+  if (text === undefined) return undefined
   if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > 1_000_000) throw usageError(`invalid value for ${option}: '${text}' must be a whole number from 1 to 1000000.`)
   return Number(text)
 }
@@ -106,7 +103,7 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
       return EXIT.ok
     }
     if (command === undefined) {
-      const { values } = parse(rest, GLOBAL_OPTIONS, false, 'pg-atomic')
+      const { values } = parseCommandLine(rest, GLOBAL_OPTIONS, 'none', 'pg-atomic')
       if (values['version'] === true) {
         process.stdout.write(`${version()}\n`)
         return EXIT.ok
@@ -120,7 +117,7 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
     if (!isCommand(command)) {
       throw usageError(`unknown command '${command}'; the commands are ${COMMANDS.join(', ')}. Run 'pg-atomic --help' for help.`)
     }
-    const { values, positionals } = parse(rest, { ...GLOBAL_OPTIONS, ...COMMAND_OPTIONS[command] }, command === 'explain-locks', `pg-atomic ${command}`)
+    const { values, positionals } = parseCommandLine(rest, { ...GLOBAL_OPTIONS, ...COMMAND_OPTIONS[command] }, command === 'explain-locks' ? 'one' : 'none', `pg-atomic ${command}`)
     const get = (name: string): string | undefined => values[name] as string | undefined
     const flag = (name: string): boolean => values[name] === true
     if (flag('help')) {
@@ -131,55 +128,57 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
       process.stdout.write(`${version()}\n`)
       return EXIT.ok
     }
-    const connectTimeout = get('connect-timeout')
-    target = resolveTarget(get('url'), process.env, connectTimeout === undefined ? 5000 : parseDuration(connectTimeout, '--connect-timeout'))
-    const ctx: Context = {
+    const duration = (name: string): number | undefined => {
+      const text = get(name)
+      return text === undefined ? undefined : parseDuration(text, `--${name}`)
+    }
+    // Everything the command line can check is checked before the connection settings are read.
+    let runCommand: (ctx: Context) => Promise<ExitCode>
+    switch (command) {
+      case 'locks': {
+        const interval = get('interval')
+        if (interval !== undefined && !flag('watch')) throw usageError("--interval only makes sense with --watch. Run 'pg-atomic locks --help' for the options.")
+        const intervalMs = duration('interval') ?? DEFAULT_INTERVAL_MS
+        if (intervalMs < 100) throw usageError(`invalid value for --interval: '${interval ?? ''}' is shorter than 100ms.`)
+        const queryLength = wholeNumber(get('query-length'), '--query-length')
+        runCommand = (ctx) => locksCommand(ctx, { watch: flag('watch'), intervalMs, queryLength })
+        break
+      }
+      case 'explain-locks': {
+        const sql = positionals[0]
+        if (sql === undefined) {
+          throw usageError(`the SQL statement to explain is missing: pg-atomic explain-locks "<sql>". Run 'pg-atomic explain-locks --help' for help.`)
+        }
+        // A statement explainLocks() would refuse is refused here, before anything connects (exit 2).
+        assertExplainable(sql)
+        const options = {
+          sql,
+          params: values['param'] as string[] | undefined,
+          lockTimeoutMs: duration('lock-timeout'),
+          statementTimeoutMs: duration('statement-timeout'),
+          rowLocks: !flag('no-row-locks'),
+        }
+        runCommand = (ctx) => explainCommand(ctx, options)
+        break
+      }
+      case 'idle': {
+        if (flag('yes') && !flag('terminate')) throw usageError("--yes only makes sense with --terminate. Run 'pg-atomic idle --help' for the options.")
+        const options = { olderThanMs: duration('older-than'), terminate: flag('terminate'), yes: flag('yes'), queryLength: wholeNumber(get('query-length'), '--query-length') }
+        runCommand = (ctx) => idleCommand(ctx, options)
+        break
+      }
+    }
+    target = resolveTarget(get('url'), process.env, duration('connect-timeout') ?? DEFAULT_CONNECT_TIMEOUT_MS)
+    return await runCommand({
       target,
       style: styleFor(process.stdout, process.env),
       json: flag('json'),
       width: process.stdout.isTTY === true ? process.stdout.columns : undefined,
       out: (text) => process.stdout.write(`${text}\n`),
       err: (text) => process.stderr.write(`${text}\n`),
-    }
-    switch (command) {
-      case 'locks': {
-        const interval = get('interval')
-        if (interval !== undefined && !flag('watch')) throw usageError("--interval only makes sense with --watch. Run 'pg-atomic locks --help' for the options.")
-        const intervalMs = interval === undefined ? 2000 : parseDuration(interval, '--interval')
-        if (intervalMs < 100) throw usageError(`invalid value for --interval: '${interval ?? ''}' is shorter than 100ms.`)
-        return await locksCommand(ctx, { watch: flag('watch'), intervalMs, queryLength: wholeNumber(get('query-length'), '--query-length', 200) })
-      }
-      case 'explain-locks': {
-        if (positionals.length !== 1) {
-          throw usageError(
-            positionals.length === 0
-              ? `the SQL statement to explain is missing: pg-atomic explain-locks "<sql>". Run 'pg-atomic explain-locks --help' for help.`
-              : `explain-locks takes one SQL argument and got ${positionals.length}; quote the statement: pg-atomic explain-locks "update t set x = 1".`,
-          )
-        }
-        const lockTimeout = get('lock-timeout')
-        const statementTimeout = get('statement-timeout')
-        return await explainCommand(ctx, {
-          sql: positionals[0] as string,
-          params: values['param'] as string[] | undefined,
-          lockTimeoutMs: lockTimeout === undefined ? 1000 : parseDuration(lockTimeout, '--lock-timeout'),
-          statementTimeoutMs: statementTimeout === undefined ? 30_000 : parseDuration(statementTimeout, '--statement-timeout'),
-          rowLocks: !flag('no-row-locks'),
-        })
-      }
-      case 'idle': {
-        if (flag('yes') && !flag('terminate')) throw usageError("--yes only makes sense with --terminate. Run 'pg-atomic idle --help' for the options.")
-        const olderThan = get('older-than')
-        return await idleCommand(ctx, {
-          olderThanMs: olderThan === undefined ? 0 : parseDuration(olderThan, '--older-than'),
-          terminate: flag('terminate'),
-          yes: flag('yes'),
-          queryLength: wholeNumber(get('query-length'), '--query-length', 200),
-        })
-      }
-    }
+    })
   } catch (error) {
-    const failure = error instanceof CliError ? error : explainFailure(error, target)
+    const failure = error instanceof CliError ? error : explainFailure(error, target === undefined ? 'PostgreSQL' : `PostgreSQL at ${target.display} (from ${target.source})`, target)
     process.stderr.write(`pg-atomic: ${failure.message}\n`)
     return failure.exitCode
   }

@@ -77,7 +77,21 @@ export function table(headers: readonly string[], rows: readonly (readonly (Cell
   return [render(headers.map((text) => ({ text })), true), ...cells.map((row) => render(row, false))]
 }
 
-/** `JSON.stringify` with `bigint` (advisory keys) as decimal strings. */
+/**
+ * `JSON.stringify` with `bigint` (advisory keys) as decimal strings, and errors (e.g. the
+ * `rowLocks.error` of explain-locks) as `{ name, code, message }`.
+ */
 export function toJson(value: unknown, pretty: boolean): string {
-  return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), pretty ? 2 : undefined)
+  return JSON.stringify(
+    value,
+    (_key, v: unknown) => {
+      if (typeof v === 'bigint') return v.toString()
+      if (v instanceof Error) {
+        const code = (v as { code?: unknown }).code
+        return { name: v.name, ...(typeof code === 'string' ? { code } : {}), message: v.message }
+      }
+      return v
+    },
+    pretty ? 2 : undefined,
+  )
 }

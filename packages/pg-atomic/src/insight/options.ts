@@ -66,7 +66,7 @@ export const INSIGHT_EXPECTATIONS: Readonly<Record<string, string>> = Object.fre
 
 /** Validates `options` of `subject` with the fields of `shape`. @internal */
 export function parseInsightOptions<S extends z.core.$ZodLooseShape>(shape: S, options: unknown, subject: string): z.output<z.ZodObject<S, z.core.$strict>> {
-  return parseOptions(z.strictObject(shape), options ?? {}, subject, INSIGHT_EXPECTATIONS)
+  return parseOptions(z.strictObject(shape), options === undefined ? {} : options, subject, INSIGHT_EXPECTATIONS)
 }
 
 /** The active block of `db` in the current async context, or `undefined`. */

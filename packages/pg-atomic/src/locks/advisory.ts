@@ -197,7 +197,7 @@ interface Resolved {
 }
 
 function resolveOptions(options: unknown, subject: string): Resolved {
-  const o = parseOptions(optionsSchema, options ?? {}, subject, OPTION_EXPECTATIONS)
+  const o = parseOptions(optionsSchema, options === undefined ? {} : options, subject, OPTION_EXPECTATIONS)
   const wait = o.wait ?? true
   if (!wait && o.timeoutMs !== undefined) {
     throw new InvalidOptionError('timeoutMs', `Invalid option "timeoutMs" for ${subject}: it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.`)

@@ -101,7 +101,7 @@ function clause(o: z.output<typeof forUpdateSchema>, subject: string): string {
  */
 export function forUpdate(options?: ForUpdateOptions): string {
   const subject = 'forUpdate()'
-  return clause(parseOptions(forUpdateSchema, options ?? {}, subject, EXPECTATIONS), subject)
+  return clause(parseOptions(forUpdateSchema, options === undefined ? {} : options, subject, EXPECTATIONS), subject)
 }
 
 /** The message of `selectForUpdate()` outside a block (Django's words, and why). */
@@ -153,7 +153,7 @@ export async function selectForUpdate<R extends QueryResultRow = QueryResultRow>
     options = valuesOrOptions
   }
   parseOptions(textSchema, { text }, subject, EXPECTATIONS)
-  const o = parseOptions(selectForUpdateSchema, options ?? {}, subject, EXPECTATIONS)
+  const o = parseOptions(selectForUpdateSchema, options === undefined ? {} : options, subject, EXPECTATIONS)
   const lockClause = clause(o, subject)
   const block = requireActiveBlock(o.using, SELECT_FOR_UPDATE_OUTSIDE_MESSAGE)
   try {

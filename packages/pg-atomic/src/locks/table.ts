@@ -62,7 +62,7 @@ export const LOCK_TABLE_OUTSIDE_MESSAGE =
  * ```
  */
 export async function lockTable(tables: string | readonly string[], mode: LockMode | string, options?: LockTableOptions): Promise<void> {
-  const o = parseOptions(optionsSchema, options ?? {}, SUBJECT, EXPECTATIONS)
+  const o = parseOptions(optionsSchema, options === undefined ? {} : options, SUBJECT, EXPECTATIONS)
   const lock = resolveTableLockArguments(tables, mode, o, SUBJECT)
   const block = requireActiveBlock(o.using, LOCK_TABLE_OUTSIDE_MESSAGE)
   await runTableLock(lock, (sql) => block.run(sql, undefined))

@@ -2,20 +2,22 @@
  * The `pg-atomic` command line, run as a real subprocess (`node packages/pg-atomic-cli/dist/cli.js`)
  * against real sessions that hold and wait for locks: `locks` (JSON tree, aligned text without
  * colour codes off a terminal, --watch stopped by Ctrl-C), `explain-locks`, `idle` (listing,
- * --terminate refusals and terminations, permission denied), connection precedence and failures,
- * help, version and exit codes.
+ * --terminate refusals and terminations, permission denied), connection precedence, the URL
+ * forms libpq accepts, the default user, failures, argument errors, help, version and exit codes.
  *
- * Needs the build (`npm run build`; CI builds before testing).
+ * Uses the library's test harness (packages/pg-atomic/test/support). Needs the build
+ * (`npm run build`; CI builds before testing).
  */
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { Socket } from 'node:net'
+import { tmpdir, userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
-import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { setupHarness } from './support/harness'
-import type { Harness } from './support/harness'
+import { setupHarness } from '../../pg-atomic/test/support/harness'
+import type { Harness } from '../../pg-atomic/test/support/harness'
 
 const ROOT = resolve(__dirname, '..', '..', '..')
 const CLI = join(ROOT, 'packages', 'pg-atomic-cli', 'dist', 'cli.js')
@@ -247,12 +249,10 @@ describe('explain-locks', () => {
   })
 
   test('refused statements exit 2 before anything runs; a lock timeout exits 1 and says what to do', async () => {
+    const refusal =
+      'pg-atomic: explainLocks() cannot explain VACUUM: it cannot run inside a transaction block (PostgreSQL refuses it with SQLSTATE 25001), so it could not be rolled back afterwards. Nothing was sent to the server.\n'
     const vacuum = await cli(['explain-locks', 'vacuum accounts', '--url', url()])
-    expect(vacuum).toEqual({
-      code: 2,
-      stdout: '',
-      stderr: 'pg-atomic: explainLocks() cannot explain VACUUM: it cannot run inside a transaction block (PostgreSQL refuses it with SQLSTATE 25001), so it could not be rolled back afterwards. Nothing was sent to the server.\n',
-    })
+    expect(vacuum).toEqual({ code: 2, stdout: '', stderr: refusal })
     const hold = await holder()
     const timeout = await cli(['explain-locks', 'alter table accounts add column x int', '--lock-timeout', '100ms', '--url', url()])
     expect(timeout.code).toBe(1)
@@ -260,8 +260,39 @@ describe('explain-locks', () => {
       "pg-atomic: canceling statement due to lock timeout (SQLSTATE 55P03). Another session holds a conflicting lock; run 'pg-atomic locks' to see which, or raise --lock-timeout.\n",
     )
     await hold.client.query('rollback')
-    expect((await cli(['explain-locks', '--url', url()])).code).toBe(2)
-    expect((await cli(['explain-locks', 'select 1', 'select 2', '--url', url()])).code).toBe(2)
+    expect(await cli(['explain-locks', '--url', url()])).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: `pg-atomic: the SQL statement to explain is missing: pg-atomic explain-locks "<sql>". Run 'pg-atomic explain-locks --help' for help.\n`,
+    })
+    expect(await cli(['explain-locks', 'select 1', 'select 2', '--url', url()])).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'pg-atomic: pg-atomic explain-locks takes one SQL argument and got 2; quote the statement: pg-atomic explain-locks "update t set x = 1".\n',
+    })
+  })
+
+  test('regression (issue 7, defect 7): a refused statement exits 2 before connecting, as documented, even when no server answers', async () => {
+    const port = await closedPort()
+    const dead = `postgres://someone:s3cret@127.0.0.1:${port}/nowhere`
+    expect(await cli(['explain-locks', 'vacuum accounts', '--url', dead])).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'pg-atomic: explainLocks() cannot explain VACUUM: it cannot run inside a transaction block (PostgreSQL refuses it with SQLSTATE 25001), so it could not be rolled back afterwards. Nothing was sent to the server.\n',
+    })
+    expect(await cli(['explain-locks', 'select 1; commit', '--url', dead])).toEqual({
+      code: 2,
+      stdout: '',
+      stderr:
+        'pg-atomic: explainLocks() refuses COMMIT: it runs the statement in a transaction of its own and always rolls it back, so transaction control cannot be part of it. Pass only the statement whose locks you want to see. Nothing was sent to the server.\n',
+    })
+    expect(await cli(['explain-locks', ' -- nothing\n', '--url', dead])).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'pg-atomic: Invalid option "sql" for explainLocks(): it must be the SQL statement to explain (a non-empty string with at least one statement).\n',
+    })
+    // An acceptable statement does try to connect.
+    expect((await cli(['explain-locks', 'select 1', '--url', dead])).code).toBe(3)
   })
 })
 
@@ -352,6 +383,88 @@ describe('connection, help and exit codes', () => {
     expect(ok).toEqual({ code: 0, stdout: '{\n  "sessions": []\n}\n', stderr: '' })
   })
 
+  /** The parts of the test database's URL. */
+  function parts(): { host: string; port: string; user: string; password: string; database: string } {
+    const parsed = new URL(url())
+    return {
+      host: parsed.hostname,
+      port: parsed.port || '5432',
+      user: decodeURIComponent(parsed.username),
+      password: decodeURIComponent(parsed.password),
+      database: h.testDb.name,
+    }
+  }
+
+  const noSessions = { code: 0, stdout: '{\n  "sessions": []\n}\n', stderr: '' }
+
+  test('regression (issue 7, defect 7): every URL form libpq accepts: postgresql://, host and port as parameters, several hosts tried in order', async () => {
+    const p = parts()
+    const credentials = `${encodeURIComponent(p.user)}${p.password === '' ? '' : `:${encodeURIComponent(p.password)}`}`
+    const params = new URLSearchParams({ host: p.host, port: p.port, user: p.user, ...(p.password === '' ? {} : { password: p.password }) })
+    // An empty host with the host and port as parameters (node-postgres' parser alone refuses none of
+    // these, but the CLI's own URL check did).
+    expect(await cli(['idle', '--json', '--url', `postgresql:///${p.database}?${params.toString()}`])).toEqual(noSessions)
+    expect(await cli(['idle', '--json', '--url', `postgres://${credentials}@/${p.database}?host=${encodeURIComponent(p.host)}&port=${p.port}`])).toEqual(noSessions)
+    // Several hosts: the first one does not answer, the second does.
+    const port = await closedPort()
+    expect(await cli(['idle', '--json', '--url', `postgres://${credentials}@127.0.0.1:${port},${p.host}:${p.port}/${p.database}`])).toEqual(noSessions)
+    const other = await closedPort()
+    expect(await cli(['idle', '--url', `postgres://${credentials}@127.0.0.1:${port},127.0.0.1:${other}/${p.database}`])).toEqual({
+      code: 3,
+      stdout: '',
+      stderr: `pg-atomic: cannot connect to PostgreSQL at any of 127.0.0.1:${port}, 127.0.0.1:${other} (from --url): connection refused (is the server running and listening there?).\n`,
+    })
+  })
+
+  test('regression (issue 7, defect 7): the Unix-socket forms, postgres://user@/db?host=/dir and a percent-encoded directory as the host', async () => {
+    const p = parts()
+    const missing = mkdtempSync(join(tmpdir(), 'pg-atomic-cli-nosocket-'))
+    try {
+      // No server socket in that directory: the URL is accepted and the socket is looked for there.
+      expect(await cli(['idle', '--url', `postgres://${encodeURIComponent(p.user)}@/${p.database}?host=${missing}`])).toEqual({
+        code: 3,
+        stdout: '',
+        stderr: `pg-atomic: cannot connect to PostgreSQL at ${missing} (unix socket), port 5432 (from --url): no server socket there.\n`,
+      })
+      expect(await cli(['idle', '--url', `postgresql://${encodeURIComponent(p.user)}@${encodeURIComponent(missing)}:6543/${p.database}`])).toEqual({
+        code: 3,
+        stdout: '',
+        stderr: `pg-atomic: cannot connect to PostgreSQL at ${missing} (unix socket), port 6543 (from --url): no server socket there.\n`,
+      })
+    } finally {
+      rmSync(missing, { recursive: true, force: true })
+    }
+    // When the test server listens on a Unix socket too (not the embedded server, which disables them), connect through it.
+    const [directories] = await h.column<string>('show unix_socket_directories')
+    const [serverPort] = await h.column<string>('show port')
+    const dir = (directories ?? '').split(',')[0]?.trim() ?? ''
+    if (dir !== '' && existsSync(join(dir, `.s.PGSQL.${serverPort ?? ''}`))) {
+      const password = p.password === '' ? '' : `&password=${encodeURIComponent(p.password)}`
+      expect(await cli(['idle', '--json', '--url', `postgres://${encodeURIComponent(p.user)}@/${p.database}?host=${dir}&port=${serverPort ?? ''}${password}`])).toEqual(noSessions)
+    }
+  })
+
+  test('regression (issue 7, defect 7): with USER and PGUSER unset, the user is the operating-system user, as in libpq', async () => {
+    const p = parts()
+    const osUser = userInfo().username
+    const env = cleanEnv()
+    for (const name of ['USER', 'LOGNAME', 'USERNAME']) delete env[name]
+    const exists = (await h.column<number>('select count(*)::int from pg_roles where rolname = $1', [osUser]))[0] === 1
+    const password = randomBytes(12).toString('hex')
+    if (!exists) await h.admin.query(`create role ${pg.escapeIdentifier(osUser)} login password '${password}'`)
+    try {
+      const result = await cli(['idle', '--json', '--url', `postgres://${p.host}:${p.port}/${p.database}`], { ...env, PGPASSWORD: exists ? p.password : password })
+      if (!exists) expect(result).toEqual(noSessions)
+      // A role of that name existed already (its password is unknown here): the attempt names it either way.
+      else expect(result.code === 0 ? result : result.stderr).toEqual(result.code === 0 ? noSessions : expect.stringContaining(`"${osUser}"`))
+    } finally {
+      if (!exists) {
+        await waitUntil(`the sessions of ${osUser} to end`, async () => (await h.column('select count(*)::int from pg_stat_activity where usename = $1', [osUser]))[0] === 0)
+        await h.admin.query(`drop role ${pg.escapeIdentifier(osUser)}`)
+      }
+    }
+  })
+
   test('a server that never answers: exit 3 after --connect-timeout', async () => {
     const sockets = new Set<Socket>()
     const silent = createServer((socket) => {
@@ -371,9 +484,23 @@ describe('connection, help and exit codes', () => {
 
   test('a malformed URL is a usage error (2) that does not repeat the URL', async () => {
     const bad = await cli(['locks', '--url', 'postgres://user:s3cret@db.example:port/app'])
-    expect(bad).toEqual({ code: 2, stdout: '', stderr: 'pg-atomic: the connection URL from --url is not a valid URL; write it like postgres://user:password@host:5432/database.\n' })
+    expect(bad).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'pg-atomic: the connection URL from --url has an invalid port: a port is a number from 1 to 65535; write it like postgres://user:password@host:5432/database.\n',
+    })
     const mysql = await cli(['locks', '--url', 'mysql://user:s3cret@db.example/app'])
     expect(mysql).toEqual({ code: 2, stdout: '', stderr: 'pg-atomic: the connection URL from --url must start with postgres:// or postgresql:// (it starts with mysql://).\n' })
+    const notUrl = await cli(['locks', '--url', 'host=db user=s3cret'])
+    expect(notUrl).toEqual({ code: 2, stdout: '', stderr: 'pg-atomic: the connection URL from --url is not a valid URL; write it like postgres://user:password@host:5432/database.\n' })
+    const ports = await cli(['locks', '--url', 'postgres://u:s3cret@h1,h2,h3/app?port=1,2'])
+    expect(ports).toEqual({ code: 2, stdout: '', stderr: 'pg-atomic: the connection URL from --url gives 2 ports for 3 hosts; give one port for all hosts, or one per host.\n' })
+    const attrs = await cli(['locks', '--url', 'postgres://u:s3cret@h1,h2/app?target_session_attrs=read-write'])
+    expect(attrs.code).toBe(2)
+    expect(attrs.stderr).toBe(
+      'pg-atomic: target_session_attrs=read-write in the connection URL from --url is not supported: pg-atomic tries the hosts in order and uses the first that answers. Leave it out, or name the host you want.\n',
+    )
+    for (const result of [bad, mysql, notUrl, ports, attrs]) expect(result.stderr).not.toContain('s3cret')
   })
 
   test('--help, command help, --version, unknown command and option', async () => {
@@ -395,9 +522,23 @@ describe('connection, help and exit codes', () => {
       stderr: "pg-atomic: unknown command 'frobnicate'; the commands are locks, explain-locks, idle. Run 'pg-atomic --help' for help.\n",
     })
     expect(await cli([])).toEqual({ code: 2, stdout: '', stderr: "pg-atomic: a command is missing: locks, explain-locks, idle. Run 'pg-atomic --help' for help.\n" })
-    const option = await cli(['locks', '--bogus'])
-    expect(option.code).toBe(2)
-    expect(option.stderr).toBe("pg-atomic: Unknown option '--bogus'. Run 'pg-atomic locks --help' for the options.\n")
     expect((await cli(['locks', '--interval', '1s'])).code).toBe(2)
+  })
+
+  test("regression (issue 7, defect 7): parseArgs' errors become the command line's own one-line messages, exit 2", async () => {
+    const usage = (stderr: string): Result => ({ code: 2, stdout: '', stderr: `pg-atomic: ${stderr}\n` })
+    expect(await cli(['locks', '--bogus'])).toEqual(usage("unknown option --bogus for pg-atomic locks. Run 'pg-atomic locks --help' for the options."))
+    expect(await cli(['idle', '-x'])).toEqual(usage("unknown option -x for pg-atomic idle. Run 'pg-atomic idle --help' for the options."))
+    expect(await cli(['--bogus'])).toEqual(usage("unknown option --bogus for pg-atomic. Run 'pg-atomic --help' for the options."))
+    expect(await cli(['locks', '--url'])).toEqual(usage("option --url needs a value: --url <value>. Run 'pg-atomic locks --help' for the options."))
+    // Node's own message for this one spans three lines.
+    expect(await cli(['locks', '--url', '--json'])).toEqual(
+      usage("option --url is followed by another option instead of its value; write --url=<value> when the value starts with a dash. Run 'pg-atomic locks --help' for the options."),
+    )
+    expect(await cli(['locks', '--json=yes'])).toEqual(usage("option --json takes no value. Run 'pg-atomic locks --help' for the options."))
+    // A stray argument is not repeated: it may be a URL with a password, given without --url.
+    expect(await cli(['idle', 'postgres://u:s3cret@db/app'])).toEqual(
+      usage("pg-atomic idle takes no arguments, and one was given (options start with --). Run 'pg-atomic idle --help' for the options."),
+    )
   })
 })
