@@ -6,7 +6,8 @@
 //  2. The tarballs: LICENSE, README.md and package.json are in; every source map's `sources`
 //     are in the same tarball (maps ship with the sources they point to); no test files.
 //  3. `npx --package <pg-atomic tarball> pg-atomic --help` from an empty folder exits 0: the
-//     command line comes with the library (docs/cli.md, Install).
+//     command line comes with the library (docs/cli.md, Install). With DATABASE_URL set, also
+//     `pg-atomic locks --json` against that server (what `npx pg-atomic locks` does).
 //  4. A fresh consumer folder (outside the repository, so nothing resolves to its node_modules)
 //     with both tarballs and `pg` from the registry:
 //     - every entry of pg-atomic's "exports" map (`.`, and each subpath such as `./insight`) is
@@ -14,7 +15,8 @@
 //     - a strict consumer type-checks without skipLibCheck and without listing any @types
 //       (`"types": []`: what the .d.ts files need must come with the install), under
 //       module/moduleResolution node16 (a .cts and a .mts file) and under bundler;
-//     - the installed bin, node_modules/.bin/pg-atomic, runs `--help` with exit code 0.
+//     - the installed bin, node_modules/.bin/pg-atomic, runs `--help` with exit code 0 (and, with
+//       DATABASE_URL set, `locks --json`).
 //  5. publint (errors fail) and @arethetypeswrong/cli (profile node16: TypeScript's node10
 //     resolution, which cannot see subpath exports, is not a target) on each tarball.
 //
@@ -115,6 +117,16 @@ try {
   })
   if (npx.status !== 0 || !/pg-atomic/.test(npx.stdout)) fail(`npx pg-atomic --help exited with ${npx.status}`)
   else console.log(`    ${npx.stdout.split('\n')[0]}`)
+  const url = process.env.DATABASE_URL
+  if (url) {
+    step('npx pg-atomic locks --json (DATABASE_URL)')
+    const locks = run('npx', ['--yes', '--package', lib.tarball, '--', 'pg-atomic', 'locks', '--json', '--url', url], {
+      cwd: empty,
+      env: { npm_config_cache: join(tmp, 'npm-cache'), npm_config_prefer_online: 'false' },
+    })
+    if (locks.status !== 0) fail(`npx pg-atomic locks exited with ${locks.status}`)
+    else console.log(`    exit code 0, ${locks.stdout.length} bytes of JSON`)
+  }
 
   // ---- 4. a consumer --------------------------------------------------------------------------
   step('install both tarballs and pg into a fresh consumer folder')
@@ -201,6 +213,10 @@ export const entries: readonly object[] = [${specifiers.map((_, i) => `entry${i}
   const help = run(join(consumer, 'node_modules', '.bin', 'pg-atomic'), ['--help'], { cwd: consumer })
   if (help.status !== 0) fail(`pg-atomic --help exited with ${help.status}`)
   else console.log(`    ${help.stdout.split('\n')[0]}`)
+  if (process.env.DATABASE_URL) {
+    const locks = run(join(consumer, 'node_modules', '.bin', 'pg-atomic'), ['locks', '--json'], { cwd: consumer })
+    if (locks.status !== 0) fail(`pg-atomic locks --json (DATABASE_URL) exited with ${locks.status}`)
+  }
   const version = run(join(consumer, 'node_modules', '.bin', 'pg-atomic'), ['--version'], { cwd: consumer })
   if (version.status !== 0 || version.stdout.trim() !== cli.pkgJson.version) {
     fail(`pg-atomic --version printed ${JSON.stringify(version.stdout.trim())}, not ${cli.pkgJson.version}`)
