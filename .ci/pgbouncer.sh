@@ -6,7 +6,9 @@
 #                                package, as root), writes its config, log and
 #                                pidfile in DIR, starts it in the background and
 #                                prints the port it listens on (the last line of
-#                                stdout). Exit status 1 when it cannot.
+#                                stdout). Exit status 1 when it cannot. As root,
+#                                PgBouncer runs as the postgres user: DIR must be
+#                                reachable by it (e.g. a fresh `mktemp -d`).
 #   .ci/pgbouncer.sh stop DIR    stops the PgBouncer started with DIR.
 #
 # The test harness creates and drops each file's database through a direct admin
