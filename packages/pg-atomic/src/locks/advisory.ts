@@ -89,6 +89,7 @@ const ADVISORY_KEY_EXPECTATIONS = {
  *
  * @example
  * ```ts
+ * declare const invoiceId: number
  * await atomic(async () => {
  *   await advisoryLock(advisoryKey(`invoice:${invoiceId}`, 'billing'))
  * })
@@ -250,6 +251,7 @@ export const ADVISORY_LOCK_OUTSIDE_MESSAGE =
  *
  * @example
  * ```ts
+ * declare const day: string
  * await atomic(async () => {
  *   await advisoryLock(`nightly-report:${day}`)
  *   // only one transaction at a time gets here for this day; released at COMMIT / ROLLBACK
@@ -308,6 +310,8 @@ function transactionPoolingMessage(alias: string): string {
  *
  * @example
  * ```ts
+ * declare const batches: readonly string[][]
+ * declare function importBatch(batch: readonly string[]): Promise<void>
  * await withAdvisoryLock('nightly-import', async ({ signal }) => {
  *   for (const batch of batches) {
  *     if (signal.aborted) break
