@@ -7,6 +7,7 @@ import { ConnectionLostError, InvalidOptionError, TransactionManagementError, at
 import type { Database } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { sleep } from './support/wait'
 
 /** Provides the test database and the admin pool; its own pg-atomic database is not used. */
 let base: Harness
@@ -27,7 +28,6 @@ beforeEach(async () => {
 
 const INSERT = 'insert into t (x) values ($1)'
 const committed = () => base.column<number>('select x from t order by x')
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** A database with its own pool (pg-atomic creates and owns it). */
 function ownDatabase(alias: string): Database {

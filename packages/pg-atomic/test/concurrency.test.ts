@@ -11,6 +11,7 @@ import type { TransactionHandle, TransactionInfo } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 import { Boom } from './support/errors'
+import { sleep } from './support/wait'
 
 /** jest's `process` is a copy with its own listeners; pg's DeprecationWarning goes to the real one. */
 const realProcess = vm.runInThisContext('process') as NodeJS.Process
@@ -34,7 +35,6 @@ afterEach(() => {
 const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])
 const visible = async () => (await h.db.query<{ x: number }>('select x from t order by x')).rows.map((r) => r.x)
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve))
 
 /** Resolves once `n` callers are waiting (each call returns the shared promise). */

@@ -10,6 +10,7 @@ import type { TransactionHandle } from 'pg-atomic'
 import { rejection, setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
 import { Boom } from './support/errors'
+import { sleep } from './support/wait'
 
 /**
  * jest gives each test file a copy of `process` with its own listeners; pg's deprecation warnings
@@ -44,7 +45,6 @@ afterEach(() => {
 
 const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 const checkedOut = () => h.pool.totalCount - h.pool.idleCount
 const counts = () => ({ total: h.pool.totalCount, idle: h.pool.idleCount })
 const pidOf = async (run: (text: string) => Promise<pg.QueryResult>) => (await run('select pg_backend_pid() as pid')).rows[0]?.pid as number

@@ -10,6 +10,7 @@ import type { StatementEvent } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 import { Boom } from './support/errors'
+import { sleep } from './support/wait'
 
 let h: Harness
 let events: StatementEvent[] = []
@@ -32,8 +33,6 @@ beforeEach(async () => {
 afterEach(() => {
   diagnostics_channel.unsubscribe(STATEMENT_CHANNEL, listener)
 })
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** The fields compared exactly; durationMs and error are checked apart. */
 function shape(e: StatementEvent): Omit<StatementEvent, 'durationMs' | 'error'> {

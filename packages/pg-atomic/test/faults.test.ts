@@ -29,6 +29,7 @@ import { startFaultProxy, targetOf } from './support/fault-proxy'
 import type { FaultProxy, ProxyConnection } from './support/fault-proxy'
 import { THROUGH_POOLER, rejection, setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
+import { sleep } from './support/wait'
 
 /** jest gives each test file a copy of `process`; unhandled errors and rejections go to the real one. */
 const realProcess = vm.runInThisContext('process') as NodeJS.Process
@@ -77,7 +78,6 @@ afterEach(async () => {
 })
 
 const INSERT = 'insert into t (x) values ($1)'
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 const committed = () => h.column<number>('select x from t order by x')
 const pidOf = async (db: Database) => (await db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid as number
 const backendAlive = async (pid: number) => (await h.rows('select 1 from pg_stat_activity where pid = $1', [pid])).length === 1

@@ -19,6 +19,7 @@ import { RETRY_CHANNEL, atomic } from 'pg-atomic'
 import type { IsolationLevel, RetryEvent, RetryOptions } from 'pg-atomic'
 import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { sleep } from './support/wait'
 
 const SEED = process.env['PG_ATOMIC_SEED'] === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env['PG_ATOMIC_SEED'])
 const ACCOUNTS = 8
@@ -58,8 +59,6 @@ beforeEach(async () => {
 afterEach(() => {
   expect(h.pool.idleCount).toBe(h.pool.totalCount)
 })
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** Polls `predicate` every 5 ms; fails after `timeoutMs` (a bound, not a timing assertion). */
 async function waitUntil(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {

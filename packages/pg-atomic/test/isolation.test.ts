@@ -9,6 +9,7 @@ import { ConnectionLostError, ISOLATION_LEVELS, TransactionManagementError, atom
 import type { AtomicOptions, IsolationLevel } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
+import { sleep } from './support/wait'
 
 /** The default database: one pooled connection, so "after the block" is the same session. */
 let h: Harness
@@ -57,8 +58,6 @@ async function backendPid(db = h.db): Promise<number> {
   const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid')
   return rows[0]?.pid as number
 }
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /**
  * Stays idle (in JS) until the server has ended the session `pid`, polling from another connection;

@@ -26,6 +26,7 @@ import type { FaultProxy } from './support/fault-proxy'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 import { Boom } from './support/errors'
+import { sleep } from './support/wait'
 
 let h: Harness
 const retries: RetryEvent[] = []
@@ -76,8 +77,6 @@ const SELECT_1 = 'select balance from accounts where id = 1'
 const UPDATE_1 = 'update accounts set balance = $1 where id = 1'
 const BEGIN_RR = 'BEGIN ISOLATION LEVEL REPEATABLE READ'
 const BEGIN_SER = 'BEGIN ISOLATION LEVEL SERIALIZABLE'
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** Polls `predicate` every 10 ms; fails after `timeoutMs` (a bound, not a timing assertion). */
 async function waitUntil(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {

@@ -7,6 +7,7 @@ import { atomic } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 import { Boom } from './support/errors'
+import { sleep } from './support/wait'
 
 let h: Harness
 /** Checkouts from the recorded pool since the test started. */
@@ -41,8 +42,6 @@ beforeEach(async () => {
   h.reset()
   acquired = 0
 })
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** Waits (bounded) until `condition()` holds. */
 async function until(condition: () => boolean, what: string, timeoutMs = 2000): Promise<void> {
