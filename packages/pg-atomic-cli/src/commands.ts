@@ -272,9 +272,14 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-/** The sentence shown for a failed termination: the server's error when there is one (this is the user's own terminal), else the library's reason. */
+/** The line shown for a failed termination: the server's error when there is one (this is the user's own terminal), else the library's reason. */
 function failureText(outcome: SessionTermination, session: Session): string {
   return outcome.error === null ? (outcome.reason ?? '') : explainFailure(outcome.error, session.where).message
+}
+
+/** `Failed to terminate <who>: <server error>` or `Failed to terminate <who>. <library's sentence>`. */
+function failureLine(outcome: SessionTermination, session: Session, who: string): string {
+  return outcome.error === null ? `to terminate ${who}. ${outcome.reason ?? ''}` : `to terminate ${who}: ${failureText(outcome, session)}`
 }
 
 const NOTHING_TERMINATED = Object.freeze({ terminated: [], skipped: [], failed: [] })
@@ -328,8 +333,8 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
         const s = bySession.get(r.pid) as IdleSession
         const who = `pid ${r.pid} (${s.applicationName === null || s.applicationName === '' ? 'no application name' : s.applicationName}, idle for ${formatDuration(s.idleMs)})`
         if (r.outcome === 'terminated') return `${ctx.style.green('Terminated')} ${who}.`
-        if (r.outcome === 'skipped') return `${ctx.style.yellow('Skipped')} ${who}: ${r.reason ?? ''}`
-        return `${ctx.style.red('Failed')} to terminate ${who}: ${failureText(r, session)}`
+        if (r.outcome === 'skipped') return `${ctx.style.yellow('Skipped')} ${who}. ${r.reason ?? ''}`
+        return `${ctx.style.red('Failed')} ${failureLine(r, session, who)}`
       })
       ctx.out(['', ...lines].join('\n'))
     }

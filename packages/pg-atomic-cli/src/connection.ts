@@ -121,8 +121,10 @@ export async function connect(target: ConnectionTarget): Promise<Session> {
     } catch (error) {
       await closeQuietly(close)
       // Some pg versions report a connect timeout as a plain "Connection terminated unexpectedly".
-      lastError = Date.now() - started >= target.connectTimeoutMs * 0.9 && isConnectionError(error) ? new ConnectTimeout(error) : error
-      if (!isConnectionError(error)) break
+      if (Date.now() - started >= target.connectTimeoutMs * 0.9 && isConnectionError(error)) lastError = new ConnectTimeout(error)
+      else if (nodeCode(error) === undefined && /Connection terminated/.test(messageOf(error))) lastError = new ClosedBeforeAnswer(error)
+      else lastError = error
+      if (!isConnectionError(error) && !(lastError instanceof ClosedBeforeAnswer)) break
     }
   }
   throw explainFailure(lastError, `PostgreSQL at ${target.display} (from ${target.source})`, target)
@@ -142,6 +144,14 @@ class ConnectTimeout extends Error {
   override name = 'ConnectTimeout'
   constructor(cause: unknown) {
     super('no answer', { cause })
+  }
+}
+
+/** A connection attempt the server (or something in between) closed before answering. */
+class ClosedBeforeAnswer extends Error {
+  override name = 'ClosedBeforeAnswer'
+  constructor(cause: unknown) {
+    super('closed before the server answered', { cause })
   }
 }
 
@@ -185,6 +195,7 @@ export function explainFailure(error: unknown, where: string, target?: Connectio
     const after = target === undefined ? '' : ` within ${formatDuration(target.connectTimeoutMs)} (--connect-timeout)`
     return new CliError(`cannot connect to ${where}: no answer${after}.`, EXIT.connection, { cause: error })
   }
+  if (error instanceof ClosedBeforeAnswer) return new CliError(`cannot connect to ${where}: the connection was closed before the server answered.`, EXIT.connection, { cause: error })
   const code = nodeCode(error)
   if (code !== undefined && NETWORK_CODES[code] !== undefined && isConnectionError(error)) {
     return new CliError(`cannot connect to ${where}: ${NETWORK_CODES[code]}.`, EXIT.connection, { cause: error })
