@@ -24,7 +24,12 @@ export interface ParsedArgs {
  * option and the fix: unknown option, missing value, a value where none is taken, too many
  * arguments.
  */
-export function parseCommandLine(args: readonly string[], specs: OptionSpecs, positionals: 'none' | 'one', where: string): ParsedArgs {
+export function parseCommandLine(
+  args: readonly string[],
+  specs: OptionSpecs,
+  positionals: 'none' | 'one',
+  where: string,
+): ParsedArgs {
   const help = `Run '${where} --help' for the options.`
   // Tokens first, without strict checks: every problem is then reported in our words.
   const { tokens } = parseArgs({ args: [...args], options: specs, allowPositionals: true, strict: false, tokens: true })
@@ -43,20 +48,33 @@ export function parseCommandLine(args: readonly string[], specs: OptionSpecs, po
     if (spec.type === 'string') {
       if (token.value === undefined) throw usageError(`option ${name} needs a value: ${name} <value>. ${help}`)
       if (!token.inlineValue && token.value.startsWith('-') && token.value.length > 1) {
-        throw usageError(`option ${name} is followed by another option instead of its value; write ${name}=<value> when the value starts with a dash. ${help}`)
+        throw usageError(
+          `option ${name} is followed by another option instead of its value; write ${name}=<value> when ` +
+            `the value starts with a dash. ${help}`,
+        )
       }
     } else if (token.value !== undefined) {
       throw usageError(`option ${name} takes no value. ${help}`)
     }
   }
   if (positionals === 'none' && count > 0) {
-    throw usageError(`${where} takes no arguments, and ${count === 1 ? 'one was' : `${count} were`} given (options start with --). ${help}`)
+    throw usageError(
+      `${where} takes no arguments, and ${count === 1 ? 'one was' : `${count} were`} given ` +
+        `(options start with --). ${help}`,
+    )
   }
   if (positionals === 'one' && count > 1) {
-    throw usageError(`${where} takes one SQL argument and got ${count}; quote the statement: ${where} "update t set x = 1".`)
+    throw usageError(
+      `${where} takes one SQL argument and got ${count}; quote the statement: ${where} "update t set x = 1".`,
+    )
   }
   try {
-    const { values, positionals: found } = parseArgs({ args: [...args], options: specs, allowPositionals: positionals === 'one', strict: true })
+    const { values, positionals: found } = parseArgs({
+      args: [...args],
+      options: specs,
+      allowPositionals: positionals === 'one',
+      strict: true,
+    })
     return { values: values as ParsedArgs['values'], positionals: found }
   } catch {
     // Every case parseArgs refuses is reported above; this is a safety net in the same words.

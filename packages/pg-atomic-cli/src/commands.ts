@@ -7,7 +7,14 @@
 import { createInterface } from 'node:readline'
 import { isLockNotAvailable } from 'pg-atomic'
 import { explainLocks, idleInTransaction, lockWaits, terminateSessions } from 'pg-atomic/insight'
-import type { ExplainedLock, IdleSession, LockInfo, LockReport, LockWaitNode, SessionTermination } from 'pg-atomic/insight'
+import type {
+  ExplainedLock,
+  IdleSession,
+  LockInfo,
+  LockReport,
+  LockWaitNode,
+  SessionTermination,
+} from 'pg-atomic/insight'
 import { connect, explainFailure } from './connection'
 import type { ConnectionTarget, Session } from './connection'
 import { formatDuration } from './duration'
@@ -53,6 +60,11 @@ function countNodes(nodes: readonly LockWaitNode[], seen = new Set<number>()): S
   return seen
 }
 
+/** The status line under a `--watch` refresh on a terminal. */
+function refreshLine(intervalMs: number): string {
+  return `every ${formatDuration(intervalMs)}, ${new Date().toLocaleTimeString()}; Ctrl-C to stop`
+}
+
 /** The tree of lock waits as aligned rows; the PID column carries the tree drawing. */
 export function renderWaits(roots: readonly LockWaitNode[], style: Style, width: number | undefined): string[] {
   const rows: Cell[][] = []
@@ -63,7 +75,10 @@ export function renderWaits(roots: readonly LockWaitNode[], style: Style, width:
     rows.push([
       { text: branch + pid, color: depth === 0 ? (t) => style.red(style.bold(t)) : style.cyan },
       { text: node.applicationName ?? '' },
-      { text: node.state ?? '', color: node.state?.startsWith('idle in transaction') === true ? style.yellow : undefined },
+      {
+        text: node.state ?? '',
+        color: node.state?.startsWith('idle in transaction') === true ? style.yellow : undefined,
+      },
       { text: formatDuration(node.transactionAgeMs) },
       { text: waiting + (node.cycle ? ' (wait cycle: deadlock not yet detected)' : ''), color: style.yellow },
       { text: node.waitMs === null ? '' : formatDuration(node.waitMs) },
@@ -78,8 +93,11 @@ export function renderWaits(roots: readonly LockWaitNode[], style: Style, width:
 }
 
 function lockSummary(locks: readonly LockInfo[]): string {
-  const shown = locks.filter((l) => l.type !== 'virtualxid' && l.type !== 'transactionid' && l.relation?.kind !== 'index')
-  if (shown.length === 0) return locks.length === 0 ? 'none' : `${plural(locks.length, 'lock')} (no table or advisory lock)`
+  const shown = locks.filter(
+    (l) => l.type !== 'virtualxid' && l.type !== 'transactionid' && l.relation?.kind !== 'index',
+  )
+  if (shown.length === 0)
+    return locks.length === 0 ? 'none' : `${plural(locks.length, 'lock')} (no table or advisory lock)`
   const first = shown.slice(0, 2).map((l) => `${l.mode} ${l.target}`)
   const more = locks.length - first.length
   return first.join(', ') + (more > 0 ? ` (+${more} more)` : '')
@@ -113,7 +131,11 @@ async function locksOnce(session: Session, ctx: Context, options: LocksOptions):
   const { style } = ctx
   const lines: string[] = []
   const waiting = countNodes(waits).size
-  lines.push(style.bold(`Lock waits in database ${session.database}: ${waiting === 0 ? 'none' : `${plural(waiting, 'session')} waiting`}`))
+  lines.push(
+    style.bold(
+      `Lock waits in database ${session.database}: ${waiting === 0 ? 'none' : `${plural(waiting, 'session')} waiting`}`,
+    ),
+  )
   if (waits.length > 0) lines.push('', ...renderWaits(waits, style, ctx.width))
   lines.push('', style.bold(`Idle in transaction: ${idle.length === 0 ? 'none' : plural(idle.length, 'session')}`))
   if (idle.length > 0) lines.push('', ...renderIdle(idle, style, ctx.width))
@@ -141,7 +163,8 @@ export async function locksCommand(ctx: Context, options: LocksOptions): Promise
         const text = await locksOnce(session, ctx, options)
         if (stopped) break
         if (ctx.json) ctx.out(text)
-        else if (ctx.style.enabled || ctx.width !== undefined) ctx.out(`\u001b[2J\u001b[H${text}\n\n${ctx.style.dim(`every ${formatDuration(options.intervalMs)}, ${new Date().toLocaleTimeString()}; Ctrl-C to stop`)}`)
+        else if (ctx.style.enabled || ctx.width !== undefined)
+          ctx.out(`\u001b[2J\u001b[H${text}\n\n${ctx.style.dim(refreshLine(options.intervalMs))}`)
         else ctx.out(`--- ${new Date().toISOString()}\n${text}\n`)
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, options.intervalMs)
@@ -181,7 +204,8 @@ function blocksText(lock: ExplainedLock): string {
 export function renderReport(report: LockReport, style: Style, width: number | undefined): string[] {
   const lines: string[] = []
   lines.push(`${style.bold('Statement:')} ${oneLine(report.sql)}`)
-  const result = report.command === null ? 'done' : `${report.command}${report.rowCount === null ? '' : ` ${report.rowCount}`}`
+  const result =
+    report.command === null ? 'done' : `${report.command}${report.rowCount === null ? '' : ` ${report.rowCount}`}`
   lines.push(`${style.bold('Result:')}    ${result} (rolled back)`)
   const relations = report.locks.filter((l) => l.type === 'relation')
   const others = report.locks.filter((l) => l.type !== 'relation')
@@ -203,16 +227,32 @@ export function renderReport(report: LockReport, style: Style, width: number | u
   } else lines.push('none')
   if (others.length > 0) {
     lines.push('', style.bold(`Other locks (${others.length})`))
-    lines.push(...table(['TYPE', 'LOCK', 'MODE', 'BLOCKS'], others.map((l) => [l.type, l.target, l.mode, l.blocks.join(', ')]), style, width))
+    lines.push(
+      ...table(
+        ['TYPE', 'LOCK', 'MODE', 'BLOCKS'],
+        others.map((l) => [l.type, l.target, l.mode, l.blocks.join(', ')]),
+        style,
+        width,
+      ),
+    )
   }
   const rowCount =
-    report.rowLocks.source === 'pgrowlocks' ? `${report.rowLocks.rows.length}${report.rowLocks.truncated ? '+' : ''}` : report.rowLocks.source === 'none' ? '0' : 'not listed'
+    report.rowLocks.source === 'pgrowlocks'
+      ? `${report.rowLocks.rows.length}${report.rowLocks.truncated ? '+' : ''}`
+      : report.rowLocks.source === 'none'
+        ? '0'
+        : 'not listed'
   lines.push('', style.bold(`Row locks (${rowCount})`))
   if (report.rowLocks.rows.length > 0) {
     lines.push(
       ...table(
         ['TABLE', 'ROW', 'MODE', 'BLOCKS'],
-        report.rowLocks.rows.map((r) => [{ text: r.relation.qualifiedName ?? '', color: style.cyan }, r.ctid, r.modes.join(', '), r.blocks.join(', ')]),
+        report.rowLocks.rows.map((r) => [
+          { text: r.relation.qualifiedName ?? '', color: style.cyan },
+          r.ctid,
+          r.modes.join(', '),
+          r.blocks.join(', '),
+        ]),
         style,
         width,
       ),
@@ -239,7 +279,12 @@ export async function explainCommand(ctx: Context, options: ExplainOptions): Pro
   } catch (error) {
     const failure = explainFailure(error, session.where, ctx.target)
     if (isLockNotAvailable(error)) {
-      throw new CliError(`${failure.message} Another session holds a conflicting lock; run 'pg-atomic locks' to see which, or raise --lock-timeout.`, failure.exitCode, { cause: error })
+      throw new CliError(
+        `${failure.message} Another session holds a conflicting lock; run 'pg-atomic locks' to see ` +
+          `which, or raise --lock-timeout.`,
+        failure.exitCode,
+        { cause: error },
+      )
     }
     throw failure
   } finally {
@@ -272,14 +317,19 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-/** The line shown for a failed termination: the server's error when there is one (this is the user's own terminal), else the library's reason. */
+/**
+ * The line shown for a failed termination: the server's error when there is one (this is the user's own terminal),
+ * else the library's reason.
+ */
 function failureText(outcome: SessionTermination, session: Session): string {
   return outcome.error === null ? (outcome.reason ?? '') : explainFailure(outcome.error, session.where).message
 }
 
 /** `Failed to terminate <who>: <server error>` or `Failed to terminate <who>. <library's sentence>`. */
 function failureLine(outcome: SessionTermination, session: Session, who: string): string {
-  return outcome.error === null ? `to terminate ${who}. ${outcome.reason ?? ''}` : `to terminate ${who}: ${failureText(outcome, session)}`
+  return outcome.error === null
+    ? `to terminate ${who}. ${outcome.reason ?? ''}`
+    : `to terminate ${who}: ${failureText(outcome, session)}`
 }
 
 const NOTHING_TERMINATED = Object.freeze({ terminated: [], skipped: [], failed: [] })
@@ -293,9 +343,17 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
       ...(options.olderThanMs === undefined ? {} : { olderThanMs: options.olderThanMs }),
       ...(options.queryLength === undefined ? {} : { queryLength: options.queryLength }),
     })
-    const older = options.olderThanMs !== undefined && options.olderThanMs > 0 ? ` for at least ${formatDuration(options.olderThanMs)}` : ''
+    const older =
+      options.olderThanMs !== undefined && options.olderThanMs > 0
+        ? ` for at least ${formatDuration(options.olderThanMs)}`
+        : ''
     if (!ctx.json) {
-      ctx.out(ctx.style.bold(`Idle in transaction${older} in database ${session.database}: ${sessions.length === 0 ? 'none' : plural(sessions.length, 'session')}`))
+      ctx.out(
+        ctx.style.bold(
+          `Idle in transaction${older} in database ${session.database}: ` +
+            `${sessions.length === 0 ? 'none' : plural(sessions.length, 'session')}`,
+        ),
+      )
       if (sessions.length > 0) ctx.out(['', ...renderIdle(sessions, ctx.style, ctx.width)].join('\n'))
     }
     if (!options.terminate || sessions.length === 0) {
@@ -305,10 +363,18 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
     if (!options.yes) {
       if (process.stdin.isTTY !== true) {
         if (ctx.json) ctx.out(toJson({ sessions, ...NOTHING_TERMINATED }, true))
-        throw usageError(`not terminating ${plural(sessions.length, 'session')}: confirmation needs a terminal and stdin is not one. Pass --yes to terminate without asking.`)
+        throw usageError(
+          `not terminating ${plural(sessions.length, 'session')}: confirmation needs a terminal and stdin ` +
+            `is not one. Pass --yes to terminate without asking.`,
+        )
       }
       const pids = sessions.map((s) => s.pid).join(', ')
-      if (!(await confirm(`Terminate ${plural(sessions.length, 'session')} (pid ${pids})? Their transactions will be rolled back. [y/N] `))) {
+      if (
+        !(await confirm(
+          `Terminate ${plural(sessions.length, 'session')} (pid ${pids})? Their transactions will be ` +
+            `rolled back. [y/N] `,
+        ))
+      ) {
         ctx.err('Nothing was terminated.')
         if (ctx.json) ctx.out(toJson({ sessions, ...NOTHING_TERMINATED }, true))
         return EXIT.error
@@ -323,7 +389,9 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
             sessions,
             terminated: results.filter((r) => r.outcome === 'terminated').map((r) => r.pid),
             skipped: results.filter((r) => r.outcome === 'skipped').map((r) => ({ pid: r.pid, reason: r.reason })),
-            failed: results.filter((r) => r.outcome === 'failed').map((r) => ({ pid: r.pid, reason: failureText(r, session), code: r.code })),
+            failed: results
+              .filter((r) => r.outcome === 'failed')
+              .map((r) => ({ pid: r.pid, reason: failureText(r, session), code: r.code })),
           },
           true,
         ),
@@ -331,7 +399,9 @@ export async function idleCommand(ctx: Context, options: IdleOptions): Promise<E
     } else {
       const lines = results.map((r) => {
         const s = bySession.get(r.pid) as IdleSession
-        const who = `pid ${r.pid} (${s.applicationName === null || s.applicationName === '' ? 'no application name' : s.applicationName}, idle for ${formatDuration(s.idleMs)})`
+        const application =
+          s.applicationName === null || s.applicationName === '' ? 'no application name' : s.applicationName
+        const who = `pid ${r.pid} (${application}, idle for ${formatDuration(s.idleMs)})`
         if (r.outcome === 'terminated') return `${ctx.style.green('Terminated')} ${who}.`
         if (r.outcome === 'skipped') return `${ctx.style.yellow('Skipped')} ${who}. ${r.reason ?? ''}`
         return `${ctx.style.red('Failed')} ${failureLine(r, session, who)}`

@@ -25,7 +25,10 @@ import { usageError } from './errors'
 
 /** One host to try. */
 export interface Endpoint {
-  /** A host name, an IP address, a Unix-socket directory (starts with `/`), or `undefined`: the driver's default (`PGHOST`, else `localhost`). */
+  /**
+   * A host name, an IP address, a Unix-socket directory (starts with `/`), or `undefined`: the driver's default
+   * (`PGHOST`, else `localhost`).
+   */
   readonly host: string | undefined
   /** The port, or `undefined`: the driver's default (`PGPORT`, else 5432). */
   readonly port: number | undefined
@@ -57,7 +60,10 @@ function decode(text: string, what: string, source: string): string {
   try {
     return decodeURIComponent(text)
   } catch {
-    throw usageError(`the connection URL from ${source} has a badly percent-encoded ${what}; encode special characters as %XX (e.g. %40 for @, %2F for /).`)
+    throw usageError(
+      `the connection URL from ${source} has a badly percent-encoded ${what}; encode special characters ` +
+        `as %XX (e.g. %40 for @, %2F for /).`,
+    )
   }
 }
 
@@ -65,7 +71,10 @@ function parsePort(text: string, source: string): number | undefined {
   if (text === '') return undefined
   const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN
   if (!(port >= 1 && port <= 65535)) {
-    throw usageError(`the connection URL from ${source} has an invalid port: a port is a number from 1 to 65535; write it like postgres://user:password@host:5432/database.`)
+    throw usageError(
+      `the connection URL from ${source} has an invalid port: a port is a number from 1 to 65535; ` +
+        `write it like postgres://user:password@host:5432/database.`,
+    )
   }
   return port
 }
@@ -74,9 +83,14 @@ function parsePort(text: string, source: string): number | undefined {
 function parseHostSpec(spec: string, source: string): { host: string; port: string } {
   if (spec.startsWith('[')) {
     const close = spec.indexOf(']')
-    if (close === -1) throw usageError(`the connection URL from ${source} has an IPv6 address without its closing ']'; write it like postgres://[::1]:5432/database.`)
+    if (close === -1)
+      throw usageError(
+        `the connection URL from ${source} has an IPv6 address without its closing ']'; write it like ` +
+          `postgres://[::1]:5432/database.`,
+      )
     const after = spec.slice(close + 1)
-    if (after !== '' && !after.startsWith(':')) throw usageError(`the connection URL from ${source} has text after an IPv6 address that is not ':port'.`)
+    if (after !== '' && !after.startsWith(':'))
+      throw usageError(`the connection URL from ${source} has text after an IPv6 address that is not ':port'.`)
     return { host: spec.slice(1, close), port: after.slice(1) }
   }
   const colon = spec.lastIndexOf(':')
@@ -90,14 +104,30 @@ function parseQuery(query: string, source: string): Map<string, string> {
   for (const pair of query.split('&')) {
     if (pair === '') continue
     const eq = pair.indexOf('=')
-    if (eq === -1) throw usageError(`the connection URL from ${source} has a query parameter without '=': write parameters like ?sslmode=require&application_name=x.`)
-    params.set(decode(pair.slice(0, eq), 'parameter name', source), decode(pair.slice(eq + 1), 'parameter value', source))
+    if (eq === -1)
+      throw usageError(
+        `the connection URL from ${source} has a query parameter without '=': write parameters like ` +
+          `?sslmode=require&application_name=x.`,
+      )
+    params.set(
+      decode(pair.slice(0, eq), 'parameter name', source),
+      decode(pair.slice(eq + 1), 'parameter value', source),
+    )
   }
   return params
 }
 
 /** Parameters read here; the others go on to node-postgres unchanged. */
-const OWN_PARAMETERS = new Set(['host', 'hostaddr', 'port', 'user', 'password', 'dbname', 'target_session_attrs', 'load_balance_hosts'])
+const OWN_PARAMETERS = new Set([
+  'host',
+  'hostaddr',
+  'port',
+  'user',
+  'password',
+  'dbname',
+  'target_session_attrs',
+  'load_balance_hosts',
+])
 
 /**
  * Reads a `postgres://` or `postgresql://` URL as libpq does (see the module comment). A URL with
@@ -109,8 +139,10 @@ export function parseConnectionUrl(url: string, source: string, env: NodeJS.Proc
     const other = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url)
     throw usageError(
       other === null
-        ? `the connection URL from ${source} is not a valid URL; write it like postgres://user:password@host:5432/database.`
-        : `the connection URL from ${source} must start with postgres:// or postgresql:// (it starts with ${other[1]?.toLowerCase() ?? ''}://).`,
+        ? `the connection URL from ${source} is not a valid URL; ` +
+            'write it like postgres://user:password@host:5432/database.'
+        : `the connection URL from ${source} must start with postgres:// or postgresql:// (it starts ` +
+            `with ${other[1]?.toLowerCase() ?? ''}://).`,
     )
   }
   let rest = url.slice(scheme[0].length)
@@ -148,13 +180,23 @@ export function parseConnectionUrl(url: string, source: string, env: NodeJS.Proc
   if (portParam !== undefined) ports = portParam.split(',')
   if (hosts.length === 0) hosts = ['']
   if (ports.length > 1 && ports.length !== hosts.length) {
-    throw usageError(`the connection URL from ${source} gives ${ports.length} ports for ${hosts.length} hosts; give one port for all hosts, or one per host.`)
+    throw usageError(
+      `the connection URL from ${source} gives ${ports.length} ports for ${hosts.length} hosts; give ` +
+        `one port for all hosts, or one per host.`,
+    )
   }
-  let endpoints: Endpoint[] = hosts.map((host, i) => ({ host: host === '' ? undefined : host, port: parsePort(ports.length === 1 ? (ports[0] as string) : (ports[i] ?? ''), source) }))
+  let endpoints: Endpoint[] = hosts.map((host, i) => ({
+    host: host === '' ? undefined : host,
+    port: parsePort(ports.length === 1 ? (ports[0] as string) : (ports[i] ?? ''), source),
+  }))
 
   const target = params.get('target_session_attrs')
   if (target !== undefined && target !== 'any') {
-    throw usageError(`target_session_attrs=${target} in the connection URL from ${source} is not supported: pg-atomic tries the hosts in order and uses the first that answers. Leave it out, or name the host you want.`)
+    throw usageError(
+      `target_session_attrs=${target} in the connection URL from ${source} is not supported: pg-atomic ` +
+        `tries the hosts in order and uses the first that answers. Leave it out, or name the host you ` +
+        `want.`,
+    )
   }
   const balance = params.get('load_balance_hosts')
   if (balance === 'random') endpoints = shuffle(endpoints)
@@ -172,7 +214,8 @@ export function parseConnectionUrl(url: string, source: string, env: NodeJS.Proc
       if (endpoint.host !== undefined) query.set('host', endpoint.host)
       if (endpoint.port !== undefined) query.set('port', String(endpoint.port))
       for (const [key, value] of passOn) query.set(key, value)
-      const credentials = `${encodeURIComponent(user ?? '')}${password === undefined ? '' : `:${encodeURIComponent(password)}`}`
+      const secret = password === undefined ? '' : `:${encodeURIComponent(password)}`
+      const credentials = `${encodeURIComponent(user ?? '')}${secret}`
       // node-postgres decodes the path with decodeURI: encode only what would break the URL.
       const path = database === undefined ? '' : encodeURI(database).replace(/[?#]/g, (c) => encodeURIComponent(c))
       return `postgres://${credentials}@/${path}?${query.toString()}`

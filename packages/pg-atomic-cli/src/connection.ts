@@ -51,12 +51,17 @@ function endpointsFromEnv(env: NodeJS.ProcessEnv): Endpoint[] {
   const ports = (env['PGPORT'] ?? '').split(',')
   return hosts.map((host, i) => {
     const port = ports.length === 1 ? ports[0] : ports[i]
-    return { host: host === '' ? undefined : host, port: port === undefined || port === '' || !/^\d+$/.test(port) ? undefined : Number(port) }
+    return {
+      host: host === '' ? undefined : host,
+      port: port === undefined || port === '' || !/^\d+$/.test(port) ? undefined : Number(port),
+    }
   })
 }
 
 function displayAll(candidates: readonly Candidate[]): string {
-  return candidates.length === 1 ? (candidates[0] as Candidate).display : `any of ${candidates.map((c) => c.display).join(', ')}`
+  return candidates.length === 1
+    ? (candidates[0] as Candidate).display
+    : `any of ${candidates.map((c) => c.display).join(', ')}`
 }
 
 /**
@@ -65,7 +70,11 @@ function displayAll(candidates: readonly Candidate[]): string {
  * them (see `./connection-url`); the user defaults to `PGUSER`, else the operating-system user.
  * A URL libpq would refuse is a usage error that never repeats the URL.
  */
-export function resolveTarget(url: string | undefined, env: NodeJS.ProcessEnv, connectTimeoutMs: number): ConnectionTarget {
+export function resolveTarget(
+  url: string | undefined,
+  env: NodeJS.ProcessEnv,
+  connectTimeoutMs: number,
+): ConnectionTarget {
   let source: ConnectionSource = 'PG* environment variables'
   let connectionString: string | undefined
   if (url !== undefined) {
@@ -80,11 +89,18 @@ export function resolveTarget(url: string | undefined, env: NodeJS.ProcessEnv, c
     const user = defaultUser(env)
     candidates = endpointsFromEnv(env).map((endpoint) => ({
       display: describeEndpoint(endpoint, env),
-      config: { ...(endpoint.host === undefined ? {} : { host: endpoint.host }), ...(endpoint.port === undefined ? {} : { port: endpoint.port }), ...(user === undefined ? {} : { user }) },
+      config: {
+        ...(endpoint.host === undefined ? {} : { host: endpoint.host }),
+        ...(endpoint.port === undefined ? {} : { port: endpoint.port }),
+        ...(user === undefined ? {} : { user }),
+      },
     }))
   } else {
     const parsed = parseConnectionUrl(connectionString, source, env)
-    candidates = parsed.endpoints.map((endpoint) => ({ display: describeEndpoint(endpoint, env), config: { connectionString: parsed.connectionStringFor(endpoint) } }))
+    candidates = parsed.endpoints.map((endpoint) => ({
+      display: describeEndpoint(endpoint, env),
+      config: { connectionString: parsed.connectionStringFor(endpoint) },
+    }))
   }
   return { source, candidates, display: displayAll(candidates), connectTimeoutMs }
 }
@@ -117,12 +133,21 @@ export async function connect(target: ConnectionTarget): Promise<Session> {
     const started = Date.now()
     try {
       const info = await serverInfo({ using: db })
-      return { pool, db, target, where: `PostgreSQL at ${candidate.display} (from ${target.source})`, database: info.database, close }
+      return {
+        pool,
+        db,
+        target,
+        where: `PostgreSQL at ${candidate.display} (from ${target.source})`,
+        database: info.database,
+        close,
+      }
     } catch (error) {
       await closeQuietly(close)
       // Some pg versions report a connect timeout as a plain "Connection terminated unexpectedly".
-      if (Date.now() - started >= target.connectTimeoutMs * 0.9 && isConnectionError(error)) lastError = new ConnectTimeout(error)
-      else if (nodeCode(error) === undefined && /Connection terminated/.test(messageOf(error))) lastError = new ClosedBeforeAnswer(error)
+      if (Date.now() - started >= target.connectTimeoutMs * 0.9 && isConnectionError(error))
+        lastError = new ConnectTimeout(error)
+      else if (nodeCode(error) === undefined && /Connection terminated/.test(messageOf(error)))
+        lastError = new ClosedBeforeAnswer(error)
       else lastError = error
       if (!isConnectionError(error) && !(lastError instanceof ClosedBeforeAnswer)) break
     }
@@ -190,12 +215,22 @@ const REFUSED_SQLSTATES = new Set(['28000', '28P01', '3D000', '53300'])
  */
 export function explainFailure(error: unknown, where: string, target?: ConnectionTarget): CliError {
   if (error instanceof CliError) return error
-  if (error instanceof InvalidOptionError || error instanceof TransactionManagementError) return new CliError(error.message, EXIT.usage, { cause: error })
-  if (error instanceof ConnectTimeout || (isConnectionError(error) && /timeout expired|connection timeout|timeout exceeded when trying to connect/i.test(messageOf(error)))) {
+  if (error instanceof InvalidOptionError || error instanceof TransactionManagementError)
+    return new CliError(error.message, EXIT.usage, { cause: error })
+  if (
+    error instanceof ConnectTimeout ||
+    (isConnectionError(error) &&
+      /timeout expired|connection timeout|timeout exceeded when trying to connect/i.test(messageOf(error)))
+  ) {
     const after = target === undefined ? '' : ` within ${formatDuration(target.connectTimeoutMs)} (--connect-timeout)`
     return new CliError(`cannot connect to ${where}: no answer${after}.`, EXIT.connection, { cause: error })
   }
-  if (error instanceof ClosedBeforeAnswer) return new CliError(`cannot connect to ${where}: the connection was closed before the server answered.`, EXIT.connection, { cause: error })
+  if (error instanceof ClosedBeforeAnswer)
+    return new CliError(
+      `cannot connect to ${where}: the connection was closed before the server answered.`,
+      EXIT.connection,
+      { cause: error },
+    )
   const code = nodeCode(error)
   if (code !== undefined && NETWORK_CODES[code] !== undefined && isConnectionError(error)) {
     return new CliError(`cannot connect to ${where}: ${NETWORK_CODES[code]}.`, EXIT.connection, { cause: error })
@@ -204,8 +239,11 @@ export function explainFailure(error: unknown, where: string, target?: Connectio
   if (code !== undefined && (REFUSED_SQLSTATES.has(code) || (isConnectionError(error) && /^[0-9A-Z]{5}$/.test(code)))) {
     return new CliError(`cannot use ${where}: ${message} (SQLSTATE ${code}).`, EXIT.connection, { cause: error })
   }
-  if (isConnectionError(error)) return new CliError(`lost the connection to ${where}: ${message}.`, EXIT.connection, { cause: error })
-  if (code === '42501') return new CliError(`permission denied: ${message} (SQLSTATE 42501).`, EXIT.permission, { cause: error })
-  if (code !== undefined && /^[0-9A-Z]{5}$/.test(code)) return new CliError(`${message} (SQLSTATE ${code}).`, EXIT.error, { cause: error })
+  if (isConnectionError(error))
+    return new CliError(`lost the connection to ${where}: ${message}.`, EXIT.connection, { cause: error })
+  if (code === '42501')
+    return new CliError(`permission denied: ${message} (SQLSTATE 42501).`, EXIT.permission, { cause: error })
+  if (code !== undefined && /^[0-9A-Z]{5}$/.test(code))
+    return new CliError(`${message} (SQLSTATE ${code}).`, EXIT.error, { cause: error })
   return new CliError(message, EXIT.error, { cause: error })
 }

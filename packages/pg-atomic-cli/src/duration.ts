@@ -19,7 +19,8 @@ export function parseDuration(text: string, option: string): number {
     throw usageError(`invalid value for ${option}: '${text}' is not a duration; write it like 500ms, 30s, 5m or 1h.`)
   }
   const ms = Math.round(Number(match[1]) * (UNITS[match[2] as string] as number))
-  if (!Number.isSafeInteger(ms) || ms > 2_147_483_647) throw usageError(`invalid value for ${option}: '${text}' is too long (at most 596h).`)
+  if (!Number.isSafeInteger(ms) || ms > 2_147_483_647)
+    throw usageError(`invalid value for ${option}: '${text}' is too long (at most 596h).`)
   return ms
 }
 

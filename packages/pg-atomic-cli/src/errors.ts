@@ -11,9 +11,15 @@ export const EXIT = Object.freeze({
   ok: 0,
   /** An error: a statement failed, the server answered with an error, the confirmation was declined. */
   error: 1,
-  /** Usage error: unknown command or option, invalid value, a refused statement, `--terminate` without a terminal and without `--yes`. */
+  /**
+   * Usage error: unknown command or option, invalid value, a refused statement, `--terminate` without a terminal
+   * and without `--yes`.
+   */
   usage: 2,
-  /** Cannot connect: bad host or port, server down, timeout, authentication failed, database missing, connection lost. */
+  /**
+   * Cannot connect: bad host or port, server down, timeout, authentication failed, database missing, connection
+   * lost.
+   */
   connection: 3,
   /** Permission denied (SQLSTATE 42501), e.g. terminating another role's session. */
   permission: 4,

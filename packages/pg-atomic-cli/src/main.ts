@@ -81,7 +81,8 @@ function findCommand(argv: readonly string[]): { command: string | undefined; re
 /** A whole number from 1 to 1000000, or `undefined` when the option is absent. */
 function wholeNumber(text: string | undefined, option: string): number | undefined {
   if (text === undefined) return undefined
-  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > 1_000_000) throw usageError(`invalid value for ${option}: '${text}' must be a whole number from 1 to 1000000.`)
+  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > 1_000_000)
+    throw usageError(`invalid value for ${option}: '${text}' must be a whole number from 1 to 1000000.`)
   return Number(text)
 }
 
@@ -115,9 +116,16 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
       throw usageError(`a command is missing: ${COMMANDS.join(', ')}. Run 'pg-atomic --help' for help.`)
     }
     if (!isCommand(command)) {
-      throw usageError(`unknown command '${command}'; the commands are ${COMMANDS.join(', ')}. Run 'pg-atomic --help' for help.`)
+      throw usageError(
+        `unknown command '${command}'; the commands are ${COMMANDS.join(', ')}. Run 'pg-atomic --help' for help.`,
+      )
     }
-    const { values, positionals } = parseCommandLine(rest, { ...GLOBAL_OPTIONS, ...COMMAND_OPTIONS[command] }, command === 'explain-locks' ? 'one' : 'none', `pg-atomic ${command}`)
+    const { values, positionals } = parseCommandLine(
+      rest,
+      { ...GLOBAL_OPTIONS, ...COMMAND_OPTIONS[command] },
+      command === 'explain-locks' ? 'one' : 'none',
+      `pg-atomic ${command}`,
+    )
     const get = (name: string): string | undefined => values[name] as string | undefined
     const flag = (name: string): boolean => values[name] === true
     if (flag('help')) {
@@ -137,9 +145,11 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
     switch (command) {
       case 'locks': {
         const interval = get('interval')
-        if (interval !== undefined && !flag('watch')) throw usageError("--interval only makes sense with --watch. Run 'pg-atomic locks --help' for the options.")
+        if (interval !== undefined && !flag('watch'))
+          throw usageError("--interval only makes sense with --watch. Run 'pg-atomic locks --help' for the options.")
         const intervalMs = duration('interval') ?? DEFAULT_INTERVAL_MS
-        if (intervalMs < 100) throw usageError(`invalid value for --interval: '${interval ?? ''}' is shorter than 100ms.`)
+        if (intervalMs < 100)
+          throw usageError(`invalid value for --interval: '${interval ?? ''}' is shorter than 100ms.`)
         const queryLength = wholeNumber(get('query-length'), '--query-length')
         runCommand = (ctx) => locksCommand(ctx, { watch: flag('watch'), intervalMs, queryLength })
         break
@@ -147,7 +157,10 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
       case 'explain-locks': {
         const sql = positionals[0]
         if (sql === undefined) {
-          throw usageError(`the SQL statement to explain is missing: pg-atomic explain-locks "<sql>". Run 'pg-atomic explain-locks --help' for help.`)
+          throw usageError(
+            `the SQL statement to explain is missing: pg-atomic explain-locks "<sql>". Run 'pg-atomic explain-locks ` +
+              `--help' for help.`,
+          )
         }
         // A statement explainLocks() would refuse is refused here, before anything connects (exit 2).
         assertExplainable(sql)
@@ -162,8 +175,14 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
         break
       }
       case 'idle': {
-        if (flag('yes') && !flag('terminate')) throw usageError("--yes only makes sense with --terminate. Run 'pg-atomic idle --help' for the options.")
-        const options = { olderThanMs: duration('older-than'), terminate: flag('terminate'), yes: flag('yes'), queryLength: wholeNumber(get('query-length'), '--query-length') }
+        if (flag('yes') && !flag('terminate'))
+          throw usageError("--yes only makes sense with --terminate. Run 'pg-atomic idle --help' for the options.")
+        const options = {
+          olderThanMs: duration('older-than'),
+          terminate: flag('terminate'),
+          yes: flag('yes'),
+          queryLength: wholeNumber(get('query-length'), '--query-length'),
+        }
         runCommand = (ctx) => idleCommand(ctx, options)
         break
       }
@@ -178,7 +197,14 @@ export async function run(argv: readonly string[]): Promise<ExitCode> {
       err: (text) => process.stderr.write(`${text}\n`),
     })
   } catch (error) {
-    const failure = error instanceof CliError ? error : explainFailure(error, target === undefined ? 'PostgreSQL' : `PostgreSQL at ${target.display} (from ${target.source})`, target)
+    const failure =
+      error instanceof CliError
+        ? error
+        : explainFailure(
+            error,
+            target === undefined ? 'PostgreSQL' : `PostgreSQL at ${target.display} (from ${target.source})`,
+            target,
+          )
     process.stderr.write(`pg-atomic: ${failure.message}\n`)
     return failure.exitCode
   }

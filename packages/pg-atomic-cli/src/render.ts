@@ -29,7 +29,15 @@ const plain = (text: string): string => text
 export function styleFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv): Style {
   const enabled = stream.isTTY === true && (env['NO_COLOR'] === undefined || env['NO_COLOR'] === '')
   if (!enabled) return { enabled, bold: plain, dim: plain, red: plain, yellow: plain, cyan: plain, green: plain }
-  return { enabled, bold: sgr(1, 22), dim: sgr(2, 22), red: sgr(31, 39), yellow: sgr(33, 39), cyan: sgr(36, 39), green: sgr(32, 39) }
+  return {
+    enabled,
+    bold: sgr(1, 22),
+    dim: sgr(2, 22),
+    red: sgr(31, 39),
+    yellow: sgr(33, 39),
+    cyan: sgr(36, 39),
+    green: sgr(32, 39),
+  }
 }
 
 /** A table cell: its text, and how to colour it (applied after alignment). */
@@ -57,7 +65,12 @@ function length(text: string): number {
  * Renders rows under a header in aligned columns, two spaces apart. The last column is not
  * padded and, when `maxWidth` is given (the terminal's width), is cut to fit.
  */
-export function table(headers: readonly string[], rows: readonly (readonly (Cell | string)[])[], style: Style, maxWidth?: number): string[] {
+export function table(
+  headers: readonly string[],
+  rows: readonly (readonly (Cell | string)[])[],
+  style: Style,
+  maxWidth?: number,
+): string[] {
   const cells = rows.map((row) => row.map((c) => (typeof c === 'string' ? { text: c } : c)))
   const widths = headers.map((h, i) => Math.max(length(h), ...cells.map((row) => length(row[i]?.text ?? ''))))
   const last = headers.length - 1
@@ -74,7 +87,13 @@ export function table(headers: readonly string[], rows: readonly (readonly (Cell
     })
     return parts.join('  ').replace(/\s+$/, '')
   }
-  return [render(headers.map((text) => ({ text })), true), ...cells.map((row) => render(row, false))]
+  return [
+    render(
+      headers.map((text) => ({ text })),
+      true,
+    ),
+    ...cells.map((row) => render(row, false)),
+  ]
 }
 
 /**

@@ -42,14 +42,18 @@ beforeEach(async () => {
   h.reset()
 })
 
-/** Whether the other session can take the (transaction-level, exclusive unless `shared`) lock right now; always rolled back. */
+/**
+ * Whether the other session can take the (transaction-level, exclusive unless `shared`) lock right now; always
+ * rolled back.
+ */
 async function otherCanTake(key: bigint | readonly [number, number], shared = false): Promise<boolean> {
   const fn = shared ? 'pg_try_advisory_xact_lock_shared' : 'pg_try_advisory_xact_lock'
   await other.query('BEGIN')
   try {
-    const { rows } = typeof key === 'bigint'
-      ? await other.query<{ ok: boolean }>(`select ${fn}($1::bigint) as ok`, [key.toString()])
-      : await other.query<{ ok: boolean }>(`select ${fn}($1::int, $2::int) as ok`, [key[0], key[1]])
+    const { rows } =
+      typeof key === 'bigint'
+        ? await other.query<{ ok: boolean }>(`select ${fn}($1::bigint) as ok`, [key.toString()])
+        : await other.query<{ ok: boolean }>(`select ${fn}($1::int, $2::int) as ok`, [key[0], key[1]])
     return rows[0]?.ok === true
   } finally {
     await other.query('ROLLBACK')
@@ -71,7 +75,8 @@ function poolIsIdle(): boolean {
 }
 
 const AFTER_FAILURE =
-  ' The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.'
+  ' The statement failed, so the enclosing atomic() block must roll back; try again later, or ' +
+  'catch the error outside a nested atomic() block to let the rest of the transaction continue.'
 
 describe('advisoryKey()', () => {
   test('is stable: fixed expected values', () => {
@@ -83,7 +88,13 @@ describe('advisoryKey()', () => {
   })
 
   test('ADVISORY_KEY_SQL (built-in sha256) computes the same keys on the server', async () => {
-    const cases: Array<[string, string]> = [['orders:42', 'pg-atomic'], ['', 'pg-atomic'], ['café', 'pg-atomic'], ['invoice:7', 'billing'], ['日本語 ✓', 'ns']]
+    const cases: Array<[string, string]> = [
+      ['orders:42', 'pg-atomic'],
+      ['', 'pg-atomic'],
+      ['café', 'pg-atomic'],
+      ['invoice:7', 'billing'],
+      ['日本語 ✓', 'ns'],
+    ]
     for (const [text, namespace] of cases) {
       const [key] = await h.column<string>(`select ${ADVISORY_KEY_SQL}::text`, [text, namespace])
       expect(BigInt(key as string)).toBe(advisoryKey(text, namespace))
@@ -96,7 +107,8 @@ describe('advisoryKey()', () => {
     await h.admin.query('create extension if not exists pgcrypto')
     for (const text of ['orders:42', 'café', '']) {
       const [key] = await h.column<string>(
-        "select (('x' || encode(substr(digest(convert_to('pg-atomic' || ':' || $1::text, 'UTF8'), 'sha256'), 1, 8), 'hex'))::bit(64)::bigint)::text",
+        "select (('x' || encode(substr(digest(convert_to('pg-atomic' || ':' || $1::text, 'UTF8'), 'sha256'), " +
+          "1, 8), 'hex'))::bit(64)::bigint)::text",
         [text],
       )
       expect(BigInt(key as string)).toBe(advisoryKey(text))
@@ -107,7 +119,9 @@ describe('advisoryKey()', () => {
     expect(thrown(() => advisoryKey('x', 'a:b'))).toMatchObject({
       name: 'InvalidOptionError',
       field: 'namespace',
-      message: 'Invalid option "namespace" for advisoryKey(): it must be a string without \':\' (the separator between namespace and text).',
+      message:
+        'Invalid option "namespace" for advisoryKey(): it must be a string without \':\' (the separator ' +
+        'between namespace and text).',
     })
     expect(thrown(() => advisoryKey(42 as never))).toMatchObject({
       name: 'InvalidOptionError',
@@ -127,13 +141,19 @@ describe('advisoryLock()', () => {
       const locks = (
         await h.rows<{ classid: string; objid: string; objsubid: number; mode: string }>(
           `select classid::text, objid::text, objsubid, mode from pg_locks
-            where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`,
+            where locktype = 'advisory'
+              and database = (select oid from pg_database where datname = current_database())`,
         )
       ).map((l) => `${l.classid}/${l.objid}/${l.objsubid} ${l.mode}`)
       // bigint keys: classid = high 32 bits, objid = low 32 bits, objsubid 1; pairs: objsubid 2.
       const hashed = BigInt.asUintN(64, advisoryKey('orders:42'))
       expect(locks.sort()).toEqual(
-        ['0/7/1 ExclusiveLock', '1/7/1 ExclusiveLock', `${hashed >> 32n}/${hashed & 0xffffffffn}/1 ExclusiveLock`, '4294967291/2/2 ShareLock'].sort(),
+        [
+          '0/7/1 ExclusiveLock',
+          '1/7/1 ExclusiveLock',
+          `${hashed >> 32n}/${hashed & 0xffffffffn}/1 ExclusiveLock`,
+          '4294967291/2/2 ShareLock',
+        ].sort(),
       )
     })
     expect(h.statements).toEqual([
@@ -182,54 +202,73 @@ describe('advisoryLock()', () => {
       1.5,
       undefined,
       'key',
-      'Invalid option "key" for advisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).',
+      'Invalid option "key" for advisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe ' +
+        'integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with ' +
+        'advisoryKey()).',
     )
     await invalid(
       1,
       { wait: false, timeoutMs: 10 },
       'timeoutMs',
-      'Invalid option "timeoutMs" for advisoryLock(): it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.',
+      'Invalid option "timeoutMs" for advisoryLock(): it applies only when waiting, so it cannot ' +
+        'be combined with "wait: false". Remove one of them.',
     )
     await invalid(
       1,
       { timeoutMs: -5 },
       'timeoutMs',
-      'Invalid option "timeoutMs" for advisoryLock(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).',
+      'Invalid option "timeoutMs" for advisoryLock(): it must be a whole number of milliseconds from ' +
+        '0 to 2147483647 (0 waits without limit).',
     )
-    await invalid(1, { timeout: 5 }, 'timeout', 'Unknown option "timeout" for advisoryLock(). The accepted options are: shared, wait, timeoutMs, using.')
+    await invalid(
+      1,
+      { timeout: 5 },
+      'timeout',
+      'Unknown option "timeout" for advisoryLock(). The accepted options are: shared, wait, timeoutMs, using.',
+    )
   })
 
-  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', advisoryLock() locks in that block", async () => {
-    const reports = recordedDatabase(h, 'reports')
-    const key = advisoryKey('reports')
-    try {
-      await atomic({ using: 'reports' }, async () => {
-        expect(await advisoryLock(key)).toBe(true)
-        expect(await otherCanTake(key)).toBe(false)
-      })
-      expect(await otherCanTake(key)).toBe(true)
-      expect(reports.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::bigint)', 'COMMIT'])
-      expect(h.statements).toEqual([])
-      // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
-      await atomic(async () => {
+  test(
+    "regression (issue 7, defect 6): inside a block of a database registered only as 'reports', " +
+      'advisoryLock() locks in that block',
+    async () => {
+      const reports = recordedDatabase(h, 'reports')
+      const key = advisoryKey('reports')
+      try {
         await atomic({ using: 'reports' }, async () => {
-          await advisoryLock([1, 1])
-          await advisoryLock([2, 2], { using: 'default' })
+          expect(await advisoryLock(key)).toBe(true)
+          expect(await otherCanTake(key)).toBe(false)
         })
-      })
-      expect(reports.statements.slice(3)).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::int, $2::int)', 'COMMIT'])
-      expect(h.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::int, $2::int)', 'COMMIT'])
-    } finally {
-      await reports.close()
-    }
-  })
+        expect(await otherCanTake(key)).toBe(true)
+        expect(reports.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::bigint)', 'COMMIT'])
+        expect(h.statements).toEqual([])
+        // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
+        await atomic(async () => {
+          await atomic({ using: 'reports' }, async () => {
+            await advisoryLock([1, 1])
+            await advisoryLock([2, 2], { using: 'default' })
+          })
+        })
+        expect(reports.statements.slice(3)).toEqual([
+          'BEGIN',
+          'SELECT pg_advisory_xact_lock($1::int, $2::int)',
+          'COMMIT',
+        ])
+        expect(h.statements).toEqual(['BEGIN', 'SELECT pg_advisory_xact_lock($1::int, $2::int)', 'COMMIT'])
+      } finally {
+        await reports.close()
+      }
+    },
+  )
 
   test('outside a block: TransactionManagementError before any SQL', async () => {
     const error = await rejection(advisoryLock('job'))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(error).toMatchObject({
       message:
-        'advisoryLock() cannot be used outside of a transaction: call it inside an atomic() block (a transaction-level advisory lock taken in autocommit mode is released as soon as the statement ends). For a lock that spans several transactions, use withAdvisoryLock().',
+        'advisoryLock() cannot be used outside of a transaction: call it inside an atomic() block (a ' +
+        'transaction-level advisory lock taken in autocommit mode is released as soon as the statement ' +
+        'ends). For a lock that spans several transactions, use withAdvisoryLock().',
     })
     expect(h.statements).toEqual([])
   })
@@ -334,7 +373,9 @@ describe('advisoryLock()', () => {
         code: '55P03',
         relation: undefined,
         reason: 'lock_timeout',
-        message: `Gave up waiting for an advisory lock when lock_timeout expired: another transaction holds a conflicting lock.${AFTER_FAILURE}`,
+        message:
+          `Gave up waiting for an advisory lock when lock_timeout expired: another transaction holds ` +
+          `a conflicting lock.${AFTER_FAILURE}`,
       })
       expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '4s' }])
       await other.query('ROLLBACK')
@@ -347,7 +388,8 @@ describe('advisoryLock()', () => {
       'SELECT pg_advisory_xact_lock($1::bigint)',
       'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
       'SHOW lock_timeout',
-      "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 1000",
+      "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL " +
+        'lock_timeout = 1000',
       'SELECT pg_advisory_xact_lock($1::bigint)',
       "SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
       'SHOW lock_timeout',
@@ -416,7 +458,10 @@ describe('withAdvisoryLock()', () => {
     expect(error).toBe(boom)
     expect(await otherCanTake([1, 2])).toBe(true)
     expect(poolIsIdle()).toBe(true)
-    expect(h.statements).toEqual(['SELECT pg_advisory_lock($1::int, $2::int)', 'SELECT pg_advisory_unlock($1::int, $2::int) AS released'])
+    expect(h.statements).toEqual([
+      'SELECT pg_advisory_lock($1::int, $2::int)',
+      'SELECT pg_advisory_unlock($1::int, $2::int) AS released',
+    ])
   })
 
   test('mutual exclusion between two callers; shared callers run together', async () => {
@@ -429,9 +474,13 @@ describe('withAdvisoryLock()', () => {
       order.push('first out')
     })
     await waitFor(async () => order.length > 0, 'the first caller to hold the lock')
-    const second = withAdvisoryLock(99n, () => {
-      order.push('second in')
-    }, { timeoutMs: 10_000 })
+    const second = withAdvisoryLock(
+      99n,
+      () => {
+        order.push('second in')
+      },
+      { timeoutMs: 10_000 },
+    )
     await waitForWaiters(h, 1, 'advisory')
     releaseFirst()
     await Promise.all([first, second])
@@ -455,14 +504,24 @@ describe('withAdvisoryLock()', () => {
     await other.query('BEGIN')
     await other.query('select pg_advisory_xact_lock($1::bigint)', ['5'])
     let ran = false
-    const error = await rejection(withAdvisoryLock(5, () => { ran = true }, { wait: false }))
+    const error = await rejection(
+      withAdvisoryLock(
+        5,
+        () => {
+          ran = true
+        },
+        { wait: false },
+      ),
+    )
     expect(ran).toBe(false)
     expect(error).toBeInstanceOf(LockNotAvailableError)
     expect(error).toMatchObject({
       code: '55P03',
       reason: 'nowait',
       relation: undefined,
-      message: 'Could not obtain the advisory lock of withAdvisoryLock() without waiting (wait: false): another session holds it in a conflicting mode. fn was not run.',
+      message:
+        'Could not obtain the advisory lock of withAdvisoryLock() without waiting (wait: false): another ' +
+        'session holds it in a conflicting mode. fn was not run.',
     })
     expect(h.statements).toEqual(['SELECT pg_try_advisory_lock($1::bigint) AS acquired'])
     expect(poolIsIdle()).toBe(true)
@@ -491,12 +550,25 @@ describe('withAdvisoryLock()', () => {
     const pooled = createDatabase({ alias: 'locks_pooled', pool: h.pool, transactionPooling: true })
     try {
       let ran = false
-      const error = await rejection(withAdvisoryLock('job', () => { ran = true }, { using: 'locks_pooled' }))
+      const error = await rejection(
+        withAdvisoryLock(
+          'job',
+          () => {
+            ran = true
+          },
+          { using: 'locks_pooled' },
+        ),
+      )
       expect(ran).toBe(false)
       expect(error).toBeInstanceOf(TransactionManagementError)
       expect(error).toMatchObject({
         message:
-          "withAdvisoryLock() is refused on database 'locks_pooled' because it was created with transactionPooling: true. A session-level advisory lock belongs to a server connection, and a transaction-mode pooler (PgBouncer pool_mode = transaction) hands that connection to other clients between transactions: two clients can then both \"hold\" the lock, and the unlock can reach another connection and leave the lock held. Use advisoryLock() inside an atomic() block (transaction-level, safe behind a pooler), or a database that connects to PostgreSQL directly.",
+          "withAdvisoryLock() is refused on database 'locks_pooled' because it was created with transactionPooling: " +
+          'true. A session-level advisory lock belongs to a server connection, and a transaction-mode ' +
+          'pooler (PgBouncer pool_mode = transaction) hands that connection to other clients between ' +
+          'transactions: two clients can then both "hold" the lock, and the unlock can reach another ' +
+          'connection and leave the lock held. Use advisoryLock() inside an atomic() block (transaction-level, ' +
+          'safe behind a pooler), or a database that connects to PostgreSQL directly.',
       })
       // The transaction-level form stays available there.
       expect(await atomic({ using: 'locks_pooled' }, () => advisoryLock('job', { using: 'locks_pooled' }))).toBe(true)
@@ -511,14 +583,25 @@ describe('withAdvisoryLock()', () => {
       await expect(withAdvisoryLock('job', () => undefined)).rejects.toMatchObject({
         name: 'TransactionManagementError',
         message:
-          "withAdvisoryLock() cannot be used inside an atomic() block: its session-level lock would be released when fn returns, before the enclosing transaction commits, so another process could take the lock without seeing this transaction's work. Use advisoryLock() (released at COMMIT), or call withAdvisoryLock() outside and open the atomic() block inside fn.",
+          'withAdvisoryLock() cannot be used inside an atomic() block: its session-level lock would be ' +
+          'released when fn returns, before the enclosing transaction commits, so another process could ' +
+          "take the lock without seeing this transaction's work. Use advisoryLock() (released at COMMIT), " +
+          'or call withAdvisoryLock() outside and open the atomic() block inside fn.',
       })
     })
     const selfDeadlock =
-      'would wait forever: an enclosing withAdvisoryLock() of this async context holds the same advisory lock on another connection, and it is released only when this code finishes. Advisory locks exclude sessions, not callers: do not take the same key again inside withAdvisoryLock().'
+      'would wait forever: an enclosing withAdvisoryLock() of this async context holds the same advisory ' +
+      'lock on another connection, and it is released only when this code finishes. Advisory locks ' +
+      'exclude sessions, not callers: do not take the same key again inside withAdvisoryLock().'
     await withAdvisoryLock('job', async () => {
-      await expect(withAdvisoryLock('job', () => undefined)).rejects.toMatchObject({ name: 'TransactionManagementError', message: `withAdvisoryLock() ${selfDeadlock}` })
-      await expect(atomic(() => advisoryLock('job'))).rejects.toMatchObject({ name: 'TransactionManagementError', message: `advisoryLock() ${selfDeadlock}` })
+      await expect(withAdvisoryLock('job', () => undefined)).rejects.toMatchObject({
+        name: 'TransactionManagementError',
+        message: `withAdvisoryLock() ${selfDeadlock}`,
+      })
+      await expect(atomic(() => advisoryLock('job'))).rejects.toMatchObject({
+        name: 'TransactionManagementError',
+        message: `advisoryLock() ${selfDeadlock}`,
+      })
       await withAdvisoryLock('another job', () => undefined)
     })
     await withAdvisoryLock('job', () => withAdvisoryLock('job', () => undefined, { shared: true }), { shared: true })
@@ -530,7 +613,9 @@ describe('withAdvisoryLock()', () => {
       name: 'InvalidOptionError',
       field: 'key',
       message:
-        'Invalid option "key" for withAdvisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey()).',
+        'Invalid option "key" for withAdvisoryLock(): it must be a bigint from -2^63 to 2^63-1, a safe ' +
+        'integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with ' +
+        'advisoryKey()).',
     })
     await expect(withAdvisoryLock('job', 'fn' as never)).rejects.toMatchObject({
       name: 'InvalidOptionError',
@@ -540,21 +625,27 @@ describe('withAdvisoryLock()', () => {
     await expect(withAdvisoryLock('job', () => undefined, { wait: false, timeoutMs: 5 })).rejects.toMatchObject({
       name: 'InvalidOptionError',
       field: 'timeoutMs',
-      message: 'Invalid option "timeoutMs" for withAdvisoryLock(): it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.',
+      message:
+        'Invalid option "timeoutMs" for withAdvisoryLock(): it applies only when waiting, so it cannot ' +
+        'be combined with "wait: false". Remove one of them.',
     })
     await expect(withAdvisoryLock('job', () => undefined, { timeout: 5 } as never)).rejects.toMatchObject({
       name: 'InvalidOptionError',
       field: 'timeout',
-      message: 'Unknown option "timeout" for withAdvisoryLock(). The accepted options are: shared, wait, timeoutMs, using.',
+      message:
+        'Unknown option "timeout" for withAdvisoryLock(). The accepted options are: shared, wait, timeoutMs, using.',
     })
     expect(h.statements).toEqual([])
   })
 
-  test('the connection holding the lock dies while fn runs: signal aborts, the call rejects with ConnectionLostError', async () => {
+  test('the lock connection dies while fn runs: signal aborts, the call rejects with ConnectionLostError', async () => {
     const key = 4242n
     const error = await rejection(
       withAdvisoryLock(key, async ({ signal }) => {
-        const [pid] = await h.column<number>("select pid from pg_locks where locktype = 'advisory' and objid = 4242 and objsubid = 1 and granted and database = (select oid from pg_database where datname = current_database())")
+        const [pid] = await h.column<number>(
+          "select pid from pg_locks where locktype = 'advisory' and objid = 4242 and objsubid = 1 and " +
+            'granted and database = (select oid from pg_database where datname = current_database())',
+        )
         await h.admin.query('select pg_terminate_backend($1)', [pid])
         await waitFor(async () => signal.aborted, 'the signal to abort')
         expect(signal.reason).toBeInstanceOf(ConnectionLostError)
@@ -563,7 +654,9 @@ describe('withAdvisoryLock()', () => {
     )
     expect(error).toBeInstanceOf(ConnectionLostError)
     expect(error).toMatchObject({
-      message: 'The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released and other sessions can take it.',
+      message:
+        'The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released ' +
+        'and other sessions can take it.',
     })
     expect((error as ConnectionLostError).cause).toMatchObject({ code: '57P01' })
     await waitFor(async () => poolIsIdle(), 'the destroyed connection to leave the pool')
@@ -571,24 +664,37 @@ describe('withAdvisoryLock()', () => {
   })
   // Session advisory locks are refused behind a transaction pooler, so this runs on direct connections only.
   testDirect(
-    'regression (issue 7, defect 2): a failed unlock is logged with the error as its own argument, never its message in the sentence',
+    'regression (issue 7, defect 2): a failed unlock is logged with the error as its own argument, ' +
+      'never its message in the sentence',
     async () => {
       const SECRET = 'SECRETBIND'
-      const serverError = Object.assign(new Error(`invalid input syntax for type integer: "${SECRET}"`), { code: '22P02' })
+      const serverError = Object.assign(new Error(`invalid input syntax for type integer: "${SECRET}"`), {
+        code: '22P02',
+      })
       class FailingUnlock extends pg.Client {
         override query(...args: unknown[]): never {
-          if (typeof args[0] === 'string' && args[0].startsWith('SELECT pg_advisory_unlock')) return Promise.reject(serverError) as never
+          if (typeof args[0] === 'string' && args[0].startsWith('SELECT pg_advisory_unlock'))
+            return Promise.reject(serverError) as never
           return (super.query as (...a: unknown[]) => never)(...args)
         }
       }
       const logged: unknown[][] = []
-      const pool = new pg.Pool({ connectionString: h.testDb.url, max: 2, Client: FailingUnlock as unknown as typeof pg.Client })
-      const db = createDatabase({ alias: 'locks_unlock_fails', pool, logger: { error: (...args: unknown[]) => logged.push(args) } })
+      const pool = new pg.Pool({
+        connectionString: h.testDb.url,
+        max: 2,
+        Client: FailingUnlock as unknown as typeof pg.Client,
+      })
+      const db = createDatabase({
+        alias: 'locks_unlock_fails',
+        pool,
+        logger: { error: (...args: unknown[]) => logged.push(args) },
+      })
       try {
         expect(await withAdvisoryLock(777n, () => 'done', { using: 'locks_unlock_fails' })).toBe('done')
         expect(logged).toEqual([
           [
-            'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, which releases every lock of its session.',
+            'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, ' +
+              'which releases every lock of its session.',
             serverError,
           ],
         ])

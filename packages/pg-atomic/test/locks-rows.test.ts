@@ -4,7 +4,15 @@
  * bytes; the block a call without `using` acts on when several databases are registered.
  */
 import pg from 'pg'
-import { InvalidOptionError, LockNotAvailableError, ROW_LOCK_STRENGTHS, TransactionManagementError, atomic, forUpdate, selectForUpdate } from 'pg-atomic'
+import {
+  InvalidOptionError,
+  LockNotAvailableError,
+  ROW_LOCK_STRENGTHS,
+  TransactionManagementError,
+  atomic,
+  forUpdate,
+  selectForUpdate,
+} from 'pg-atomic'
 import { rejection, thrown } from './support/errors'
 import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
@@ -44,7 +52,8 @@ async function probe(sql: string): Promise<unknown> {
 }
 
 const AFTER_FAILURE =
-  ' The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.'
+  ' The statement failed, so the enclosing atomic() block must roll back; try again later, or ' +
+  'catch the error outside a nested atomic() block to let the rest of the transaction continue.'
 
 describe('forUpdate()', () => {
   test('builds the locking clause (pure, usable anywhere)', () => {
@@ -89,21 +98,35 @@ describe('forUpdate()', () => {
     invalid(
       { nowait: true, skipLocked: true },
       'skipLocked',
-      'Invalid option "skipLocked" for forUpdate(): it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
+      'Invalid option "skipLocked" for forUpdate(): it cannot be combined with "nowait": NOWAIT fails ' +
+        'on a locked row, SKIP LOCKED leaves it out. Choose one.',
     )
-    invalid({ strength: 'exclusive' }, 'strength', "Invalid option \"strength\" for forUpdate(): it must be one of 'update', 'no key update', 'share', 'key share' (upper case accepted).")
+    invalid(
+      { strength: 'exclusive' },
+      'strength',
+      "Invalid option \"strength\" for forUpdate(): it must be one of 'update', 'no key update', " +
+        "'share', 'key share' (upper case accepted).",
+    )
     invalid(
       { of: 'public.accounts' },
       'of',
-      'Invalid option "of" for forUpdate(): it must be a table name or alias exactly as written in the FROM clause, or a non-empty list of them; each taken literally (quoted by pg-atomic), without schema (no dot), non-empty, without NUL character and at most 63 bytes of UTF-8.',
+      'Invalid option "of" for forUpdate(): it must be a table name or alias exactly as written in ' +
+        'the FROM clause, or a non-empty list of them; each taken literally (quoted by pg-atomic), ' +
+        'without schema (no dot), non-empty, without NUL character and at most 63 bytes of UTF-8.',
     )
-    invalid({ using: 'default' }, 'using', 'Unknown option "using" for forUpdate(). The accepted options are: strength, of, nowait, skipLocked.')
+    invalid(
+      { using: 'default' },
+      'using',
+      'Unknown option "using" for forUpdate(). The accepted options are: strength, of, nowait, skipLocked.',
+    )
   })
 })
 
 describe('selectForUpdate()', () => {
   test('appends the clause on a new line and runs in the block', async () => {
-    const rows = await atomic(async () => (await selectForUpdate<{ id: number }>('select id from accounts where id = $1', [1])).rows)
+    const rows = await atomic(
+      async () => (await selectForUpdate<{ id: number }>('select id from accounts where id = $1', [1])).rows,
+    )
     expect(rows).toEqual([{ id: 1 }])
     expect(h.statements).toEqual(['BEGIN', 'select id from accounts where id = $1\nFOR UPDATE', 'COMMIT'])
   })
@@ -122,14 +145,16 @@ describe('selectForUpdate()', () => {
     ])
   })
 
-  test('outside a block: Django\'s TransactionManagementError at execution, nothing sent', async () => {
+  test("outside a block: Django's TransactionManagementError at execution, nothing sent", async () => {
     const clause = forUpdate({ nowait: true }) // building the clause is fine anywhere
     expect(clause).toBe('FOR UPDATE NOWAIT')
     const error = await rejection(selectForUpdate('select id from accounts', { nowait: true }))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(error).toMatchObject({
       message:
-        'select_for_update cannot be used outside of a transaction. Call selectForUpdate() inside an atomic() block: in autocommit mode the row locks would be released as soon as the statement ends.',
+        'select_for_update cannot be used outside of a transaction. Call selectForUpdate() inside an ' +
+        'atomic() block: in autocommit mode the row locks would be released as soon as the statement ' +
+        'ends.',
     })
     expect(h.statements).toEqual([])
   })
@@ -139,29 +164,35 @@ describe('selectForUpdate()', () => {
       await expect(selectForUpdate('select 1', { nowait: true, skipLocked: true })).rejects.toMatchObject({
         name: 'InvalidOptionError',
         field: 'skipLocked',
-        message: 'Invalid option "skipLocked" for selectForUpdate(): it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
+        message:
+          'Invalid option "skipLocked" for selectForUpdate(): it cannot be combined with "nowait": NOWAIT ' +
+          'fails on a locked row, SKIP LOCKED leaves it out. Choose one.',
       })
       await expect(selectForUpdate('', [])).rejects.toMatchObject({
         name: 'InvalidOptionError',
         field: 'text',
-        message: 'Invalid option "text" for selectForUpdate(): it must be the SQL text of a SELECT without its locking clause (a non-empty string).',
+        message:
+          'Invalid option "text" for selectForUpdate(): it must be the SQL text of a SELECT without its ' +
+          'locking clause (a non-empty string).',
       })
       await expect(selectForUpdate('select 1', { using: '' })).rejects.toMatchObject({
         name: 'InvalidOptionError',
         field: 'using',
-        message: 'Invalid option "using" for selectForUpdate(): it must be a non-empty string naming a registered database.',
+        message:
+          'Invalid option "using" for selectForUpdate(): it must be a non-empty string naming a registered database.',
       })
       await expect(selectForUpdate('select 1', { of: 'x' } as never, { of: 'y' })).rejects.toMatchObject({
         name: 'InvalidOptionError',
         field: 'values',
         message:
-          'Invalid option "values" for selectForUpdate(): it must be an array of parameters for $1, $2, ...: selectForUpdate() takes (text, values, options) or (text, options).',
+          'Invalid option "values" for selectForUpdate(): it must be an array of parameters for $1, $2, ' +
+          '...: selectForUpdate() takes (text, values, options) or (text, options).',
       })
     })
     expect(h.statements).toEqual([])
   })
 
-  test('FOR UPDATE blocks another session\'s FOR UPDATE NOWAIT (55P03) until COMMIT', async () => {
+  test("FOR UPDATE blocks another session's FOR UPDATE NOWAIT (55P03) until COMMIT", async () => {
     await atomic(async () => {
       await selectForUpdate('select id from accounts where id = 1')
       expect(await probe('select id from accounts where id = 1 for update nowait')).toMatchObject({
@@ -176,13 +207,17 @@ describe('selectForUpdate()', () => {
   test('nowait against a locked row: LockNotAvailableError naming the relation', async () => {
     await other.query('BEGIN')
     await other.query('select id from accounts where id = 2 for update')
-    const error = await rejection(atomic(() => selectForUpdate('select id from accounts where id = $1', [2], { nowait: true })))
+    const error = await rejection(
+      atomic(() => selectForUpdate('select id from accounts where id = $1', [2], { nowait: true })),
+    )
     expect(error).toBeInstanceOf(LockNotAvailableError)
     expect(error).toMatchObject({
       code: '55P03',
       relation: 'accounts',
       reason: 'nowait',
-      message: `Could not obtain a row lock in relation "accounts" without waiting (NOWAIT): another transaction holds a conflicting lock.${AFTER_FAILURE}`,
+      message:
+        `Could not obtain a row lock in relation "accounts" without waiting (NOWAIT): another transaction ` +
+        `holds a conflicting lock.${AFTER_FAILURE}`,
     })
     expect((error as LockNotAvailableError).cause).toBeInstanceOf(pg.DatabaseError)
     expect(h.statements).toEqual(['BEGIN', 'select id from accounts where id = $1\nFOR UPDATE NOWAIT', 'ROLLBACK'])
@@ -191,46 +226,65 @@ describe('selectForUpdate()', () => {
   test('lock_timeout on a locked row: LockNotAvailableError with the relation from the error context', async () => {
     await other.query('BEGIN')
     await other.query('select id from accounts where id = 2 for update')
-    const error = await rejection(atomic({ lockTimeout: 50 }, () => selectForUpdate('select id from accounts where id = 2')))
+    const error = await rejection(
+      atomic({ lockTimeout: 50 }, () => selectForUpdate('select id from accounts where id = 2')),
+    )
     expect(error).toMatchObject({
       name: 'LockNotAvailableError',
       relation: 'accounts',
       reason: 'lock_timeout',
-      message: `Gave up waiting for a row lock in relation "accounts" when lock_timeout expired: another transaction holds a conflicting lock.${AFTER_FAILURE}`,
+      message:
+        `Gave up waiting for a row lock in relation "accounts" when lock_timeout expired: another transaction ` +
+        `holds a conflicting lock.${AFTER_FAILURE}`,
     })
-    expect((error as LockNotAvailableError).cause).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
+    expect((error as LockNotAvailableError).cause).toMatchObject({
+      code: '55P03',
+      message: 'canceling statement due to lock timeout',
+    })
   })
 
   test('SKIP LOCKED leaves out the rows another session has locked', async () => {
     await other.query('BEGIN')
     await other.query('select id from accounts where id = 1 for update')
-    const ids = await atomic(async () => (await selectForUpdate<{ id: number }>('select id from accounts order by id', { skipLocked: true })).rows.map((r) => r.id))
+    const ids = await atomic(async () =>
+      (await selectForUpdate<{ id: number }>('select id from accounts order by id', { skipLocked: true })).rows.map(
+        (r) => r.id,
+      ),
+    )
     expect(ids).toEqual([2, 3])
   })
 
-  test('NO KEY UPDATE lets KEY SHARE (and foreign-key inserts) through, but not SHARE; FOR UPDATE blocks KEY SHARE', async () => {
-    await atomic(async () => {
-      await selectForUpdate('select id from accounts where id = 3', { strength: 'no key update' })
-      expect(await probe('select id from accounts where id = 3 for key share nowait')).toBeUndefined()
-      expect(await probe('insert into transfers(account_id) values (3)')).toBeUndefined()
-      expect(await probe('select id from accounts where id = 3 for share nowait')).toMatchObject({ code: '55P03' })
-    })
-    await atomic(async () => {
-      await selectForUpdate('select id from accounts where id = 3', { strength: 'update' })
-      expect(await probe('select id from accounts where id = 3 for key share nowait')).toMatchObject({ code: '55P03' })
-    })
-    await atomic(async () => {
-      await selectForUpdate('select id from accounts where id = 3', { strength: 'key share' })
-      expect(await probe('select id from accounts where id = 3 for no key update nowait')).toBeUndefined()
-      expect(await probe('select id from accounts where id = 3 for update nowait')).toMatchObject({ code: '55P03' })
-    })
-  })
+  test(
+    'NO KEY UPDATE lets KEY SHARE (and foreign-key inserts) through, but not SHARE; FOR UPDATE ' + 'blocks KEY SHARE',
+    async () => {
+      await atomic(async () => {
+        await selectForUpdate('select id from accounts where id = 3', { strength: 'no key update' })
+        expect(await probe('select id from accounts where id = 3 for key share nowait')).toBeUndefined()
+        expect(await probe('insert into transfers(account_id) values (3)')).toBeUndefined()
+        expect(await probe('select id from accounts where id = 3 for share nowait')).toMatchObject({ code: '55P03' })
+      })
+      await atomic(async () => {
+        await selectForUpdate('select id from accounts where id = 3', { strength: 'update' })
+        expect(await probe('select id from accounts where id = 3 for key share nowait')).toMatchObject({
+          code: '55P03',
+        })
+      })
+      await atomic(async () => {
+        await selectForUpdate('select id from accounts where id = 3', { strength: 'key share' })
+        expect(await probe('select id from accounts where id = 3 for no key update nowait')).toBeUndefined()
+        expect(await probe('select id from accounts where id = 3 for update nowait')).toMatchObject({ code: '55P03' })
+      })
+    },
+  )
 
   test('OF locks only the named table (the non-nullable side of an outer join)', async () => {
     const sql = 'select a.id from accounts a left join transfers t on t.account_id = a.id where a.id = 1'
     const unsupported = await rejection(atomic(() => selectForUpdate(sql)))
     expect(unsupported).toBeInstanceOf(pg.DatabaseError)
-    expect(unsupported).toMatchObject({ code: '0A000', message: 'FOR UPDATE cannot be applied to the nullable side of an outer join' })
+    expect(unsupported).toMatchObject({
+      code: '0A000',
+      message: 'FOR UPDATE cannot be applied to the nullable side of an outer join',
+    })
     await atomic(async () => {
       expect((await selectForUpdate(sql, { of: 'a' })).rows).toEqual([{ id: 1 }])
       expect(await probe('select id from accounts where id = 1 for update nowait')).toMatchObject({ code: '55P03' })
@@ -241,50 +295,73 @@ describe('selectForUpdate()', () => {
     const aggregate = await rejection(atomic(() => selectForUpdate('select count(*) from accounts')))
     expect(aggregate).toBeInstanceOf(pg.DatabaseError)
     expect(aggregate).toMatchObject({ code: '0A000', message: 'FOR UPDATE is not allowed with aggregate functions' })
-    const readOnly = await rejection(atomic({ readOnly: true }, () => selectForUpdate('select id from accounts', { strength: 'key share' })))
+    const readOnly = await rejection(
+      atomic({ readOnly: true }, () => selectForUpdate('select id from accounts', { strength: 'key share' })),
+    )
     expect(readOnly).toBeInstanceOf(pg.DatabaseError)
-    expect(readOnly).toMatchObject({ code: '25006', message: 'cannot execute SELECT FOR KEY SHARE in a read-only transaction' })
+    expect(readOnly).toMatchObject({
+      code: '25006',
+      message: 'cannot execute SELECT FOR KEY SHARE in a read-only transaction',
+    })
   })
 
   test('InvalidOptionError is thrown for bad values before the block check', async () => {
     await expect(selectForUpdate('select 1', { strength: 'x' as never })).rejects.toBeInstanceOf(InvalidOptionError)
   })
 
-  test('regression (issue 7, defect 4): OF a table named with a double quote is quoted the standard way and locks its rows', async () => {
-    await atomic(async () => {
-      expect((await selectForUpdate('select w.id from "we""ird" w join accounts a on a.id = w.id', { of: 'w' })).rows).toEqual([{ id: 1 }])
-      expect((await selectForUpdate('select id from "we""ird"', { of: 'we"ird', nowait: true })).rows).toEqual([{ id: 1 }])
-      expect(await probe('select id from "we""ird" for update nowait')).toMatchObject({ code: '55P03' })
-      expect(await probe('select id from accounts where id = 1 for update nowait')).toBeUndefined()
-    })
-    expect(h.statements).toEqual([
-      'BEGIN',
-      'select w.id from "we""ird" w join accounts a on a.id = w.id\nFOR UPDATE OF "w"',
-      'select id from "we""ird"\nFOR UPDATE OF "we""ird" NOWAIT',
-      'COMMIT',
-    ])
-  })
-
-  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', selectForUpdate() runs in that block", async () => {
-    const reports = recordedDatabase(h, 'reports')
-    try {
-      await atomic({ using: 'reports' }, async () => {
-        expect((await selectForUpdate<{ id: number }>('select id from accounts where id = $1', [3])).rows).toEqual([{ id: 3 }])
-        expect(await probe('select id from accounts where id = 3 for update nowait')).toMatchObject({ code: '55P03' })
-      })
-      expect(reports.statements).toEqual(['BEGIN', 'select id from accounts where id = $1\nFOR UPDATE', 'COMMIT'])
-      expect(h.statements).toEqual([])
-      // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
+  test(
+    'regression (issue 7, defect 4): OF a table named with a double quote is quoted the standard ' +
+      'way and locks its rows',
+    async () => {
       await atomic(async () => {
-        await atomic({ using: 'reports' }, async () => {
-          await selectForUpdate('select id from accounts where id = 1')
-          await selectForUpdate('select id from accounts where id = 2', { using: 'default' })
-        })
+        expect(
+          (await selectForUpdate('select w.id from "we""ird" w join accounts a on a.id = w.id', { of: 'w' })).rows,
+        ).toEqual([{ id: 1 }])
+        expect((await selectForUpdate('select id from "we""ird"', { of: 'we"ird', nowait: true })).rows).toEqual([
+          { id: 1 },
+        ])
+        expect(await probe('select id from "we""ird" for update nowait')).toMatchObject({ code: '55P03' })
+        expect(await probe('select id from accounts where id = 1 for update nowait')).toBeUndefined()
       })
-      expect(reports.statements.slice(3)).toEqual(['BEGIN', 'select id from accounts where id = 1\nFOR UPDATE', 'COMMIT'])
-      expect(h.statements).toEqual(['BEGIN', 'select id from accounts where id = 2\nFOR UPDATE', 'COMMIT'])
-    } finally {
-      await reports.close()
-    }
-  })
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'select w.id from "we""ird" w join accounts a on a.id = w.id\nFOR UPDATE OF "w"',
+        'select id from "we""ird"\nFOR UPDATE OF "we""ird" NOWAIT',
+        'COMMIT',
+      ])
+    },
+  )
+
+  test(
+    "regression (issue 7, defect 6): inside a block of a database registered only as 'reports', " +
+      'selectForUpdate() runs in that block',
+    async () => {
+      const reports = recordedDatabase(h, 'reports')
+      try {
+        await atomic({ using: 'reports' }, async () => {
+          expect((await selectForUpdate<{ id: number }>('select id from accounts where id = $1', [3])).rows).toEqual([
+            { id: 3 },
+          ])
+          expect(await probe('select id from accounts where id = 3 for update nowait')).toMatchObject({ code: '55P03' })
+        })
+        expect(reports.statements).toEqual(['BEGIN', 'select id from accounts where id = $1\nFOR UPDATE', 'COMMIT'])
+        expect(h.statements).toEqual([])
+        // Nested in a block of 'default': the innermost block (reports) without using, 'default' with it.
+        await atomic(async () => {
+          await atomic({ using: 'reports' }, async () => {
+            await selectForUpdate('select id from accounts where id = 1')
+            await selectForUpdate('select id from accounts where id = 2', { using: 'default' })
+          })
+        })
+        expect(reports.statements.slice(3)).toEqual([
+          'BEGIN',
+          'select id from accounts where id = 1\nFOR UPDATE',
+          'COMMIT',
+        ])
+        expect(h.statements).toEqual(['BEGIN', 'select id from accounts where id = 2\nFOR UPDATE', 'COMMIT'])
+      } finally {
+        await reports.close()
+      }
+    },
+  )
 })

@@ -81,7 +81,11 @@ describe('lockTable()', () => {
     await atomic(async () => {
       await lockTable(['ledger', 'accounts', 'ledger', 'public.ledger'], 'exclusive')
     })
-    expect(h.statements).toEqual(['BEGIN', 'LOCK TABLE "accounts", "ledger", "public"."ledger" IN EXCLUSIVE MODE', 'COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      'LOCK TABLE "accounts", "ledger", "public"."ledger" IN EXCLUSIVE MODE',
+      'COMMIT',
+    ])
   })
 
   test('two callers listing the tables in opposite orders send the same statement and both succeed', async () => {
@@ -141,7 +145,13 @@ describe('lockTable()', () => {
   })
 
   test('the messages name the field and what is allowed', async () => {
-    const invalid = async (tables: unknown, mode: unknown, options: unknown, field: string, message: string): Promise<void> => {
+    const invalid = async (
+      tables: unknown,
+      mode: unknown,
+      options: unknown,
+      field: string,
+      message: string,
+    ): Promise<void> => {
       const error = await rejection(lockTable(tables as string, mode as string, options as never))
       expect(error).toBeInstanceOf(InvalidOptionError)
       expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
@@ -151,46 +161,69 @@ describe('lockTable()', () => {
       'exclusive lock',
       undefined,
       'mode',
-      "Invalid option \"mode\" for lockTable(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+      "Invalid option \"mode\" for lockTable(): it must be one of 'access share', 'row share', 'row " +
+        "exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access " +
+        "exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
     )
     await invalid(
       `${LONG}_other`,
       'share',
       undefined,
       'tables',
-      "Invalid option \"tables\" for lockTable(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
+      "Invalid option \"tables\" for lockTable(): it must be a table name such as 'accounts' or 'public.accounts', " +
+        'or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), ' +
+        'with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes ' +
+        'of UTF-8 (PostgreSQL would cut a longer name and lock another table).',
     )
     await invalid(
       'accounts',
       'share',
       { timeoutMs: -1 },
       'timeoutMs',
-      'Invalid option "timeoutMs" for lockTable(): it must be a whole number of milliseconds from 0 to 2147483647 (0 waits without limit).',
+      'Invalid option "timeoutMs" for lockTable(): it must be a whole number of milliseconds from ' +
+        '0 to 2147483647 (0 waits without limit).',
     )
     await invalid(
       'accounts',
       'share',
       { nowait: true, timeoutMs: 10 },
       'timeoutMs',
-      'Invalid option "timeoutMs" for lockTable(): it cannot be combined with "nowait": NOWAIT fails at once, timeoutMs waits up to that long. Choose one.',
+      'Invalid option "timeoutMs" for lockTable(): it cannot be combined with "nowait": NOWAIT fails ' +
+        'at once, timeoutMs waits up to that long. Choose one.',
     )
-    await invalid('accounts', 'share', { noWait: true }, 'noWait', 'Unknown option "noWait" for lockTable(). The accepted options are: nowait, timeoutMs, using.')
-    await invalid('accounts', 'share', { timeout: 10 }, 'timeout', 'Unknown option "timeout" for lockTable(). The accepted options are: nowait, timeoutMs, using.')
+    await invalid(
+      'accounts',
+      'share',
+      { noWait: true },
+      'noWait',
+      'Unknown option "noWait" for lockTable(). The accepted options are: nowait, timeoutMs, using.',
+    )
+    await invalid(
+      'accounts',
+      'share',
+      { timeout: 10 },
+      'timeout',
+      'Unknown option "timeout" for lockTable(). The accepted options are: nowait, timeoutMs, using.',
+    )
     await invalid('accounts', 'share', null, 'options', 'The options of lockTable() must be an object.')
     expect(h.statements).toEqual([])
   })
 
-  test('regression (issue 7, defect 3): a name longer than 63 bytes is refused instead of locking the table PostgreSQL would cut it to', async () => {
-    // Sent as is, PostgreSQL truncates "aaa…a_other" to 63 bytes and locks the existing table "aaa…a".
-    await atomic(async () => {
-      const error = await rejection(lockTable(`${LONG}_other`, 'access exclusive'))
-      expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
-      expect(await heldTableModes(h, `"${LONG}"`)).toEqual([])
-      const schemaError = await rejection(lockTable(`${LONG}_other.accounts`, 'access exclusive'))
-      expect(schemaError).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
-    })
-    expect(h.statements).toEqual([])
-  })
+  test(
+    'regression (issue 7, defect 3): a name longer than 63 bytes is refused instead of locking ' +
+      'the table PostgreSQL would cut it to',
+    async () => {
+      // Sent as is, PostgreSQL truncates "aaa…a_other" to 63 bytes and locks the existing table "aaa…a".
+      await atomic(async () => {
+        const error = await rejection(lockTable(`${LONG}_other`, 'access exclusive'))
+        expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
+        expect(await heldTableModes(h, `"${LONG}"`)).toEqual([])
+        const schemaError = await rejection(lockTable(`${LONG}_other.accounts`, 'access exclusive'))
+        expect(schemaError).toMatchObject({ name: 'InvalidOptionError', field: 'tables' })
+      })
+      expect(h.statements).toEqual([])
+    },
+  )
 
   test('names of exactly 63 bytes are accepted, also when their characters take two bytes each', async () => {
     await atomic(async () => {
@@ -201,24 +234,36 @@ describe('lockTable()', () => {
     expect(h.statements).toEqual(['BEGIN', `LOCK TABLE "${LONG}", "${MULTIBYTE_63}" IN SHARE MODE`, 'COMMIT'])
   })
 
-  test('regression (issue 7, defect 4): a table named with a double quote is quoted the standard way (doubled) and locked', async () => {
-    await atomic(async () => {
-      await lockTable('we"ird', 'exclusive')
-      expect(await heldTableModes(h, '"we""ird"')).toEqual(['ExclusiveLock'])
-      await lockTable('sch"ema.t', 'share')
-      expect(await heldTableModes(h, '"sch""ema"."t"')).toEqual(['ShareLock'])
-    })
-    expect(h.statements).toEqual(['BEGIN', 'LOCK TABLE "we""ird" IN EXCLUSIVE MODE', 'LOCK TABLE "sch""ema"."t" IN SHARE MODE', 'COMMIT'])
-    // Names are taken literally: quotes written around a name are part of it (no table "Accounts" with quotes exists).
-    const error = await rejection(atomic(() => lockTable('"accounts"', 'share')))
-    expect(error).toMatchObject({ code: '42P01', message: 'relation ""accounts"" does not exist' })
-  })
+  test(
+    'regression (issue 7, defect 4): a table named with a double quote is quoted the standard way ' +
+      '(doubled) and locked',
+    async () => {
+      await atomic(async () => {
+        await lockTable('we"ird', 'exclusive')
+        expect(await heldTableModes(h, '"we""ird"')).toEqual(['ExclusiveLock'])
+        await lockTable('sch"ema.t', 'share')
+        expect(await heldTableModes(h, '"sch""ema"."t"')).toEqual(['ShareLock'])
+      })
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'LOCK TABLE "we""ird" IN EXCLUSIVE MODE',
+        'LOCK TABLE "sch""ema"."t" IN SHARE MODE',
+        'COMMIT',
+      ])
+      // Names are taken literally: quotes written around a name are part of it (no table "accounts"
+      // with quotes in its name exists).
+      const error = await rejection(atomic(() => lockTable('"accounts"', 'share')))
+      expect(error).toMatchObject({ code: '42P01', message: 'relation ""accounts"" does not exist' })
+    },
+  )
 
   test('outside a block: TransactionManagementError before anything is sent', async () => {
     const error = await rejection(lockTable('accounts', 'share'))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(error).toMatchObject({
-      message: 'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block (a lock taken in autocommit mode is released at once).',
+      message:
+        'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block ' +
+        '(a lock taken in autocommit mode is released at once).',
     })
     expect(h.statements).toEqual([])
   })
@@ -230,30 +275,39 @@ describe('lockTable()', () => {
     })
   })
 
-  test('NOWAIT against a conflicting lock: LockNotAvailableError naming the relation; the block rolls back', async () => {
-    await other.query('BEGIN')
-    await other.query('LOCK TABLE accounts IN SHARE MODE')
-    let caught: unknown
-    const error = await rejection(
-      atomic(async () => {
-        caught = await rejection(lockTable(['accounts'], 'row exclusive', { nowait: true }))
-        throw caught
-      }),
-    )
-    expect(error).toBe(caught)
-    expect(error).toBeInstanceOf(LockNotAvailableError)
-    expect(error).toMatchObject({
-      name: 'LockNotAvailableError',
-      code: '55P03',
-      relation: 'accounts',
-      reason: 'nowait',
-      message:
-        'Could not obtain a lock on relation "accounts" without waiting (NOWAIT): another transaction holds a conflicting lock. The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.',
-    })
-    expect((error as LockNotAvailableError).cause).toBeInstanceOf(pg.DatabaseError)
-    expect((error as LockNotAvailableError).cause).toMatchObject({ code: '55P03', message: 'could not obtain lock on relation "accounts"' })
-    expect(h.statements).toEqual(['BEGIN', 'LOCK TABLE "accounts" IN ROW EXCLUSIVE MODE NOWAIT', 'ROLLBACK'])
-  })
+  test(
+    'NOWAIT against a conflicting lock: LockNotAvailableError naming the relation; the block rolls ' + 'back',
+    async () => {
+      await other.query('BEGIN')
+      await other.query('LOCK TABLE accounts IN SHARE MODE')
+      let caught: unknown
+      const error = await rejection(
+        atomic(async () => {
+          caught = await rejection(lockTable(['accounts'], 'row exclusive', { nowait: true }))
+          throw caught
+        }),
+      )
+      expect(error).toBe(caught)
+      expect(error).toBeInstanceOf(LockNotAvailableError)
+      expect(error).toMatchObject({
+        name: 'LockNotAvailableError',
+        code: '55P03',
+        relation: 'accounts',
+        reason: 'nowait',
+        message:
+          'Could not obtain a lock on relation "accounts" without waiting (NOWAIT): another transaction ' +
+          'holds a conflicting lock. The statement failed, so the enclosing atomic() block must roll ' +
+          'back; try again later, or catch the error outside a nested atomic() block to let the rest ' +
+          'of the transaction continue.',
+      })
+      expect((error as LockNotAvailableError).cause).toBeInstanceOf(pg.DatabaseError)
+      expect((error as LockNotAvailableError).cause).toMatchObject({
+        code: '55P03',
+        message: 'could not obtain lock on relation "accounts"',
+      })
+      expect(h.statements).toEqual(['BEGIN', 'LOCK TABLE "accounts" IN ROW EXCLUSIVE MODE NOWAIT', 'ROLLBACK'])
+    },
+  )
 
   test('NOWAIT with several tables names the one PostgreSQL could not lock', async () => {
     await other.query('BEGIN')
@@ -262,30 +316,41 @@ describe('lockTable()', () => {
     expect(error).toMatchObject({ name: 'LockNotAvailableError', relation: 'ledger', reason: 'nowait' })
   })
 
-  test('timeoutMs: LockNotAvailableError after lock_timeout, and the previous lock_timeout is back afterwards', async () => {
-    await other.query('BEGIN')
-    await other.query('LOCK TABLE accounts IN SHARE MODE')
-    await atomic({ lockTimeout: 5000 }, async () => {
-      const error = await rejection(atomic(() => lockTable('public.accounts', 'row exclusive', { timeoutMs: 50 })))
-      expect(error).toBeInstanceOf(LockNotAvailableError)
-      expect(error).toMatchObject({
-        code: '55P03',
-        relation: 'public.accounts',
-        reason: 'lock_timeout',
-        message:
-          'Gave up waiting for a lock on relation "public.accounts" when lock_timeout expired: another transaction holds a conflicting lock. The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.',
+  test(
+    'timeoutMs: LockNotAvailableError after lock_timeout, and the previous lock_timeout is back ' + 'afterwards',
+    async () => {
+      await other.query('BEGIN')
+      await other.query('LOCK TABLE accounts IN SHARE MODE')
+      await atomic({ lockTimeout: 5000 }, async () => {
+        const error = await rejection(atomic(() => lockTable('public.accounts', 'row exclusive', { timeoutMs: 50 })))
+        expect(error).toBeInstanceOf(LockNotAvailableError)
+        expect(error).toMatchObject({
+          code: '55P03',
+          relation: 'public.accounts',
+          reason: 'lock_timeout',
+          message:
+            'Gave up waiting for a lock on relation "public.accounts" when lock_timeout expired: another ' +
+            'transaction holds a conflicting lock. The statement failed, so the enclosing atomic() block ' +
+            'must roll back; try again later, or catch the error outside a nested atomic() block to let ' +
+            'the rest of the transaction continue.',
+        })
+        expect((error as LockNotAvailableError).cause).toMatchObject({
+          code: '55P03',
+          message: 'canceling statement due to lock timeout',
+        })
+        expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '5s' }])
       })
-      expect((error as LockNotAvailableError).cause).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
-      expect((await h.db.query('SHOW lock_timeout')).rows).toEqual([{ lock_timeout: '5s' }])
-    })
-    expect(h.statements).toEqual([
-      'BEGIN; SET LOCAL lock_timeout = 5000; SAVEPOINT "pga_1"',
-      "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 50; LOCK TABLE \"public\".\"accounts\" IN ROW EXCLUSIVE MODE; SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
-      'SHOW lock_timeout',
-      'COMMIT',
-    ])
-  })
+      expect(h.statements).toEqual([
+        'BEGIN; SET LOCAL lock_timeout = 5000; SAVEPOINT "pga_1"',
+        "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL " +
+          'lock_timeout = 50; LOCK TABLE "public"."accounts" IN ROW EXCLUSIVE MODE; ' +
+          "SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
+        'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+        'SHOW lock_timeout',
+        'COMMIT',
+      ])
+    },
+  )
 
   test('timeoutMs: when the lock is obtained, lock_timeout is restored in the same round trip', async () => {
     await atomic({ lockTimeout: 3000 }, async () => {
@@ -338,21 +403,32 @@ describe('lockTable()', () => {
 })
 
 describe('without using: the innermost active block of the current context, whatever its database', () => {
-  test("regression (issue 7, defect 6): inside a block of a database registered only as 'reports', lockTable() locks in that block", async () => {
-    const reports = recordedDatabase(h, 'reports')
-    try {
-      let pid = 0
-      await atomic({ using: 'reports' }, async () => {
-        pid = (await reports.db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? 0
-        await lockTable('ledger', 'exclusive')
-        expect(await h.column('select mode from pg_locks where pid = $1 and relation = $2::regclass', [pid, 'ledger'])).toEqual(['ExclusiveLock'])
-      })
-      expect(reports.statements).toEqual(['BEGIN', 'select pg_backend_pid() as pid', 'LOCK TABLE "ledger" IN EXCLUSIVE MODE', 'COMMIT'])
-      expect(h.statements).toEqual([])
-    } finally {
-      await reports.close()
-    }
-  })
+  test(
+    "regression (issue 7, defect 6): inside a block of a database registered only as 'reports', " +
+      'lockTable() locks in that block',
+    async () => {
+      const reports = recordedDatabase(h, 'reports')
+      try {
+        let pid = 0
+        await atomic({ using: 'reports' }, async () => {
+          pid = (await reports.db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? 0
+          await lockTable('ledger', 'exclusive')
+          expect(
+            await h.column('select mode from pg_locks where pid = $1 and relation = $2::regclass', [pid, 'ledger']),
+          ).toEqual(['ExclusiveLock'])
+        })
+        expect(reports.statements).toEqual([
+          'BEGIN',
+          'select pg_backend_pid() as pid',
+          'LOCK TABLE "ledger" IN EXCLUSIVE MODE',
+          'COMMIT',
+        ])
+        expect(h.statements).toEqual([])
+      } finally {
+        await reports.close()
+      }
+    },
+  )
 
   test('nested blocks of two databases: without using the innermost one, with using the one named', async () => {
     const reports = recordedDatabase(h, 'reports')
@@ -371,35 +447,49 @@ describe('without using: the innermost active block of the current context, what
     }
   })
 
-  test("with using: a registered database without an active block is 'outside a transaction', even inside another database's block", async () => {
-    const reports = recordedDatabase(h, 'reports')
-    try {
-      const error = await rejection(atomic({ using: 'reports' }, () => lockTable('accounts', 'share', { using: 'default' })))
-      expect(error).toBeInstanceOf(TransactionManagementError)
-      expect(error).toMatchObject({
-        message: 'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block (a lock taken in autocommit mode is released at once).',
-      })
-      expect(h.statements).toEqual([])
-    } finally {
-      await reports.close()
-    }
-  })
+  test(
+    "with using: a registered database without an active block is 'outside a transaction', even " +
+      "inside another database's block",
+    async () => {
+      const reports = recordedDatabase(h, 'reports')
+      try {
+        const error = await rejection(
+          atomic({ using: 'reports' }, () => lockTable('accounts', 'share', { using: 'default' })),
+        )
+        expect(error).toBeInstanceOf(TransactionManagementError)
+        expect(error).toMatchObject({
+          message:
+            'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block ' +
+            '(a lock taken in autocommit mode is released at once).',
+        })
+        expect(h.statements).toEqual([])
+      } finally {
+        await reports.close()
+      }
+    },
+  )
 })
 
 describe('lockTableStatement() and resolveTableLock() (internal: the statement builder and the lock option)', () => {
   test('lockTableStatement() builds the SQL without sending anything', () => {
-    expect(lockTableStatement(['ledger', 'accounts'], 'share row exclusive', { nowait: true })).toBe('LOCK TABLE "accounts", "ledger" IN SHARE ROW EXCLUSIVE MODE NOWAIT')
+    expect(lockTableStatement(['ledger', 'accounts'], 'share row exclusive', { nowait: true })).toBe(
+      'LOCK TABLE "accounts", "ledger" IN SHARE ROW EXCLUSIVE MODE NOWAIT',
+    )
     expect(lockTableStatement('Ledger Entries', 'Share')).toBe('LOCK TABLE "Ledger Entries" IN SHARE MODE')
     expect(lockTableStatement('we"ird', 'share')).toBe('LOCK TABLE "we""ird" IN SHARE MODE')
     expect(lockTableStatement('accounts', 'access share', { timeoutMs: 0 })).toBe(
-      "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 0; LOCK TABLE \"accounts\" IN ACCESS SHARE MODE; SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
+      "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL " +
+        'lock_timeout = 0; LOCK TABLE "accounts" IN ACCESS SHARE MODE; SELECT set_config(\'lock_timeout\', ' +
+        "current_setting('pga.saved_lock_timeout'), true)",
     )
     expect(thrown(() => lockTableStatement('accounts', 'nope'))).toBeInstanceOf(InvalidOptionError)
     expect(h.statements).toEqual([])
   })
 
   test('canonical order: by table name, then schema (unqualified first), in code-unit order', () => {
-    expect(lockTableStatement(['b.t', 'a.t', 't', 'Z', 'a'], 'share')).toBe('LOCK TABLE "Z", "a", "t", "a"."t", "b"."t" IN SHARE MODE')
+    expect(lockTableStatement(['b.t', 'a.t', 't', 'Z', 'a'], 'share')).toBe(
+      'LOCK TABLE "Z", "a", "t", "a"."t", "b"."t" IN SHARE MODE',
+    )
   })
 
   test('resolveTableLock() returns a frozen, validated lock with its statement', () => {
@@ -420,43 +510,56 @@ describe('lockTableStatement() and resolveTableLock() (internal: the statement b
       'a bad mode',
       { tables: 'a', mode: 'x' },
       'lock.mode',
-      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', " +
+        "'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access " +
+        "exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
     ],
     [
       'missing tables',
       { mode: 'share' },
       'lock.tables',
-      "Invalid option \"lock.tables\" for atomic(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
+      'Invalid option "lock.tables" for atomic(): it must be a table name such as \'accounts\' or ' +
+        "'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted " +
+        'by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and ' +
+        'at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).',
     ],
     [
       'missing mode',
       { tables: 'a' },
       'lock.mode',
-      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+      "Invalid option \"lock.mode\" for atomic(): it must be one of 'access share', 'row share', " +
+        "'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access " +
+        "exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
     ],
     [
       'a table of 64 bytes',
       { tables: [`${LONG}_`], mode: 'share' },
       'lock.tables',
-      "Invalid option \"lock.tables\" for atomic(): it must be a table name such as 'accounts' or 'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).",
+      'Invalid option "lock.tables" for atomic(): it must be a table name such as \'accounts\' or ' +
+        "'public.accounts', or a non-empty list of them; names are taken literally (exact case, quoted " +
+        'by pg-atomic), with at most one dot, and each part is non-empty, without NUL character and ' +
+        'at most 63 bytes of UTF-8 (PostgreSQL would cut a longer name and lock another table).',
     ],
     [
       'an unknown key',
       { tables: 'a', mode: 'share', using: 'x' },
       'lock.using',
-      'Unknown option "lock.using" for atomic(): "lock" must be an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: \'accounts\', mode: \'share row exclusive\' }.',
+      'Unknown option "lock.using" for atomic(): "lock" must be an object { tables, mode, nowait?, ' +
+        "timeoutMs? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }.",
     ],
     [
       'nowait with timeoutMs',
       { tables: 'a', mode: 'share', nowait: true, timeoutMs: 5 },
       'lock.timeoutMs',
-      'Invalid option "lock.timeoutMs" for atomic(): it cannot be combined with "lock.nowait": NOWAIT fails at once, timeoutMs waits up to that long. Choose one.',
+      'Invalid option "lock.timeoutMs" for atomic(): it cannot be combined with "lock.nowait": NOWAIT ' +
+        'fails at once, timeoutMs waits up to that long. Choose one.',
     ],
     [
       'not an object',
       'a',
       'lock',
-      'Invalid option "lock" for atomic(): it must be an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: \'accounts\', mode: \'share row exclusive\' }.',
+      'Invalid option "lock" for atomic(): it must be an object { tables, mode, nowait?, timeoutMs? ' +
+        "}, e.g. { tables: 'accounts', mode: 'share row exclusive' }.",
     ],
   ])('resolveTableLock() with %s: InvalidOptionError with a prefixed field', (_name, input, field, message) => {
     const error = thrown(() => resolveTableLock(input as never))
@@ -468,7 +571,9 @@ describe('lockTableStatement() and resolveTableLock() (internal: the statement b
     expect(thrown(() => resolveTableLock({ tables: 'a', mode: 'x' }, 'options.lock'))).toMatchObject({
       field: 'options.lock.mode',
       message:
-        "Invalid option \"options.lock.mode\" for atomic(): it must be one of 'access share', 'row share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', 'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
+        "Invalid option \"options.lock.mode\" for atomic(): it must be one of 'access share', 'row " +
+        "share', 'row exclusive', 'share update exclusive', 'share', 'share row exclusive', 'exclusive', " +
+        "'access exclusive' (any case), or a pg_locks name such as 'RowExclusiveLock'.",
     })
   })
 })

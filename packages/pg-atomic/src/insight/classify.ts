@@ -26,38 +26,67 @@ function classify(tokens: readonly Token[]): Refusal | undefined {
   const [w0, w1, w2] = words
   if (w0 === undefined) return undefined
   if (CONTROL.includes(w0)) {
-    const command = w0 === 'START' ? 'START TRANSACTION' : (w0 === 'COMMIT' || w0 === 'ROLLBACK') && w1 === 'PREPARED' ? `${w0} PREPARED` : w0
+    const command =
+      w0 === 'START'
+        ? 'START TRANSACTION'
+        : (w0 === 'COMMIT' || w0 === 'ROLLBACK') && w1 === 'PREPARED'
+          ? `${w0} PREPARED`
+          : w0
     return { kind: 'transaction control', command }
   }
   if (w0 === 'PREPARE' && w1 === 'TRANSACTION') return { kind: 'transaction control', command: 'PREPARE TRANSACTION' }
   if (w0 === 'VACUUM') return { kind: 'no transaction block', command: 'VACUUM' }
-  if ((w0 === 'CREATE' || w0 === 'DROP') && (w1 === 'DATABASE' || w1 === 'TABLESPACE')) return { kind: 'no transaction block', command: `${w0} ${w1}` }
+  if ((w0 === 'CREATE' || w0 === 'DROP') && (w1 === 'DATABASE' || w1 === 'TABLESPACE'))
+    return { kind: 'no transaction block', command: `${w0} ${w1}` }
   if (w0 === 'ALTER' && w1 === 'SYSTEM') return { kind: 'no transaction block', command: 'ALTER SYSTEM' }
   if (w0 === 'ALTER' && w1 === 'DATABASE' && top.some((w, i) => w === 'SET' && top[i + 1] === 'TABLESPACE')) {
     return { kind: 'no transaction block', command: 'ALTER DATABASE ... SET TABLESPACE' }
   }
   if (w0 === 'CREATE') {
     const at = w1 === 'INDEX' ? 1 : w1 === 'UNIQUE' && w2 === 'INDEX' ? 2 : -1
-    if (at !== -1 && words[at + 1] === 'CONCURRENTLY') return { kind: 'no transaction block', command: 'CREATE INDEX CONCURRENTLY' }
+    if (at !== -1 && words[at + 1] === 'CONCURRENTLY')
+      return { kind: 'no transaction block', command: 'CREATE INDEX CONCURRENTLY' }
   }
-  if (w0 === 'DROP' && w1 === 'INDEX' && w2 === 'CONCURRENTLY') return { kind: 'no transaction block', command: 'DROP INDEX CONCURRENTLY' }
+  if (w0 === 'DROP' && w1 === 'INDEX' && w2 === 'CONCURRENTLY')
+    return { kind: 'no transaction block', command: 'DROP INDEX CONCURRENTLY' }
   if (w0 === 'REINDEX') {
     if (top.includes('CONCURRENTLY')) return { kind: 'no transaction block', command: 'REINDEX ... CONCURRENTLY' }
-    if (top[1] === 'DATABASE' || top[1] === 'SYSTEM') return { kind: 'no transaction block', command: `REINDEX ${top[1]}` }
+    if (top[1] === 'DATABASE' || top[1] === 'SYSTEM')
+      return { kind: 'no transaction block', command: `REINDEX ${top[1]}` }
   }
   if (w0 === 'ALTER' && w1 === 'TABLE' && top.includes('DETACH') && top.includes('CONCURRENTLY')) {
     return { kind: 'no transaction block', command: 'ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY' }
   }
-  if (w0 === 'CLUSTER' && top.filter((w) => w !== 'CLUSTER' && w !== 'VERBOSE').length === 0) return { kind: 'no transaction block', command: 'CLUSTER (without a table)' }
+  if (w0 === 'CLUSTER' && top.filter((w) => w !== 'CLUSTER' && w !== 'VERBOSE').length === 0)
+    return { kind: 'no transaction block', command: 'CLUSTER (without a table)' }
   if (w0 === 'DISCARD' && w1 === 'ALL') return { kind: 'no transaction block', command: 'DISCARD ALL' }
-  if (w0 === 'CHECKPOINT') return { kind: 'irreversible', command: 'CHECKPOINT', why: 'a checkpoint is written at once and is not part of any transaction' }
+  if (w0 === 'CHECKPOINT')
+    return {
+      kind: 'irreversible',
+      command: 'CHECKPOINT',
+      why: 'a checkpoint is written at once and is not part of any transaction',
+    }
   if ((w0 === 'CREATE' || w0 === 'ALTER' || w0 === 'DROP') && w1 === 'SUBSCRIPTION') {
-    return { kind: 'irreversible', command: `${w0} SUBSCRIPTION`, why: 'it can act on the publisher (replication slots), which no rollback here undoes' }
+    return {
+      kind: 'irreversible',
+      command: `${w0} SUBSCRIPTION`,
+      why: 'it can act on the publisher (replication slots), which no rollback here undoes',
+    }
   }
   if (w0 === 'COPY') {
-    if (top.includes('PROGRAM')) return { kind: 'irreversible', command: 'COPY ... PROGRAM', why: 'the program runs on the server and its effects are not undone' }
+    if (top.includes('PROGRAM'))
+      return {
+        kind: 'irreversible',
+        command: 'COPY ... PROGRAM',
+        why: 'the program runs on the server and its effects are not undone',
+      }
     const to = tokens.findIndex((t) => t.kind === 'word' && t.depth === 0 && t.text === 'TO')
-    if (to !== -1 && tokens[to + 1]?.kind === 'string') return { kind: 'irreversible', command: 'COPY ... TO a file', why: 'the file is written on the server and is not removed by ROLLBACK' }
+    if (to !== -1 && tokens[to + 1]?.kind === 'string')
+      return {
+        kind: 'irreversible',
+        command: 'COPY ... TO a file',
+        why: 'the file is written on the server and is not removed by ROLLBACK',
+      }
   }
   return undefined
 }
@@ -67,15 +96,21 @@ function refusalError(refusal: Refusal): TransactionManagementError {
   switch (refusal.kind) {
     case 'transaction control':
       return new TransactionManagementError(
-        `explainLocks() refuses ${refusal.command}: it runs the statement in a transaction of its own and always rolls it back, so transaction control cannot be part of it. Pass only the statement whose locks you want to see. Nothing was sent to the server.`,
+        `explainLocks() refuses ${refusal.command}: it runs the statement in a transaction of its own ` +
+          `and always rolls it back, so transaction control cannot be part of it. Pass only the statement ` +
+          `whose locks you want to see. Nothing was sent to the server.`,
       )
     case 'no transaction block':
       return new TransactionManagementError(
-        `explainLocks() cannot explain ${refusal.command}: it cannot run inside a transaction block (PostgreSQL refuses it with SQLSTATE 25001), so it could not be rolled back afterwards. Nothing was sent to the server.`,
+        `explainLocks() cannot explain ${refusal.command}: it cannot run inside a transaction block ` +
+          `(PostgreSQL refuses it with SQLSTATE 25001), so it could not be rolled back afterwards. Nothing ` +
+          `was sent to the server.`,
       )
     case 'irreversible':
       return new TransactionManagementError(
-        `explainLocks() refuses ${refusal.command}: rolling back would not undo it (${refusal.why ?? 'its effect is outside the transaction'}). Nothing was sent to the server.`,
+        `explainLocks() refuses ${refusal.command}: rolling back would not undo it ` +
+          `(${refusal.why ?? 'its effect is outside the transaction'}). ` +
+          `Nothing was sent to the server.`,
       )
   }
 }
@@ -101,7 +136,11 @@ function refusalError(refusal: Refusal): TransactionManagementError {
 export function assertExplainable(sql: string): void {
   const statements = typeof sql === 'string' ? splitStatements(sql) : []
   if (statements.length === 0) {
-    throw new InvalidOptionError('sql', 'Invalid option "sql" for explainLocks(): it must be the SQL statement to explain (a non-empty string with at least one statement).')
+    throw new InvalidOptionError(
+      'sql',
+      'Invalid option "sql" for explainLocks(): it must be the SQL statement to explain (a non-empty ' +
+        'string with at least one statement).',
+    )
   }
   for (const tokens of statements) {
     const refusal = classify(tokens)

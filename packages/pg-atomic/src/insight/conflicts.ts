@@ -28,18 +28,36 @@ const MATRIX: readonly (readonly boolean[])[] = [
  * requested by one transaction conflicts with `LOCK_MODES[j]` held by another. (A transaction never
  * conflicts with its own locks.)
  */
-export const LOCK_CONFLICT_MATRIX: readonly (readonly boolean[])[] = Object.freeze(MATRIX.map((row) => Object.freeze([...row])))
+export const LOCK_CONFLICT_MATRIX: readonly (readonly boolean[])[] = Object.freeze(
+  MATRIX.map((row) => Object.freeze([...row])),
+)
 
 /** Statements that take each mode (observed in `pg_locks` on PostgreSQL 15 unless the manual says so). */
 export const LOCK_TAKEN_BY: Readonly<Record<LockMode, readonly string[]>> = Object.freeze({
   'access share': ['SELECT'],
   'row share': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE'],
   'row exclusive': ['INSERT', 'UPDATE', 'DELETE', 'MERGE'],
-  'share update exclusive': ['VACUUM (not FULL)', 'ANALYZE', 'CREATE INDEX CONCURRENTLY', 'CREATE STATISTICS', 'COMMENT ON', 'ALTER TABLE ... VALIDATE CONSTRAINT', 'ALTER TABLE ... SET (storage parameter)'],
+  'share update exclusive': [
+    'VACUUM (not FULL)',
+    'ANALYZE',
+    'CREATE INDEX CONCURRENTLY',
+    'CREATE STATISTICS',
+    'COMMENT ON',
+    'ALTER TABLE ... VALIDATE CONSTRAINT',
+    'ALTER TABLE ... SET (storage parameter)',
+  ],
   share: ['CREATE INDEX (not CONCURRENTLY)'],
   'share row exclusive': ['CREATE TRIGGER', 'ALTER TABLE ... ADD FOREIGN KEY (on both tables)'],
   exclusive: ['REFRESH MATERIALIZED VIEW CONCURRENTLY'],
-  'access exclusive': ['DROP TABLE', 'TRUNCATE', 'ALTER TABLE (most forms)', 'CLUSTER', 'VACUUM FULL', 'REFRESH MATERIALIZED VIEW', 'LOCK TABLE (default mode)'],
+  'access exclusive': [
+    'DROP TABLE',
+    'TRUNCATE',
+    'ALTER TABLE (most forms)',
+    'CLUSTER',
+    'VACUUM FULL',
+    'REFRESH MATERIALIZED VIEW',
+    'LOCK TABLE (default mode)',
+  ],
 })
 
 function indexOf(mode: LockMode): number {
@@ -67,7 +85,10 @@ export function conflictingModes(mode: LockMode | string): readonly LockMode[] {
   return LOCK_MODES.filter((_m, i) => row[i] === true)
 }
 
-/** The statements (of other transactions) that a lock in `mode` blocks, e.g. `['ALTER TABLE (most forms)', 'VACUUM FULL', ...]`. */
+/**
+ * The statements (of other transactions) that a lock in `mode` blocks, e.g. `['ALTER TABLE (most forms)', 'VACUUM
+ * FULL', ...]`.
+ */
 export function blockedStatements(mode: LockMode | string): readonly string[] {
   return conflictingModes(mode).flatMap((m) => LOCK_TAKEN_BY[m])
 }

@@ -26,15 +26,33 @@ import { blockedStatements, conflictingModes } from './conflicts'
 import { INSIGHT_DEFAULTS, INSIGHT_EXPECTATIONS, insightDatabase, insightFields, parseInsightOptions } from './options'
 import { lockInfoOf, sortLocks } from './pg-locks'
 import type { LockRow } from './pg-locks'
-import type { ExplainLocksOptions, ExplainedLock, LockInfo, LockReport, RelationRef, RowLockInfo, RowLocksReport } from './types'
+import type {
+  ExplainLocksOptions,
+  ExplainedLock,
+  LockInfo,
+  LockReport,
+  RelationRef,
+  RowLockInfo,
+  RowLocksReport,
+} from './types'
 
 const ROW_BLOCKS: Readonly<Record<string, readonly string[]>> = Object.freeze({
   'for key share': ['SELECT ... FOR UPDATE', 'DELETE', 'UPDATE of a key column'],
   'for share': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE', 'UPDATE', 'DELETE'],
   'for no key update': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE', 'UPDATE', 'DELETE'],
   'no key update': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE', 'UPDATE', 'DELETE'],
-  'for update': ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE', 'UPDATE', 'DELETE', 'INSERT or UPDATE of a row referencing it by foreign key'],
-  update: ['SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE', 'UPDATE', 'DELETE', 'INSERT or UPDATE of a row referencing it by foreign key'],
+  'for update': [
+    'SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE',
+    'UPDATE',
+    'DELETE',
+    'INSERT or UPDATE of a row referencing it by foreign key',
+  ],
+  update: [
+    'SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE',
+    'UPDATE',
+    'DELETE',
+    'INSERT or UPDATE of a row referencing it by foreign key',
+  ],
 })
 
 function rowBlocks(modes: readonly string[]): readonly string[] {
@@ -50,11 +68,19 @@ function explained(lock: LockInfo): ExplainedLock {
     conflictsWith = conflictingModes(lock.lockMode)
     blocks = blockedStatements(lock.lockMode)
   } else if (lock.type === 'advisory') {
-    blocks = [lock.mode === 'ShareLock' ? 'exclusive advisory locks on the same key' : 'advisory locks on the same key (shared or exclusive)']
+    blocks = [
+      lock.mode === 'ShareLock'
+        ? 'exclusive advisory locks on the same key'
+        : 'advisory locks on the same key (shared or exclusive)',
+    ]
   } else if (lock.type === 'transactionid') {
     blocks = ['transactions waiting to lock or change the rows this one changed or locked (until it ends)']
   }
-  return Object.freeze({ ...lock, conflictsWith: Object.freeze([...conflictsWith]), blocks: Object.freeze([...blocks]) })
+  return Object.freeze({
+    ...lock,
+    conflictsWith: Object.freeze([...conflictsWith]),
+    blocks: Object.freeze([...blocks]),
+  })
 }
 
 /** A connection of its own (never a pooled one: the pool may be exhausted by the caller's blocks). */
@@ -94,7 +120,9 @@ const paramsSchema = z.strictObject({ params: z.array(z.unknown()).readonly().op
 
 /** The message for a 25001 the classifier did not foresee (the server's message stays in `cause`). */
 const NO_TRANSACTION_BLOCK_MESSAGE =
-  'explainLocks() cannot explain this statement: PostgreSQL refused to run it inside a transaction block (SQLSTATE 25001; the server\'s message is in cause), so it could not be rolled back afterwards. Nothing was changed.'
+  'explainLocks() cannot explain this statement: PostgreSQL refused to run it inside a transaction ' +
+  "block (SQLSTATE 25001; the server's message is in cause), so it could not be rolled back afterwards. " +
+  'Nothing was changed.'
 
 /**
  * Runs `sql` in a transaction that is always rolled back, and reports the locks it took.
@@ -133,7 +161,11 @@ const NO_TRANSACTION_BLOCK_MESSAGE =
  * // table public.accounts AccessExclusiveLock blocks SELECT, SELECT ... FOR UPDATE / ..., INSERT, ...
  * ```
  */
-export async function explainLocks(sql: string, params?: readonly unknown[], options?: ExplainLocksOptions): Promise<LockReport> {
+export async function explainLocks(
+  sql: string,
+  params?: readonly unknown[],
+  options?: ExplainLocksOptions,
+): Promise<LockReport> {
   const subject = 'explainLocks()'
   assertExplainable(sql)
   parseOptions(paramsSchema, { params }, subject, INSIGHT_EXPECTATIONS)
@@ -164,7 +196,8 @@ export async function explainLocks(sql: string, params?: readonly unknown[], opt
     try {
       result = await client.query(params === undefined ? sql : { text: sql, values: params as unknown[] })
     } catch (error) {
-      if (sqlState(error) === '25001') throw new TransactionManagementError(NO_TRANSACTION_BLOCK_MESSAGE, { cause: error })
+      if (sqlState(error) === '25001')
+        throw new TransactionManagementError(NO_TRANSACTION_BLOCK_MESSAGE, { cause: error })
       throw error
     }
     const last = Array.isArray(result) ? result[result.length - 1] : result
@@ -192,27 +225,61 @@ export async function explainLocks(sql: string, params?: readonly unknown[], opt
   }
 }
 
-/** Tables in which the statement may have locked or changed rows: RowShareLock / RowExclusiveLock, not AccessExclusiveLock. */
+/**
+ * Tables in which the statement may have locked or changed rows: RowShareLock / RowExclusiveLock, not
+ * AccessExclusiveLock.
+ */
 function rowCandidates(locks: readonly ExplainedLock[]): RelationRef[] {
   const byOid = new Map<number, { relation: RelationRef; modes: Set<string> }>()
   for (const l of locks) {
-    if (l.type !== 'relation' || l.relation === null || l.relation.kind !== 'table' || l.relation.qualifiedName === null) continue
+    if (
+      l.type !== 'relation' ||
+      l.relation === null ||
+      l.relation.kind !== 'table' ||
+      l.relation.qualifiedName === null
+    )
+      continue
     const entry = byOid.get(l.relation.oid) ?? { relation: l.relation, modes: new Set<string>() }
     entry.modes.add(l.mode)
     byOid.set(l.relation.oid, entry)
   }
   return [...byOid.values()]
-    .filter((e) => (e.modes.has('RowShareLock') || e.modes.has('RowExclusiveLock')) && !e.modes.has('AccessExclusiveLock'))
+    .filter(
+      (e) => (e.modes.has('RowShareLock') || e.modes.has('RowExclusiveLock')) && !e.modes.has('AccessExclusiveLock'),
+    )
     .map((e) => e.relation)
 }
 
-async function rowLocksOf(db: DatabaseImpl, locks: readonly ExplainedLock[], pid: number, settings: ExplainSettings): Promise<RowLocksReport> {
+async function rowLocksOf(
+  db: DatabaseImpl,
+  locks: readonly ExplainedLock[],
+  pid: number,
+  settings: ExplainSettings,
+): Promise<RowLocksReport> {
   const candidates = rowCandidates(locks)
-  const report = (source: RowLocksReport['source'], rows: RowLockInfo[], truncated: boolean, note: string, error: Error | null = null): RowLocksReport =>
-    Object.freeze({ source, rows: Object.freeze(rows), truncated, note, error })
-  if (candidates.length === 0) return report('none', [], false, 'The statement took no RowShareLock or RowExclusiveLock on a table, so it locked no rows.')
+  const report = (
+    source: RowLocksReport['source'],
+    rows: RowLockInfo[],
+    truncated: boolean,
+    note: string,
+    error: Error | null = null,
+  ): RowLocksReport => Object.freeze({ source, rows: Object.freeze(rows), truncated, note, error })
+  if (candidates.length === 0)
+    return report(
+      'none',
+      [],
+      false,
+      'The statement took no RowShareLock or RowExclusiveLock on a table, so it locked no rows.',
+    )
   const names = candidates.map((c) => c.qualifiedName).join(', ')
-  if (!settings.rowLocks) return report('disabled', [], false, `Row locks are not listed (rowLocks: false); the RowShareLock / RowExclusiveLock on ${names} shows the statement locked or changed rows there.`)
+  if (!settings.rowLocks)
+    return report(
+      'disabled',
+      [],
+      false,
+      `Row locks are not listed (rowLocks: false); the RowShareLock / RowExclusiveLock on ${names} ` +
+        `shows the statement locked or changed rows there.`,
+    )
   // A second session sees the rows this transaction changed or locked as locked (its own session
   // would not see the rows it updated or deleted); the transaction stays open meanwhile.
   let observer: pg.Client | undefined
@@ -226,7 +293,9 @@ async function rowLocksOf(db: DatabaseImpl, locks: readonly ExplainedLock[], pid
         'not installed',
         [],
         false,
-        `Row locks are not kept in pg_locks and the pgrowlocks extension is not installed, so they are not listed; the RowShareLock / RowExclusiveLock on ${names} shows the statement locked or changed rows there (CREATE EXTENSION pgrowlocks lists them).`,
+        `Row locks are not kept in pg_locks and the pgrowlocks extension is not installed, so they ` +
+          `are not listed; the RowShareLock / RowExclusiveLock on ${names} shows the statement locked ` +
+          `or changed rows there (CREATE EXTENSION pgrowlocks lists them).`,
       )
     }
     const plain = await observer.query<{ oid: number }>(PLAIN_TABLES_SQL, [candidates.map((c) => c.oid)])
@@ -236,7 +305,10 @@ async function rowLocksOf(db: DatabaseImpl, locks: readonly ExplainedLock[], pid
     for (const relation of candidates) {
       if (!heap.has(relation.oid)) continue
       const left = settings.maxRowLocks - rows.length
-      const found = await observer.query<{ ctid: string; modes: string[] }>(rowLocksOfTableSql(quoteIdentifier(schema)), [relation.qualifiedName, pid, left + 1])
+      const found = await observer.query<{ ctid: string; modes: string[] }>(
+        rowLocksOfTableSql(quoteIdentifier(schema)),
+        [relation.qualifiedName, pid, left + 1],
+      )
       for (const r of found.rows.slice(0, left)) {
         const modes = Object.freeze(r.modes.map((m) => m.toLowerCase()))
         rows.push(Object.freeze({ relation, ctid: r.ctid, modes, blocks: rowBlocks(modes) }))
@@ -248,15 +320,18 @@ async function rowLocksOf(db: DatabaseImpl, locks: readonly ExplainedLock[], pid
     }
     const note =
       rows.length === 0
-        ? `pgrowlocks found no row locked by the statement in ${names} (an INSERT locks no existing row: new rows stay invisible to others until commit).`
-        : `Row locks listed by pgrowlocks${truncated ? `, the first ${settings.maxRowLocks} only` : ''}; pg_locks shows them only as the RowShareLock / RowExclusiveLock on ${names}.`
+        ? `pgrowlocks found no row locked by the statement in ${names} (an INSERT locks no existing row: ` +
+          `new rows stay invisible to others until commit).`
+        : `Row locks listed by pgrowlocks${truncated ? `, the first ${settings.maxRowLocks} only` : ''}; ` +
+          `pg_locks shows them only as the RowShareLock / RowExclusiveLock on ${names}.`
     return report('pgrowlocks', rows, truncated, note)
   } catch (error) {
     return report(
       'failed',
       [],
       false,
-      `Row locks could not be listed with pgrowlocks (the error is in rowLocks.error); the RowShareLock / RowExclusiveLock on ${names} shows the statement locked or changed rows there.`,
+      `Row locks could not be listed with pgrowlocks (the error is in rowLocks.error); the RowShareLock ` +
+        `/ RowExclusiveLock on ${names} shows the statement locked or changed rows there.`,
       error instanceof Error ? error : new Error(String(error)),
     )
   } finally {
@@ -269,13 +344,26 @@ function notesFor(locks: readonly ExplainedLock[], rows: RowLocksReport): string
   if (locks.length === 0) notes.push('The statement holds no lock other than its own virtual transaction id.')
   const strongest = locks.find((l) => l.type === 'relation' && l.lockMode === 'access exclusive')
   if (strongest !== undefined) {
-    notes.push(`AccessExclusiveLock on ${strongest.relation?.qualifiedName ?? 'a relation'} blocks every other statement on it, even SELECT, until the transaction ends; while it waits for the lock, statements queued behind it wait too.`)
+    notes.push(
+      `AccessExclusiveLock on ${strongest.relation?.qualifiedName ?? 'a relation'} blocks every other ` +
+        `statement on it, even SELECT, until the transaction ends; while it waits for the lock, statements ` +
+        `queued behind it wait too.`,
+    )
   }
-  const sequences = locks.filter((l) => l.type === 'relation' && l.relation?.kind === 'sequence' && l.mode === 'RowExclusiveLock')
+  const sequences = locks.filter(
+    (l) => l.type === 'relation' && l.relation?.kind === 'sequence' && l.mode === 'RowExclusiveLock',
+  )
   if (sequences.length > 0) {
-    notes.push(`${sequences.map((l) => l.relation?.qualifiedName ?? 'a sequence').join(', ')} ${sequences.length === 1 ? 'was' : 'were'} used: the values nextval() took are not given back by the rollback.`)
+    notes.push(
+      `${sequences.map((l) => l.relation?.qualifiedName ?? 'a sequence').join(', ')} ` +
+        `${sequences.length === 1 ? 'was' : 'were'} ` +
+        `used: the values nextval() took are not given back by the rollback.`,
+    )
   }
   if (rows.source !== 'none') notes.push(rows.note)
-  notes.push('The statement was executed and rolled back: changes outside the transaction (sequence values, external side effects) were not undone.')
+  notes.push(
+    'The statement was executed and rolled back: changes outside the transaction (sequence values, ' +
+      'external side effects) were not undone.',
+  )
   return notes
 }

@@ -6,12 +6,32 @@
  */
 import { z } from 'zod'
 import { AtomicError, TransactionManagementError, isConnectionError, sqlState } from '../errors'
-import { GRANTED_LOCKS_OF_SESSIONS_SQL, IDLE_IN_TRANSACTION_SQL, SERVER_VERSION_SQL, terminateIfStillIdleSql } from '../sql/insight'
+import {
+  GRANTED_LOCKS_OF_SESSIONS_SQL,
+  IDLE_IN_TRANSACTION_SQL,
+  SERVER_VERSION_SQL,
+  terminateIfStillIdleSql,
+} from '../sql/insight'
 import { parseOptions } from '../validation'
-import { INSIGHT_DEFAULTS, INSIGHT_EXPECTATIONS, freshActivity, insightBlock, insightDatabase, insightFields, inspect, parseInsightOptions } from './options'
+import {
+  INSIGHT_DEFAULTS,
+  INSIGHT_EXPECTATIONS,
+  freshActivity,
+  insightBlock,
+  insightDatabase,
+  insightFields,
+  inspect,
+  parseInsightOptions,
+} from './options'
 import { lockInfoOf, sortLocks, truncate } from './pg-locks'
 import type { ActivityRow, LockRow } from './pg-locks'
-import type { IdleInTransactionOptions, IdleSession, LockInfo, SessionTermination, TerminateSessionsOptions } from './types'
+import type {
+  IdleInTransactionOptions,
+  IdleSession,
+  LockInfo,
+  SessionTermination,
+  TerminateSessionsOptions,
+} from './types'
 
 /**
  * The sessions of the database that are idle inside a transaction: a transaction began, a
@@ -48,7 +68,9 @@ export async function idleInTransaction(options?: IdleInTransactionOptions): Pro
   const db = insightDatabase(o.using)
   const queryLength = o.queryLength ?? INSIGHT_DEFAULTS.queryLength
   await freshActivity(db)
-  const activity = await inspect<ActivityRow>(db, IDLE_IN_TRANSACTION_SQL, [o.olderThanMs ?? INSIGHT_DEFAULTS.olderThanMs])
+  const activity = await inspect<ActivityRow>(db, IDLE_IN_TRANSACTION_SQL, [
+    o.olderThanMs ?? INSIGHT_DEFAULTS.olderThanMs,
+  ])
   if (activity.rows.length === 0) return Object.freeze([])
   const locks = await inspect<LockRow>(db, GRANTED_LOCKS_OF_SESSIONS_SQL, [activity.rows.map((r) => r.pid)])
   const byPid = new Map<number, LockInfo[]>()
@@ -83,17 +105,32 @@ const sessionsSchema = z.strictObject({
 
 /** The message of `terminateSessions()` inside a block. */
 const TERMINATE_INSIDE_BLOCK_MESSAGE =
-  'terminateSessions() cannot be used inside an atomic() block: terminating a session is not part of any transaction (a rollback would not undo it), and a refused termination would doom the block. Call it outside atomic().'
+  'terminateSessions() cannot be used inside an atomic() block: terminating a session is not ' +
+  'part of any transaction (a rollback would not undo it), and a refused termination would doom ' +
+  'the block. Call it outside atomic().'
 
 const SKIPPED_REASON =
-  'It is no longer idle in the same transaction (it ran a statement, or its transaction ended, since it was listed), so it was left alone.'
+  'It is no longer idle in the same transaction (it ran a statement, or its transaction ended, ' +
+  'since it was listed), so it was left alone.'
 const PERMISSION_REASON =
-  "Permission denied: ending another role's session needs superuser, membership in that role, or the pg_signal_backend role (and a superuser's session needs superuser)."
+  "Permission denied: ending another role's session needs superuser, membership in that role, " +
+  "or the pg_signal_backend role (and a superuser's session needs superuser)."
 const FAILED_REASON = 'pg_terminate_backend() failed; the error says why.'
 
-function outcome(pid: number, result: SessionTermination['outcome'], reason: string | null, error: unknown): SessionTermination {
+function outcome(
+  pid: number,
+  result: SessionTermination['outcome'],
+  reason: string | null,
+  error: unknown,
+): SessionTermination {
   const code = error === null ? undefined : sqlState(error)
-  return Object.freeze({ pid, outcome: result, reason, code: code ?? null, error: error instanceof Error ? error : null })
+  return Object.freeze({
+    pid,
+    outcome: result,
+    reason,
+    code: code ?? null,
+    error: error instanceof Error ? error : null,
+  })
 }
 
 /**
@@ -119,10 +156,17 @@ function outcome(pid: number, result: SessionTermination['outcome'], reason: str
  * for (const t of await terminateSessions(idle)) console.log(t.pid, t.outcome, t.reason ?? '')
  * ```
  */
-export async function terminateSessions(sessions: readonly Pick<IdleSession, 'pid' | 'idleSince'>[], options?: TerminateSessionsOptions): Promise<readonly SessionTermination[]> {
+export async function terminateSessions(
+  sessions: readonly Pick<IdleSession, 'pid' | 'idleSince'>[],
+  options?: TerminateSessionsOptions,
+): Promise<readonly SessionTermination[]> {
   const subject = 'terminateSessions()'
   const targets = parseOptions(sessionsSchema, { sessions }, subject, INSIGHT_EXPECTATIONS).sessions
-  const o = parseInsightOptions({ using: insightFields.using, exitTimeoutMs: insightFields.exitTimeoutMs }, options, subject)
+  const o = parseInsightOptions(
+    { using: insightFields.using, exitTimeoutMs: insightFields.exitTimeoutMs },
+    options,
+    subject,
+  )
   const db = insightDatabase(o.using)
   if (insightBlock(db) !== undefined) throw new TransactionManagementError(TERMINATE_INSIDE_BLOCK_MESSAGE)
   if (targets.length === 0) return Object.freeze([])
@@ -132,10 +176,15 @@ export async function terminateSessions(sessions: readonly Pick<IdleSession, 'pi
   const results: SessionTermination[] = []
   for (const { pid, idleSince } of targets) {
     try {
-      const { rows } = await inspect<{ terminated: boolean }>(db, terminateIfStillIdleSql(waitForExit), waitForExit ? [pid, idleSince, exitTimeoutMs] : [pid, idleSince])
+      const { rows } = await inspect<{ terminated: boolean }>(
+        db,
+        terminateIfStillIdleSql(waitForExit),
+        waitForExit ? [pid, idleSince, exitTimeoutMs] : [pid, idleSince],
+      )
       const row = rows[0]
       if (row === undefined) results.push(outcome(pid, 'skipped', SKIPPED_REASON, null))
-      else if (!row.terminated) results.push(outcome(pid, 'failed', `It was signalled but did not exit within ${exitTimeoutMs} ms.`, null))
+      else if (!row.terminated)
+        results.push(outcome(pid, 'failed', `It was signalled but did not exit within ${exitTimeoutMs} ms.`, null))
       else results.push(outcome(pid, 'terminated', null, null))
     } catch (error) {
       if (error instanceof AtomicError || isConnectionError(error)) throw error

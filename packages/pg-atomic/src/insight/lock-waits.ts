@@ -4,7 +4,14 @@
  * @module
  */
 import { ACTIVITY_OF_SESSIONS_SQL, AWAITED_LOCKS_SQL, WAITING_SESSIONS_SQL } from '../sql/insight'
-import { INSIGHT_DEFAULTS, freshActivity, insightDatabase, insightFields, inspect, parseInsightOptions } from './options'
+import {
+  INSIGHT_DEFAULTS,
+  freshActivity,
+  insightDatabase,
+  insightFields,
+  inspect,
+  parseInsightOptions,
+} from './options'
 import { lockInfoOf, truncate } from './pg-locks'
 import type { ActivityRow, LockRow } from './pg-locks'
 import type { LockInfo, LockWaitNode, LockWaitsOptions } from './types'
@@ -47,7 +54,11 @@ interface WaitRow {
  * ```
  */
 export async function lockWaits(options?: LockWaitsOptions): Promise<readonly LockWaitNode[]> {
-  const o = parseInsightOptions({ using: insightFields.using, queryLength: insightFields.queryLength }, options, 'lockWaits()')
+  const o = parseInsightOptions(
+    { using: insightFields.using, queryLength: insightFields.queryLength },
+    options,
+    'lockWaits()',
+  )
   const db = insightDatabase(o.using)
   const queryLength = o.queryLength ?? INSIGHT_DEFAULTS.queryLength
   await freshActivity(db)
@@ -71,7 +82,8 @@ export async function lockWaits(options?: LockWaitsOptions): Promise<readonly Lo
   const sessions = new Map<number, ActivityRow>(activity.rows.map((r) => [r.pid, r]))
   const waitedLocks = new Map<number, { lock: LockInfo; waitMs: number | null }>()
   for (const row of waited.rows) {
-    if (row.pid !== null && !waitedLocks.has(row.pid)) waitedLocks.set(row.pid, { lock: lockInfoOf(row), waitMs: row.wait_ms })
+    if (row.pid !== null && !waitedLocks.has(row.pid))
+      waitedLocks.set(row.pid, { lock: lockInfoOf(row), waitMs: row.wait_ms })
   }
   const children = new Map<number, number[]>()
   for (const [pid, by] of blockers) {

@@ -12,7 +12,9 @@ import type { InsightOptions, LockInfo } from './types'
 
 /** The message of `locksHeld()` outside a block. */
 const LOCKS_HELD_OUTSIDE_MESSAGE =
-  'locksHeld() cannot be used outside of a transaction: call it inside an atomic() block to list the locks of that transaction (outside a block every statement is its own transaction, which holds nothing once it ends).'
+  'locksHeld() cannot be used outside of a transaction: call it inside an atomic() block to list ' +
+  'the locks of that transaction (outside a block every statement is its own transaction, which ' +
+  'holds nothing once it ends).'
 
 /**
  * The locks the current transaction holds: every `pg_locks` row of its backend, decoded.

@@ -65,7 +65,11 @@ export const INSIGHT_EXPECTATIONS: Readonly<Record<string, string>> = Object.fre
 })
 
 /** Validates `options` of `subject` with the fields of `shape`. @internal */
-export function parseInsightOptions<S extends z.core.$ZodLooseShape>(shape: S, options: unknown, subject: string): z.output<z.ZodObject<S, z.core.$strict>> {
+export function parseInsightOptions<S extends z.core.$ZodLooseShape>(
+  shape: S,
+  options: unknown,
+  subject: string,
+): z.output<z.ZodObject<S, z.core.$strict>> {
   return parseOptions(z.strictObject(shape), options === undefined ? {} : options, subject, INSIGHT_EXPECTATIONS)
 }
 
@@ -103,7 +107,11 @@ export function insightBlock(using: string | Database | undefined): Block | unde
 }
 
 /** Runs an inspection statement: in the current block of `db` when there is one, else in autocommit. @internal */
-export function inspect<R extends QueryResultRow>(db: DatabaseImpl, text: string, values: readonly unknown[] = []): Promise<QueryResult<R>> {
+export function inspect<R extends QueryResultRow>(
+  db: DatabaseImpl,
+  text: string,
+  values: readonly unknown[] = [],
+): Promise<QueryResult<R>> {
   return db.query<R>(text, values)
 }
 

@@ -103,7 +103,9 @@ function targetOf(type: string, relation: RelationRef | null, row: LockRow, key:
     case 'virtualxid':
       return `virtual transaction ${row.virtualxid ?? '?'}`
     case 'advisory':
-      return key === null ? `advisory lock (${row.classid ?? '?'}, ${row.objid ?? '?'}, ${row.objsubid ?? '?'})` : describeAdvisoryKey(key)
+      return key === null
+        ? `advisory lock (${row.classid ?? '?'}, ${row.objid ?? '?'}, ${row.objsubid ?? '?'})`
+        : describeAdvisoryKey(key)
     default:
       return `${type} (${row.classid ?? '?'}, ${row.objid ?? '?'}, ${row.objsubid ?? '?'})`
   }
@@ -112,7 +114,10 @@ function targetOf(type: string, relation: RelationRef | null, row: LockRow, key:
 /** One `pg_locks` row, decoded and frozen. @internal */
 export function lockInfoOf(row: LockRow): LockInfo {
   const relation = relationOf(row)
-  const key = row.locktype === 'advisory' && row.classid !== null && row.objid !== null && row.objsubid !== null ? decodeAdvisoryKey(row.classid, row.objid, row.objsubid) : null
+  const key =
+    row.locktype === 'advisory' && row.classid !== null && row.objid !== null && row.objsubid !== null
+      ? decodeAdvisoryKey(row.classid, row.objid, row.objsubid)
+      : null
   const hasObject = row.locktype !== 'advisory' && row.classid !== null && row.objid !== null && row.objsubid !== null
   return Object.freeze({
     pid: row.pid,
@@ -123,7 +128,13 @@ export function lockInfoOf(row: LockRow): LockInfo {
     transactionId: row.transactionid,
     virtualTransactionId: row.virtualxid,
     advisoryKey: key,
-    object: hasObject ? Object.freeze({ classId: row.classid as number, objectId: row.objid as number, objectSubId: row.objsubid as number }) : null,
+    object: hasObject
+      ? Object.freeze({
+          classId: row.classid as number,
+          objectId: row.objid as number,
+          objectSubId: row.objsubid as number,
+        })
+      : null,
     mode: row.mode,
     lockMode: MODE_BY_PG_NAME.get(row.mode) ?? null,
     granted: row.granted,
@@ -142,7 +153,10 @@ function rank(list: readonly string[], value: string | null | undefined): number
   return i === -1 ? list.length : i
 }
 
-/** Relations first (tables, then views, ..., indexes, TOAST), by name, strongest mode first; then the other types. @internal */
+/**
+ * Relations first (tables, then views, ..., indexes, TOAST), by name, strongest mode first; then the other types.
+ * @internal
+ */
 export function sortLocks<L extends LockInfo>(locks: L[]): L[] {
   const strength = (l: LockInfo): number => (l.lockMode === null ? -1 : LOCK_MODES.indexOf(l.lockMode))
   const name = (l: LockInfo): string => l.relation?.qualifiedName ?? l.target

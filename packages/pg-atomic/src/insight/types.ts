@@ -22,13 +22,19 @@ export interface InsightOptions {
 export interface RelationRef {
   /** `pg_class.oid`. */
   readonly oid: number
-  /** The schema, or `null` when the relation cannot be resolved (dropped, another database's, created by an uncommitted transaction). */
+  /**
+   * The schema, or `null` when the relation cannot be resolved (dropped, another database's, created by an
+   * uncommitted transaction).
+   */
   readonly schema: string | null
   /** The relation's name, or `null` when it cannot be resolved. */
   readonly name: string | null
   /** `schema.name`, each part quoted when needed (`public."Order Lines"`), or `null` when it cannot be resolved. */
   readonly qualifiedName: string | null
-  /** What it is: `'table'` (partitioned tables included), `'index'`, `'sequence'`, `'view'`, `'materialized view'`, `'toast table'`, `'foreign table'`, ...; `null` when unresolved. */
+  /**
+   * What it is: `'table'` (partitioned tables included), `'index'`, `'sequence'`, `'view'`, `'materialized view'`,
+   * `'toast table'`, `'foreign table'`, ...; `null` when unresolved.
+   */
   readonly kind: string | null
 }
 
@@ -69,7 +75,10 @@ export interface LockInfo {
   readonly fastPath: boolean
   /** When the wait began (PostgreSQL 14+; `null` for granted locks and older servers). */
   readonly waitStartedAt: Date | null
-  /** One line for people: `table public.accounts`, `row (0,3) of public.accounts`, `advisory key 42`, `transaction 1234`, ... */
+  /**
+   * One line for people: `table public.accounts`, `row (0,3) of public.accounts`, `advisory key 42`, `transaction
+   * 1234`, ...
+   */
   readonly target: string
 }
 
@@ -91,7 +100,10 @@ export interface LockWaitNode {
   readonly user: string | null
   /** The client's address, `null` for unix sockets and when not visible. */
   readonly clientAddress: string | null
-  /** `pg_stat_activity.state`: `'active'`, `'idle in transaction'`, `'idle in transaction (aborted)'`, ... (`null` when not visible to this role). */
+  /**
+   * `pg_stat_activity.state`: `'active'`, `'idle in transaction'`, `'idle in transaction (aborted)'`, ... (`null`
+   * when not visible to this role).
+   */
   readonly state: string | null
   /** `pg_stat_activity.wait_event_type`: `'Lock'`, or `'IPC'` for a safe-snapshot wait. */
   readonly waitEventType: string | null
@@ -103,7 +115,10 @@ export interface LockWaitNode {
   readonly transactionAgeMs: number | null
   /** The current (or, when idle, the last) statement, truncated to `queryLength`. */
   readonly query: string | null
-  /** What it waits for: `'lock'` (a heavyweight lock, see `waitingFor`), `'safe snapshot'` (a `SERIALIZABLE READ ONLY DEFERRABLE` transaction waiting for a safe snapshot), or `null` for a root. */
+  /**
+   * What it waits for: `'lock'` (a heavyweight lock, see `waitingFor`), `'safe snapshot'` (a `SERIALIZABLE READ
+   * ONLY DEFERRABLE` transaction waiting for a safe snapshot), or `null` for a root.
+   */
   readonly waitKind: 'lock' | 'safe snapshot' | null
   /** The lock it waits for (not granted), when `waitKind` is `'lock'`. */
   readonly waitingFor: LockInfo | null
@@ -115,13 +130,19 @@ export interface LockWaitNode {
   readonly blockedBy: readonly number[]
   /** The sessions waiting for this one. */
   readonly blocking: readonly LockWaitNode[]
-  /** `true` when this session already appears above on its own branch: a wait cycle (a deadlock the server has not broken yet); its children are not repeated. */
+  /**
+   * `true` when this session already appears above on its own branch: a wait cycle (a deadlock the server has not
+   * broken yet); its children are not repeated.
+   */
   readonly cycle: boolean
 }
 
 /** Options of `idleInTransaction()`. */
 export interface IdleInTransactionOptions extends InsightOptions {
-  /** Only sessions idle for at least this long, in milliseconds (time since their last statement ended). A whole number of at least 0. Default: `0` (all). */
+  /**
+   * Only sessions idle for at least this long, in milliseconds (time since their last statement ended). A whole
+   * number of at least 0. Default: `0` (all).
+   */
   olderThanMs?: number
   /** Longest query text returned, in characters (longer ones end with `…`). Default: `200`. */
   queryLength?: number
@@ -137,7 +158,10 @@ export interface IdleSession {
   readonly user: string | null
   /** The client's address, `null` for unix sockets and when not visible. */
   readonly clientAddress: string | null
-  /** `'idle in transaction'` or `'idle in transaction (aborted)'` (an error happened; it holds no transaction lock any more, only session advisory locks). */
+  /**
+   * `'idle in transaction'` or `'idle in transaction (aborted)'` (an error happened; it holds no transaction lock
+   * any more, only session advisory locks).
+   */
   readonly state: 'idle in transaction' | 'idle in transaction (aborted)'
   /** When its transaction began. */
   readonly transactionStartedAt: Date | null
@@ -177,7 +201,10 @@ export interface SessionTermination {
   readonly reason: string | null
   /** The SQLSTATE of a failure the server reported, e.g. `'42501'` (permission denied); otherwise `null`. */
   readonly code: string | null
-  /** The error of a failure (node-postgres' `DatabaseError`, with the server's message and fields), otherwise `null`. */
+  /**
+   * The error of a failure (node-postgres' `DatabaseError`, with the server's message and fields), otherwise
+   * `null`.
+   */
   readonly error: Error | null
 }
 
@@ -203,9 +230,15 @@ export interface ExplainLocksOptions extends InsightOptions {
 
 /** A lock of {@link LockReport}, with what it blocks. */
 export interface ExplainedLock extends LockInfo {
-  /** For relation locks: the table lock modes that conflict with it (other transactions asking for them wait). Empty for other lock types. */
+  /**
+   * For relation locks: the table lock modes that conflict with it (other transactions asking for them wait). Empty
+   * for other lock types.
+   */
   readonly conflictsWith: readonly LockMode[]
-  /** What other sessions cannot do while it is held: statements for relation locks (`['ALTER TABLE (most forms)', 'VACUUM FULL', ...]`), a sentence for other types. */
+  /**
+   * What other sessions cannot do while it is held: statements for relation locks (`['ALTER TABLE (most forms)',
+   * 'VACUUM FULL', ...]`), a sentence for other types.
+   */
   readonly blocks: readonly string[]
 }
 
@@ -251,7 +284,10 @@ export interface LockReport {
   readonly command: string | null
   /** Its row count (the last statement's). */
   readonly rowCount: number | null
-  /** The locks held after the statement, relations first (strongest mode first), then the others. The transaction's own `virtualxid` lock, held by every transaction, is left out. */
+  /**
+   * The locks held after the statement, relations first (strongest mode first), then the others. The transaction's
+   * own `virtualxid` lock, held by every transaction, is left out.
+   */
   readonly locks: readonly ExplainedLock[]
   /** Row locks (which `pg_locks` does not show). */
   readonly rowLocks: RowLocksReport

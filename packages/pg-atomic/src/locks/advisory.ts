@@ -10,7 +10,14 @@ import { createHash } from 'node:crypto'
 import type { PoolClient } from 'pg'
 import { z } from 'zod'
 import { requireActiveBlock } from '../current'
-import { ConnectionLostError, InvalidOptionError, LockNotAvailableError, TransactionManagementError, isConnectionLoss, lockNotAvailableFrom } from '../errors'
+import {
+  ConnectionLostError,
+  InvalidOptionError,
+  LockNotAvailableError,
+  TransactionManagementError,
+  isConnectionLoss,
+  lockNotAvailableFrom,
+} from '../errors'
 import { requireDatabase } from '../registry'
 import {
   ADVISORY_KEY_SQL as KEY_SQL,
@@ -108,7 +115,8 @@ const keySchema = z.union([
   z.tuple([int32, int32]).readonly(),
 ])
 const KEY_EXPECTATION =
-  'a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, or a non-empty string (hashed with advisoryKey())'
+  'a bigint from -2^63 to 2^63-1, a safe integer number, a pair [a, b] of 32-bit signed integers, ' +
+  'or a non-empty string (hashed with advisoryKey())'
 
 /** Validates a key and returns it as PostgreSQL receives it. @internal */
 export function resolveAdvisoryKey(key: unknown, subject: string): ResolvedAdvisoryKey {
@@ -201,7 +209,11 @@ function resolveOptions(options: unknown, subject: string): Resolved {
   const o = parseOptions(optionsSchema, options === undefined ? {} : options, subject, OPTION_EXPECTATIONS)
   const wait = o.wait ?? true
   if (!wait && o.timeoutMs !== undefined) {
-    throw new InvalidOptionError('timeoutMs', `Invalid option "timeoutMs" for ${subject}: it applies only when waiting, so it cannot be combined with "wait: false". Remove one of them.`)
+    throw new InvalidOptionError(
+      'timeoutMs',
+      `Invalid option "timeoutMs" for ${subject}: it applies only when waiting, so it cannot be combined ` +
+        `with "wait: false". Remove one of them.`,
+    )
   }
   return { shared: o.shared ?? false, wait, timeoutMs: o.timeoutMs, using: o.using }
 }
@@ -219,13 +231,17 @@ function refuseSelfDeadlock(alias: string, key: ResolvedAdvisoryKey, shared: boo
   const holder = held.getStore()?.find((h) => h.alias === alias && h.id === id && !(h.shared && shared))
   if (holder === undefined) return
   throw new TransactionManagementError(
-    `${subject} would wait forever: an enclosing withAdvisoryLock() of this async context holds the same advisory lock on another connection, and it is released only when this code finishes. Advisory locks exclude sessions, not callers: do not take the same key again inside withAdvisoryLock().`,
+    `${subject} would wait forever: an enclosing withAdvisoryLock() of this async context holds ` +
+      `the same advisory lock on another connection, and it is released only when this code finishes. ` +
+      `Advisory locks exclude sessions, not callers: do not take the same key again inside withAdvisoryLock().`,
   )
 }
 
 /** The message of `advisoryLock()` outside a block. */
 export const ADVISORY_LOCK_OUTSIDE_MESSAGE =
-  'advisoryLock() cannot be used outside of a transaction: call it inside an atomic() block (a transaction-level advisory lock taken in autocommit mode is released as soon as the statement ends). For a lock that spans several transactions, use withAdvisoryLock().'
+  'advisoryLock() cannot be used outside of a transaction: call it inside an atomic() block (a ' +
+  'transaction-level advisory lock taken in autocommit mode is released as soon as the statement ' +
+  'ends). For a lock that spans several transactions, use withAdvisoryLock().'
 
 /**
  * Takes a transaction-level advisory lock in the current `atomic()` block
@@ -277,7 +293,14 @@ export async function advisoryLock(key: AdvisoryLockKey, options?: AdvisoryLockO
 
 /** The message of `withAdvisoryLock()` on a database declared behind a transaction pooler. */
 function transactionPoolingMessage(alias: string): string {
-  return `withAdvisoryLock() is refused on database '${alias}' because it was created with transactionPooling: true. A session-level advisory lock belongs to a server connection, and a transaction-mode pooler (PgBouncer pool_mode = transaction) hands that connection to other clients between transactions: two clients can then both "hold" the lock, and the unlock can reach another connection and leave the lock held. Use advisoryLock() inside an atomic() block (transaction-level, safe behind a pooler), or a database that connects to PostgreSQL directly.`
+  return (
+    `withAdvisoryLock() is refused on database '${alias}' because it was created with transactionPooling: ` +
+    `true. A session-level advisory lock belongs to a server connection, and a transaction-mode ` +
+    `pooler (PgBouncer pool_mode = transaction) hands that connection to other clients between ` +
+    `transactions: two clients can then both "hold" the lock, and the unlock can reach another ` +
+    `connection and leave the lock held. Use advisoryLock() inside an atomic() block (transaction-level, ` +
+    `safe behind a pooler), or a database that connects to PostgreSQL directly.`
+  )
 }
 
 /**
@@ -320,16 +343,24 @@ function transactionPoolingMessage(alias: string): string {
  * })
  * ```
  */
-export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: AdvisoryLockContext) => T | Promise<T>, options?: WithAdvisoryLockOptions): Promise<T> {
+export async function withAdvisoryLock<T>(
+  key: AdvisoryLockKey,
+  fn: (lock: AdvisoryLockContext) => T | Promise<T>,
+  options?: WithAdvisoryLockOptions,
+): Promise<T> {
   const subject = 'withAdvisoryLock()'
   const k = resolveAdvisoryKey(key, subject)
-  if (typeof fn !== 'function') throw new InvalidOptionError('fn', `Invalid option "fn" for ${subject}: it must be ${OPTION_EXPECTATIONS.fn}.`)
+  if (typeof fn !== 'function')
+    throw new InvalidOptionError('fn', `Invalid option "fn" for ${subject}: it must be ${OPTION_EXPECTATIONS.fn}.`)
   const o = resolveOptions(options, subject)
   const db = requireDatabase(o.using ?? 'default')
   if (db.transactionPooling) throw new TransactionManagementError(transactionPoolingMessage(db.alias))
   if (db.inAtomicBlock()) {
     throw new TransactionManagementError(
-      "withAdvisoryLock() cannot be used inside an atomic() block: its session-level lock would be released when fn returns, before the enclosing transaction commits, so another process could take the lock without seeing this transaction's work. Use advisoryLock() (released at COMMIT), or call withAdvisoryLock() outside and open the atomic() block inside fn.",
+      'withAdvisoryLock() cannot be used inside an atomic() block: its session-level lock would be ' +
+        'released when fn returns, before the enclosing transaction commits, so another process could ' +
+        "take the lock without seeing this transaction's work. Use advisoryLock() (released at COMMIT), " +
+        'or call withAdvisoryLock() outside and open the atomic() block inside fn.',
     )
   }
   refuseSelfDeadlock(db.alias, k, o.shared, subject)
@@ -342,7 +373,11 @@ export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: Advis
     if (lost !== undefined) return
     lost = error ?? new Error('Connection terminated')
     controller.abort(
-      new ConnectionLostError('The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released and other sessions can take it.', { cause: lost }),
+      new ConnectionLostError(
+        'The connection holding the advisory lock of withAdvisoryLock() was lost; the lock is released ' +
+          'and other sessions can take it.',
+        { cause: lost },
+      ),
     )
   }
   const onEnd = (): void => onLost()
@@ -370,12 +405,21 @@ export async function withAdvisoryLock<T>(key: AdvisoryLockKey, fn: (lock: Advis
   let outcome: { ok: true; value: T } | { ok: false; error: unknown }
   try {
     const entry: HeldLock = { alias: db.alias, id: idOf(k), shared: o.shared }
-    const value = await held.run([...(held.getStore() ?? []), entry], () => fn(Object.freeze({ key: k, signal: controller.signal })))
+    const value = await held.run([...(held.getStore() ?? []), entry], () =>
+      fn(Object.freeze({ key: k, signal: controller.signal })),
+    )
     outcome = { ok: true, value }
   } catch (error) {
     outcome = { ok: false, error }
   } finally {
-    await releaseSessionLock(client, k, o.shared, () => lost, release, (message, error) => db.logger.error(message, error))
+    await releaseSessionLock(
+      client,
+      k,
+      o.shared,
+      () => lost,
+      release,
+      (message, error) => db.logger.error(message, error),
+    )
   }
   if (!outcome.ok) throw outcome.error
   if (lost !== undefined) throw controller.signal.reason
@@ -387,9 +431,13 @@ async function acquireSessionLock(client: PoolClient, key: ResolvedAdvisoryKey, 
   if (o.timeoutMs === undefined) {
     const result = await client.query<{ acquired?: boolean }>(statement.text, statement.values)
     if (!o.wait && result.rows[0]?.acquired !== true) {
-      throw new LockNotAvailableError('Could not obtain the advisory lock of withAdvisoryLock() without waiting (wait: false): another session holds it in a conflicting mode. fn was not run.', {
-        reason: 'nowait',
-      })
+      throw new LockNotAvailableError(
+        'Could not obtain the advisory lock of withAdvisoryLock() without waiting (wait: false): another ' +
+          'session holds it in a conflicting mode. fn was not run.',
+        {
+          reason: 'nowait',
+        },
+      )
     }
     return
   }
@@ -412,7 +460,8 @@ async function acquireSessionLock(client: PoolClient, key: ResolvedAdvisoryKey, 
 
 /** The sentence logged when the unlock did not work; the error goes to the logger as its own argument. */
 const UNLOCK_FAILED_MESSAGE =
-  'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, which releases every lock of its session.'
+  'withAdvisoryLock() could not release its advisory lock; the connection was destroyed instead, ' +
+  'which releases every lock of its session.'
 
 async function releaseSessionLock(
   client: PoolClient,

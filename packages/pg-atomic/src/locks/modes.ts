@@ -21,10 +21,13 @@ export function normalizeLockMode(input: unknown): LockMode | undefined {
 }
 
 /** What a lock mode must be, for messages. @internal */
-export const LOCK_MODE_EXPECTATION = `one of ${LOCK_MODES.map((m) => `'${m}'`).join(', ')} (any case), or a pg_locks name such as 'RowExclusiveLock'`
+export const LOCK_MODE_EXPECTATION =
+  `one of ${LOCK_MODES.map((m) => `'${m}'`).join(', ')} (any case), ` + "or a pg_locks name such as 'RowExclusiveLock'"
 
 /** A lock mode, normalized to `LOCK_MODES` words. @internal */
-export const lockModeSchema = z.custom<LockMode | string>((v) => normalizeLockMode(v) !== undefined).transform((v) => normalizeLockMode(v) as LockMode)
+export const lockModeSchema = z
+  .custom<LockMode | string>((v) => normalizeLockMode(v) !== undefined)
+  .transform((v) => normalizeLockMode(v) as LockMode)
 
 /**
  * Validates a table lock mode: `LOCK TABLE`'s words in any case (`'ACCESS EXCLUSIVE'`,
@@ -41,6 +44,8 @@ export const lockModeSchema = z.custom<LockMode | string>((v) => normalizeLockMo
  * ```
  */
 export function parseLockMode(input: unknown, field = 'mode', subject = 'parseLockMode()'): LockMode {
-  const parsed = parseOptions(z.strictObject({ [field]: lockModeSchema }), { [field]: input }, subject, { [field]: LOCK_MODE_EXPECTATION })
+  const parsed = parseOptions(z.strictObject({ [field]: lockModeSchema }), { [field]: input }, subject, {
+    [field]: LOCK_MODE_EXPECTATION,
+  })
   return parsed[field] as LockMode
 }

@@ -78,7 +78,8 @@ function clause(o: z.output<typeof forUpdateSchema>, subject: string): string {
   if (nowait && skipLocked) {
     throw new InvalidOptionError(
       'skipLocked',
-      `Invalid option "skipLocked" for ${subject}: it cannot be combined with "nowait": NOWAIT fails on a locked row, SKIP LOCKED leaves it out. Choose one.`,
+      `Invalid option "skipLocked" for ${subject}: it cannot be combined with "nowait": NOWAIT fails ` +
+        `on a locked row, SKIP LOCKED leaves it out. Choose one.`,
     )
   }
   const of = o.of === undefined ? [] : typeof o.of === 'string' ? [o.of] : o.of
@@ -95,7 +96,8 @@ function clause(o: z.output<typeof forUpdateSchema>, subject: string): string {
  *
  * @example
  * ```ts
- * const sql = `select id, payload from jobs where state = 'ready' order by id limit 10 ${forUpdate({ skipLocked: true })}`
+ * const clause = forUpdate({ skipLocked: true })
+ * const sql = `select id, payload from jobs where state = 'ready' order by id limit 10 ${clause}`
  * // ... FOR UPDATE SKIP LOCKED
  * ```
  */
@@ -106,7 +108,9 @@ export function forUpdate(options?: ForUpdateOptions): string {
 
 /** The message of `selectForUpdate()` outside a block (Django's words, and why). */
 export const SELECT_FOR_UPDATE_OUTSIDE_MESSAGE =
-  'select_for_update cannot be used outside of a transaction. Call selectForUpdate() inside an atomic() block: in autocommit mode the row locks would be released as soon as the statement ends.'
+  'select_for_update cannot be used outside of a transaction. Call selectForUpdate() inside an ' +
+  'atomic() block: in autocommit mode the row locks would be released as soon as the statement ' +
+  'ends.'
 
 const textSchema = z.strictObject({ text: z.string().refine((t) => t.trim() !== '') })
 
@@ -130,13 +134,22 @@ const textSchema = z.strictObject({ text: z.string().refine((t) => t.trim() !== 
  * @example
  * ```ts
  * await atomic(async () => {
- *   const { rows } = await selectForUpdate<{ balance: string }>('select balance from accounts where id = $1', [1], { strength: 'no key update' })
+ *   const { rows } = await selectForUpdate<{ balance: string }>('select balance from accounts where id = $1', [1], {
+ *     strength: 'no key update',
+ *   })
  *   await db.query('update accounts set balance = $1 where id = $2', [Number(rows[0]?.balance) - 100, 1])
  * })
  * ```
  */
-export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: SelectForUpdateOptions): Promise<QueryResult<R>>
-export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(text: string, options?: SelectForUpdateOptions): Promise<QueryResult<R>>
+export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(
+  text: string,
+  values?: readonly unknown[],
+  options?: SelectForUpdateOptions,
+): Promise<QueryResult<R>>
+export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(
+  text: string,
+  options?: SelectForUpdateOptions,
+): Promise<QueryResult<R>>
 export async function selectForUpdate<R extends QueryResultRow = QueryResultRow>(
   text: string,
   valuesOrOptions?: readonly unknown[] | SelectForUpdateOptions,
@@ -149,7 +162,11 @@ export async function selectForUpdate<R extends QueryResultRow = QueryResultRow>
     values = valuesOrOptions as readonly unknown[] | undefined
     options = maybeOptions
   } else {
-    if (maybeOptions !== undefined) throw new InvalidOptionError('values', `Invalid option "values" for ${subject}: it must be ${EXPECTATIONS.values}.`)
+    if (maybeOptions !== undefined)
+      throw new InvalidOptionError(
+        'values',
+        `Invalid option "values" for ${subject}: it must be ${EXPECTATIONS.values}.`,
+      )
     options = valuesOrOptions
   }
   parseOptions(textSchema, { text }, subject, EXPECTATIONS)

@@ -39,7 +39,10 @@ export interface TableLockInput extends TableLockOptions {
    * bytes of UTF-8.
    */
   tables: string | readonly string[]
-  /** One of PostgreSQL's 8 table lock modes (`'access share'` ... `'access exclusive'`, any case, or a `pg_locks` name). */
+  /**
+   * One of PostgreSQL's 8 table lock modes (`'access share'` ... `'access exclusive'`, any case, or a `pg_locks`
+   * name).
+   */
   mode: LockMode | string
 }
 
@@ -58,7 +61,8 @@ export interface ResolvedTableLock {
 }
 
 /** What the `lock` option of a block must be, for messages (also used by `options.ts`). @internal */
-export const TABLE_LOCK_OPTION_EXPECTATION = "an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }"
+export const TABLE_LOCK_OPTION_EXPECTATION =
+  "an object { tables, mode, nowait?, timeoutMs? }, e.g. { tables: 'accounts', mode: 'share row exclusive' }"
 
 /** A table name split into its parts, with its quoted SQL form. */
 interface QualifiedName {
@@ -128,12 +132,20 @@ const tableLockShape = {
 const argumentsSchema = z.strictObject({ tables: tableLockShape.tables, mode: tableLockShape.mode })
 
 /** Builds the frozen lock from validated values; refuses `nowait` with `timeoutMs`. */
-function build(tables: string | readonly string[], mode: LockMode, nowait: boolean, timeoutMs: number | undefined, prefix: string, subject: string): ResolvedTableLock {
+function build(
+  tables: string | readonly string[],
+  mode: LockMode,
+  nowait: boolean,
+  timeoutMs: number | undefined,
+  prefix: string,
+  subject: string,
+): ResolvedTableLock {
   if (nowait && timeoutMs !== undefined) {
     const field = dotted(prefix, 'timeoutMs')
     throw new InvalidOptionError(
       field,
-      `Invalid option "${field}" for ${subject}: it cannot be combined with "${dotted(prefix, 'nowait')}": NOWAIT fails at once, timeoutMs waits up to that long. Choose one.`,
+      `Invalid option "${field}" for ${subject}: it cannot be combined with "${dotted(prefix, 'nowait')}": ` +
+        `NOWAIT fails at once, timeoutMs waits up to that long. Choose one.`,
     )
   }
   const names = canonical((typeof tables === 'string' ? [tables] : tables).map(qualify))
@@ -155,7 +167,12 @@ function build(tables: string | readonly string[], mode: LockMode, nowait: boole
  * Validates the arguments of `subject` (`lockTable()`) and returns the frozen lock with its
  * statement. `InvalidOptionError` names `tables`, `mode`, `nowait` or `timeoutMs`. @internal
  */
-export function resolveTableLockArguments(tables: unknown, mode: unknown, options: TableLockOptions, subject: string): ResolvedTableLock {
+export function resolveTableLockArguments(
+  tables: unknown,
+  mode: unknown,
+  options: TableLockOptions,
+  subject: string,
+): ResolvedTableLock {
   const args = parseOptions(argumentsSchema, { tables, mode }, subject, expectations(''))
   return build(args.tables, args.mode, options.nowait ?? false, options.timeoutMs, '', subject)
 }
@@ -170,7 +187,12 @@ export function resolveTableLockArguments(tables: unknown, mode: unknown, option
  * @internal
  */
 export function resolveTableLock(input: unknown, field = 'lock', subject = 'atomic()'): ResolvedTableLock {
-  const parsed = parseOptions(z.strictObject({ [field]: z.strictObject(tableLockShape) }), { [field]: input }, subject, expectations(field))
+  const parsed = parseOptions(
+    z.strictObject({ [field]: z.strictObject(tableLockShape) }),
+    { [field]: input },
+    subject,
+    expectations(field),
+  )
   const lock = parsed[field] as z.output<z.ZodObject<typeof tableLockShape>>
   return build(lock.tables, lock.mode, lock.nowait ?? false, lock.timeoutMs, field, subject)
 }
@@ -187,9 +209,18 @@ export function resolveTableLock(input: unknown, field = 'lock', subject = 'atom
  *    SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)`.
  * @internal
  */
-export function lockTableStatement(tables: string | readonly string[], mode: LockMode | string, options: TableLockOptions = {}): string {
+export function lockTableStatement(
+  tables: string | readonly string[],
+  mode: LockMode | string,
+  options: TableLockOptions = {},
+): string {
   const subject = 'lockTableStatement()'
-  const o = parseOptions(z.strictObject({ nowait: tableLockShape.nowait, timeoutMs: tableLockShape.timeoutMs }), options, subject, expectations(''))
+  const o = parseOptions(
+    z.strictObject({ nowait: tableLockShape.nowait, timeoutMs: tableLockShape.timeoutMs }),
+    options,
+    subject,
+    expectations(''),
+  )
   return resolveTableLockArguments(tables, mode, o, subject).statement
 }
 

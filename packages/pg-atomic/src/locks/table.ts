@@ -32,7 +32,8 @@ const EXPECTATIONS = { nowait: 'true or false', timeoutMs: TIMEOUT_MS_EXPECTATIO
 
 /** The message of `lockTable()` outside a block. */
 export const LOCK_TABLE_OUTSIDE_MESSAGE =
-  'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block (a lock taken in autocommit mode is released at once).'
+  'LOCK TABLE cannot be used outside of a transaction: call lockTable() inside an atomic() block ' +
+  '(a lock taken in autocommit mode is released at once).'
 
 /**
  * Locks one or several tables in the current `atomic()` block until its transaction ends
@@ -61,7 +62,11 @@ export const LOCK_TABLE_OUTSIDE_MESSAGE =
  * })
  * ```
  */
-export async function lockTable(tables: string | readonly string[], mode: LockMode | string, options?: LockTableOptions): Promise<void> {
+export async function lockTable(
+  tables: string | readonly string[],
+  mode: LockMode | string,
+  options?: LockTableOptions,
+): Promise<void> {
   const o = parseOptions(optionsSchema, options === undefined ? {} : options, SUBJECT, EXPECTATIONS)
   const lock = resolveTableLockArguments(tables, mode, o, SUBJECT)
   const block = requireActiveBlock(o.using, LOCK_TABLE_OUTSIDE_MESSAGE)

@@ -21,8 +21,9 @@ const MY_DATABASE = '(SELECT a.datid FROM pg_catalog.pg_stat_get_activity(pg_cat
  * releases its catalog locks at once; relations of other databases are not looked up (their oids
  * mean nothing here). Continue with a `WHERE` on `l`.
  */
-const LOCK_SELECT = `SELECT l.pid, l.locktype, l.relation, o.type AS rel_type, o.schema AS rel_schema, o.name AS rel_name,
-       o.identity AS rel_identity, l.page, l.tuple, l.virtualxid, l.transactionid::text AS transactionid,
+const LOCK_SELECT = `SELECT l.pid, l.locktype, l.relation,
+       o.type AS rel_type, o.schema AS rel_schema, o.name AS rel_name, o.identity AS rel_identity,
+       l.page, l.tuple, l.virtualxid, l.transactionid::text AS transactionid,
        l.classid, l.objid, l.objsubid, l.virtualtransaction, l.mode, l.granted, l.fastpath,
        (pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz AS waitstart
   FROM pg_catalog.pg_lock_status() l
@@ -30,17 +31,22 @@ const LOCK_SELECT = `SELECT l.pid, l.locktype, l.relation, o.type AS rel_type, o
          CASE WHEN l.database = 0 OR l.database = ${MY_DATABASE} THEN l.relation END, 0) o ON true`
 
 /** `pg_stat_activity` columns, from the function (no lock on the view or on pg_authid / pg_database). */
-const ACTIVITY_COLUMNS = `s.pid, s.application_name, pg_catalog.pg_get_userbyid(s.usesysid) AS usename, s.client_addr::text AS client_addr,
-       s.state, s.wait_event_type, s.wait_event, s.xact_start,
+const ACTIVITY_COLUMNS = `s.pid, s.application_name, pg_catalog.pg_get_userbyid(s.usesysid) AS usename,
+       s.client_addr::text AS client_addr, s.state, s.wait_event_type, s.wait_event, s.xact_start,
        (extract(epoch FROM pg_catalog.clock_timestamp() - s.xact_start) * 1000)::float8 AS xact_age_ms,
-       s.state_change, (extract(epoch FROM pg_catalog.clock_timestamp() - s.state_change) * 1000)::float8 AS idle_ms,
+       s.state_change,
+       (extract(epoch FROM pg_catalog.clock_timestamp() - s.state_change) * 1000)::float8 AS idle_ms,
        s.query`
 
 /** Every lock of the calling backend (its transaction's locks). @internal */
 export const LOCKS_OF_THIS_BACKEND_SQL = `${LOCK_SELECT} WHERE l.pid = pg_catalog.pg_backend_pid()`
 
-/** The same, with the backend's pid as `me` (at least one row: every transaction holds its own virtualxid). @internal */
-export const LOCKS_OF_THIS_BACKEND_WITH_PID_SQL = `SELECT x.*, pg_catalog.pg_backend_pid() AS me FROM (${LOCKS_OF_THIS_BACKEND_SQL}) x`
+/**
+ * The same, with the backend's pid as `me` (at least one row: every transaction holds its own
+ * virtualxid). @internal
+ */
+export const LOCKS_OF_THIS_BACKEND_WITH_PID_SQL = `SELECT x.*, pg_catalog.pg_backend_pid() AS me
+  FROM (${LOCKS_OF_THIS_BACKEND_SQL}) x`
 
 /**
  * Inside a transaction, `pg_stat_activity` data is a snapshot taken at its first use; this clears
@@ -54,18 +60,23 @@ export const CLEAR_STATS_SNAPSHOT_SQL = 'SELECT pg_catalog.pg_stat_clear_snapsho
  */
 export const WAITING_SESSIONS_SQL = `SELECT w.pid, w.lock_blockers, w.snapshot_blockers
   FROM (SELECT s.pid,
-               CASE WHEN s.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(s.pid) ELSE '{}'::int[] END AS lock_blockers,
-               CASE WHEN s.wait_event = 'SafeSnapshot' THEN pg_catalog.pg_safe_snapshot_blocking_pids(s.pid) ELSE '{}'::int[] END AS snapshot_blockers
+               CASE WHEN s.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(s.pid)
+                    ELSE '{}'::int[] END AS lock_blockers,
+               CASE WHEN s.wait_event = 'SafeSnapshot' THEN pg_catalog.pg_safe_snapshot_blocking_pids(s.pid)
+                    ELSE '{}'::int[] END AS snapshot_blockers
           FROM pg_catalog.pg_stat_get_activity(NULL) s
          WHERE s.datid = ${MY_DATABASE} AND (s.wait_event_type = 'Lock' OR s.wait_event = 'SafeSnapshot')) w
  WHERE pg_catalog.cardinality(w.lock_blockers) > 0 OR pg_catalog.cardinality(w.snapshot_blockers) > 0
  ORDER BY w.pid`
 
 /** The activity of the sessions whose pids are `$1` (`int[]`). @internal */
-export const ACTIVITY_OF_SESSIONS_SQL = `SELECT ${ACTIVITY_COLUMNS} FROM pg_catalog.pg_stat_get_activity(NULL) s WHERE s.pid = ANY($1::int[])`
+export const ACTIVITY_OF_SESSIONS_SQL = `SELECT ${ACTIVITY_COLUMNS}
+  FROM pg_catalog.pg_stat_get_activity(NULL) s
+ WHERE s.pid = ANY($1::int[])`
 
 /** The locks the sessions `$1` (`int[]`) wait for (not granted), with the wait so far in ms. @internal */
-export const AWAITED_LOCKS_SQL = `SELECT x.*, (extract(epoch FROM pg_catalog.clock_timestamp() - x.waitstart) * 1000)::float8 AS wait_ms
+export const AWAITED_LOCKS_SQL = `SELECT x.*,
+       (extract(epoch FROM pg_catalog.clock_timestamp() - x.waitstart) * 1000)::float8 AS wait_ms
   FROM (${LOCK_SELECT} WHERE NOT l.granted AND l.pid = ANY($1::int[])) x`
 
 /**
@@ -87,8 +98,8 @@ export const GRANTED_LOCKS_OF_SESSIONS_SQL = `${LOCK_SELECT} WHERE l.granted AND
 export const SERVER_VERSION_SQL = "SELECT pg_catalog.current_setting('server_version_num')::int AS version"
 
 /** The database, role and server version of the connection. @internal */
-export const SERVER_INFO_SQL =
-  "SELECT pg_catalog.current_database() AS database, current_user AS role, pg_catalog.current_setting('server_version_num')::int AS version"
+export const SERVER_INFO_SQL = `SELECT pg_catalog.current_database() AS database, current_user AS role,
+       pg_catalog.current_setting('server_version_num')::int AS version`
 
 /**
  * Terminates session `$1` (`int`) only if it is still idle in the same transaction: its
@@ -106,27 +117,39 @@ export function terminateIfStillIdleSql(waitForExit: boolean): string {
    AND s.state_change >= $2::timestamptz AND s.state_change < $2::timestamptz + interval '1 millisecond'`
 }
 
-/** `BEGIN` with the `lock_timeout` and `statement_timeout` of the statement `explainLocks()` runs (validated ms). @internal */
+/**
+ * `BEGIN` with the `lock_timeout` and `statement_timeout` of the statement `explainLocks()` runs
+ * (validated ms). @internal
+ */
 export function explainPreludeSql(lockTimeoutMs: number, statementTimeoutMs: number): string {
   return `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs}`
 }
 
-/** Session settings of the second connection that reads row locks with `pgrowlocks` (validated ms). @internal */
+/** Session settings of the connection that reads row locks with `pgrowlocks` (validated ms). @internal */
 export function rowLockObserverSettingsSql(statementTimeoutMs: number): string {
   return `SET lock_timeout = 1000; SET statement_timeout = ${statementTimeoutMs}`
 }
 
 /** The schema `pgrowlocks` is installed in (no row: not installed). @internal */
-export const PGROWLOCKS_SCHEMA_SQL =
-  "SELECT n.nspname AS schema FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pgrowlocks'"
+export const PGROWLOCKS_SCHEMA_SQL = `SELECT n.nspname AS schema
+  FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname = 'pgrowlocks'`
 
-/** Which of the relations `$1` (`oid[]`) are plain tables (`relkind 'r'`), the only ones `pgrowlocks` reads. @internal */
-export const PLAIN_TABLES_SQL = "SELECT c.oid::int AS oid FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::oid[]) AND c.relkind = 'r'"
+/**
+ * Which of the relations `$1` (`oid[]`) are plain tables (`relkind 'r'`), the only ones
+ * `pgrowlocks` reads. @internal
+ */
+export const PLAIN_TABLES_SQL =
+  "SELECT c.oid::int AS oid FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::oid[]) AND c.relkind = 'r'"
 
 /**
  * The rows of table `$1` (its qualified name, `text`) locked by backend `$2` (`int`), first `$3`
  * by physical order; `quotedSchema` is the schema of `pgrowlocks`, already quoted. @internal
  */
 export function rowLocksOfTableSql(quotedSchema: string): string {
-  return `SELECT r.locked_row::text AS ctid, r.modes FROM ${quotedSchema}.pgrowlocks($1) r WHERE $2::int = ANY(r.pids) ORDER BY r.locked_row LIMIT $3`
+  return `SELECT r.locked_row::text AS ctid, r.modes
+  FROM ${quotedSchema}.pgrowlocks($1) r
+ WHERE $2::int = ANY(r.pids)
+ ORDER BY r.locked_row
+ LIMIT $3`
 }

@@ -44,7 +44,10 @@ export function isIdentChar(code: number): boolean {
   return isIdentStart(code) || (code >= 48 && code <= 57) || code === DOLLAR
 }
 
-/** Skips whitespace and comments from `i`; returns the index of the next significant character (or `sql.length`). @internal */
+/**
+ * Skips whitespace and comments from `i`; returns the index of the next significant character (or `sql.length`).
+ * @internal
+ */
 export function skipInsignificant(sql: string, i: number): number {
   const n = sql.length
   while (i < n) {
@@ -86,7 +89,10 @@ function stringEnd(sql: string, i: number, escapes: boolean): number {
   return n
 }
 
-/** The end of the `$tag$` opening at `i` (the index after its second `$`), or -1 when `i` does not open a dollar quote. */
+/**
+ * The end of the `$tag$` opening at `i` (the index after its second `$`), or -1 when `i` does not open a dollar
+ * quote.
+ */
 function dollarTagEnd(sql: string, i: number): number {
   let j = i + 1
   const first = sql.charCodeAt(j)

@@ -20,11 +20,15 @@ export function lockTableSql(quotedTables: readonly string[], mode: LockMode, no
  * (`SET LOCAL` semantics: a rollback undoes both). @internal
  */
 export function applyLockTimeoutSql(ms: number): string {
-  return `SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = ${ms}`
+  return (
+    `SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL ` +
+    `lock_timeout = ${ms}`
+  )
 }
 
 /** Restores the `lock_timeout` saved by {@link applyLockTimeoutSql} (transaction-local). @internal */
-export const RESTORE_LOCK_TIMEOUT_SQL = "SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)"
+export const RESTORE_LOCK_TIMEOUT_SQL =
+  "SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)"
 
 /**
  * `statement` with its own `lock_timeout`, in one simple-protocol string (one round trip): save
@@ -35,7 +39,12 @@ export function withStatementLockTimeoutSql(statement: string, ms: number): stri
 }
 
 /** `FOR <STRENGTH> [OF "a", "b"] [NOWAIT | SKIP LOCKED]`; `quotedOf` already quoted. @internal */
-export function rowLockClauseSql(strength: RowLockStrength, quotedOf: readonly string[], nowait: boolean, skipLocked: boolean): string {
+export function rowLockClauseSql(
+  strength: RowLockStrength,
+  quotedOf: readonly string[],
+  nowait: boolean,
+  skipLocked: boolean,
+): string {
   let sql = `FOR ${strength.toUpperCase()}`
   if (quotedOf.length > 0) sql += ` OF ${quotedOf.join(', ')}`
   if (nowait) sql += ' NOWAIT'
@@ -62,14 +71,21 @@ export interface ParameterizedSql {
 
 /** `$1::bigint` or `$1::int, $2::int`, and the parameters. */
 function keyArguments(key: AdvisoryKeyValue): { sql: string; values: unknown[] } {
-  return typeof key === 'bigint' ? { sql: '$1::bigint', values: [key.toString()] } : { sql: '$1::int, $2::int', values: [key[0], key[1]] }
+  return typeof key === 'bigint'
+    ? { sql: '$1::bigint', values: [key.toString()] }
+    : { sql: '$1::int, $2::int', values: [key[0], key[1]] }
 }
 
 /**
  * `SELECT pg_[try_]advisory_[xact_]lock[_shared](key)`; the try form (`wait: false`) names its
  * result `acquired`. @internal
  */
-export function advisoryLockSql(key: AdvisoryKeyValue, level: 'xact' | 'session', shared: boolean, wait: boolean): ParameterizedSql {
+export function advisoryLockSql(
+  key: AdvisoryKeyValue,
+  level: 'xact' | 'session',
+  shared: boolean,
+  wait: boolean,
+): ParameterizedSql {
   const args = keyArguments(key)
   const fn = `pg_${wait ? '' : 'try_'}advisory_${level === 'xact' ? 'xact_' : ''}lock${shared ? '_shared' : ''}`
   return { text: wait ? `SELECT ${fn}(${args.sql})` : `SELECT ${fn}(${args.sql}) AS acquired`, values: args.values }
@@ -98,4 +114,5 @@ export { COMMIT as COMMIT_SQL, ROLLBACK as ROLLBACK_SQL }
  * With pgcrypto, `digest(convert_to(...), 'sha256')` in place of `sha256(convert_to(...))` gives
  * the same value.
  */
-export const ADVISORY_KEY_SQL = "('x' || encode(substr(sha256(convert_to($2::text || ':' || $1::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint"
+export const ADVISORY_KEY_SQL =
+  "('x' || encode(substr(sha256(convert_to($2::text || ':' || $1::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint"

@@ -39,7 +39,10 @@ export async function waitingLocks(h: Harness, locktype?: string): Promise<numbe
 
 /** Waits until at least `n` lock requests of the test database are waiting. */
 export function waitForWaiters(h: Harness, n = 1, locktype?: string): Promise<void> {
-  return waitFor(async () => (await waitingLocks(h, locktype)) >= n, `${n} waiting lock request(s)${locktype === undefined ? '' : ` of type ${locktype}`}`)
+  return waitFor(
+    async () => (await waitingLocks(h, locktype)) >= n,
+    `${n} waiting lock request(s)${locktype === undefined ? '' : ` of type ${locktype}`}`,
+  )
 }
 
 /** Table locks other sessions hold on `table` (mode names from pg_locks), granted only. */
@@ -67,11 +70,21 @@ export function recordedDatabase(h: Harness, alias: string): RecordedDatabase {
   class RecordingClient extends pg.Client {
     override query(...args: unknown[]): never {
       const first = args[0]
-      statements.push(typeof first === 'string' ? first : typeof (first as { text?: unknown })?.text === 'string' ? (first as { text: string }).text : '<submittable>')
+      statements.push(
+        typeof first === 'string'
+          ? first
+          : typeof (first as { text?: unknown })?.text === 'string'
+            ? (first as { text: string }).text
+            : '<submittable>',
+      )
       return (super.query as (...a: unknown[]) => never)(...args)
     }
   }
-  const pool = new pg.Pool({ connectionString: h.testDb.url, max: 2, Client: RecordingClient as unknown as typeof pg.Client })
+  const pool = new pg.Pool({
+    connectionString: h.testDb.url,
+    max: 2,
+    Client: RecordingClient as unknown as typeof pg.Client,
+  })
   const db = createDatabase({ alias, pool, ...(THROUGH_POOLER ? { transactionPooling: true } : {}) })
   return {
     db,
