@@ -32,7 +32,10 @@ export interface AtomicFunction {
    *
    * @example
    * ```ts
-   * const transfer = atomic.wrap(async (from: number, to: number, amount: number) => { ... }, { durable: true })
+   * const transfer = atomic.wrap(async (from: number, to: number, amount: number) => {
+   *   await db.query('update accounts set balance = balance - $1 where id = $2', [amount, from])
+   *   await db.query('update accounts set balance = balance + $1 where id = $2', [amount, to])
+   * }, { durable: true })
    * await transfer(1, 2, 100)
    * ```
    */
@@ -95,6 +98,8 @@ function wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>, options?: 
  *
  * @example
  * ```ts
+ * declare const mailer: { sendConfirmation(orderId: number): Promise<void> }
+ * const id = 42
  * await atomic(async () => {
  *   await db.query('insert into orders(id) values ($1)', [id])
  *   try {
@@ -153,6 +158,8 @@ function usingOf(options: unknown, subject: string): string | undefined {
  *
  * @example
  * ```ts
+ * declare const mailer: { sendWelcome(email: string): Promise<void> }
+ * const email = 'ada@example.com'
  * await atomic(async () => {
  *   await db.query('insert into users(email) values ($1)', [email])
  *   onCommit(() => mailer.sendWelcome(email))
@@ -208,6 +215,8 @@ export function onRollback(fn: Hook, options?: AmbientOptions): void {
  *
  * @example
  * ```ts
+ * declare const body: string
+ * declare const dryRun: boolean
  * await atomic(async () => {
  *   await db.query('insert into drafts(body) values ($1)', [body])
  *   if (dryRun) setRollback(true) // rolled back silently when the block exits
