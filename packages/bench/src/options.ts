@@ -38,8 +38,8 @@ It is a benchmark, not a test: timings never fail it; a failed correctness check
 
   --delay-ms <n[,n]>      network settings: 0 = loopback; n > 0 = the delay proxy, n ms each way
                           (default: 0,1 — both)
-  --rounds <n>            interleaved rounds per workload and setting (default 5)
-  --ops <n>               operations per sequential batch (default 200); concurrent batches run
+  --rounds <n>            interleaved rounds per workload and setting (default 10)
+  --ops <n>               operations per sequential batch (default 100); concurrent batches run
                           ops × workers / 2, contended ones ops commits
   --workers <n>           concurrent workers, and pool size of every contestant (default 8)
   --only <w[,w]>          workloads: select1 (a), tpcb (b), nested (c), transfer (d), contention (e)
@@ -116,8 +116,8 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
   const hotAccounts = positiveInt('hot-accounts', values['hot-accounts'], 4, 2)
   return {
     delaysMs: [...new Set(delays)].sort((a, b) => a - b),
-    rounds: positiveInt('rounds', values.rounds, smoke ? 1 : 5),
-    ops: positiveInt('ops', values.ops, smoke ? 8 : 200),
+    rounds: positiveInt('rounds', values.rounds, smoke ? 1 : 10),
+    ops: positiveInt('ops', values.ops, smoke ? 8 : 100),
     workers,
     workloads: list('only', values.only, WORKLOAD_IDS, letters) ?? [...WORKLOAD_IDS],
     contestants: CONTESTANT_IDS.filter((id) => id === 'pg' || contestants.includes(id)),
