@@ -146,6 +146,7 @@ export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(
   values?: readonly unknown[],
   options?: SelectForUpdateOptions,
 ): Promise<QueryResult<R>>
+/** `selectForUpdate(text, options)`: the same, for a statement without parameters. */
 export function selectForUpdate<R extends QueryResultRow = QueryResultRow>(
   text: string,
   options?: SelectForUpdateOptions,
