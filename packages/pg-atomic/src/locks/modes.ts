@@ -32,7 +32,7 @@ export const lockModeSchema = z
 /**
  * Validates a table lock mode: `LOCK TABLE`'s words in any case (`'ACCESS EXCLUSIVE'`,
  * `'row exclusive'`) or a `pg_locks` name (`'RowExclusiveLock'`), and returns it in
- * {@link LOCK_MODES} words. Anything else is an `InvalidOptionError` naming `field` and the
+ * `LOCK_MODES` words. Anything else is an `InvalidOptionError` naming `field` and the
  * allowed values.
  *
  * @param field - the name used in the error. Default: `'mode'`.
