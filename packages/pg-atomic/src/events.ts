@@ -53,9 +53,20 @@ export interface StatementEvent {
   readonly name: string | undefined
   /** Duration of the round trip that carried the statement, in milliseconds. */
   readonly durationMs: number
-  /** Number of statements sent in the same round trip. */
+  /** Number of control statements sent in the same round trip. */
   readonly batchSize: number
-  /** `undefined` on success, otherwise the error of the round trip. */
+  /**
+   * `true` when the control statements rode in the same round trip as a user statement, before the
+   * same Sync (pipelined: if one of them fails, the user statement does not run); `false` for a
+   * round trip of control statements alone.
+   */
+  readonly withStatement: boolean
+  /**
+   * `undefined` when the statement succeeded; otherwise the error of the round trip. In a pipelined
+   * round trip, the control statements that completed before the one that failed have `undefined`;
+   * the failed one and those the server skipped after it carry the error. When the user statement
+   * itself failed, every control statement of its round trip succeeded.
+   */
   readonly error: unknown
 }
 

@@ -195,10 +195,23 @@ export class Transaction implements WireOwner {
 
   /**
    * Makes the connection ready for a statement of the block at the top of the stack: checkout,
-   * then in one round trip the pending statements, BEGIN (with its SET LOCALs) if not yet sent, and
-   * the SAVEPOINTs (with their SET LOCALs) of the blocks entered since the last statement.
+   * then in one round trip of their own the pending statements, BEGIN (with its SET LOCALs) if not
+   * yet sent, and the SAVEPOINTs of the blocks entered since the last statement. For statements
+   * that cannot share their round trip (cursors, several statements in one string).
    */
   async prepare(): Promise<void> {
+    const preamble = await this.preamble()
+    if (preamble !== undefined) await this.wire.sendBefore(preamble)
+  }
+
+  /**
+   * Checks out a connection if needed and returns the control statements the next statement of
+   * the block at the top of the stack needs — BEGIN (with its SET LOCALs) if not yet sent, the
+   * SAVEPOINTs (with their SET LOCALs) of the blocks entered since the last statement — to be sent
+   * after the wire's pending statements; `undefined` when nothing needs sending. They are
+   * recorded as sent: the caller must send them before (or with) the statement.
+   */
+  async preamble(): Promise<ControlStatement[] | undefined> {
     await this.wire.ready()
     let preamble: ControlStatement[]
     if (!this.begun) {
@@ -212,7 +225,7 @@ export class Transaction implements WireOwner {
       this.begun = true
     } else if (this.wire.mustFlushPending || this.materializedUpTo < this.stack.length) {
       preamble = []
-    } else return
+    } else return undefined
     // Lazy SAVEPOINTs: only the blocks that are still active when a statement runs get one.
     const stack = this.stack
     for (let i = this.materializedUpTo; i < stack.length; i++) {
@@ -228,7 +241,7 @@ export class Transaction implements WireOwner {
       }
     }
     this.materializedUpTo = stack.length
-    await this.wire.sendBefore(preamble)
+    return preamble
   }
 
   /**

@@ -8,7 +8,10 @@
  * can.
  *
  * 1. Control statements needed before a user statement (BEGIN and its SET LOCALs, SAVEPOINTs,
- *    pending statements) go in one simple-protocol string just before it ({@link Wire.sendBefore}).
+ *    pending statements) travel in the same round trip as the statement, before the same Sync
+ *    ({@link Wire.sendWith}, pipeline.ts): if one fails, the statement does not run. A statement
+ *    that cannot be pipelined gets them in one simple-protocol round trip of their own first
+ *    ({@link Wire.sendBefore}).
  * 2. A successful nested block's RELEASE is queued as droppable: it rides with the next control
  *    statement, or is dropped by COMMIT / ROLLBACK / an enclosing ROLLBACK TO.
  * 3. A failed nested block's ROLLBACK TO is queued as must-flush: merged with the next control
@@ -18,12 +21,13 @@
  * @internal
  */
 import { performance } from 'node:perf_hooks'
-import type { PoolClient, QueryResult } from 'pg'
+import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { CommitOutcomeUnknownError, TransactionManagementError, isConnectionLoss, sqlState } from '../errors'
 import { statementChannel } from '../events'
 import type { StatementKind } from '../events'
 import { COMMIT, ROLLBACK } from '../sql/transaction'
 import { COMMIT_ANSWERED_ROLLBACK_MESSAGE, COMMIT_UNKNOWN_MESSAGE, fatalError, lostError } from './messages'
+import { runPipelined } from './pipeline'
 import type { TransactionState } from './state'
 
 /** A control statement on its way to the server. */
@@ -73,6 +77,8 @@ export class Wire {
   /** A connection error reported while a statement was in flight: applied after that statement settled. */
   private deferredClientError: { error: unknown } | undefined = undefined
   private abortCheckout: ((error: unknown) => void) | undefined = undefined
+  /** Round trips made on this connection by the transaction (control statements, statements, cursor reads). */
+  roundTrips = 0
 
   constructor(private readonly owner: WireOwner) {}
 
@@ -147,19 +153,23 @@ export class Wire {
     return this.mustFlush
   }
 
+  /** The pending statements followed by `preamble`; the queue is emptied. */
+  private takePending(preamble: ControlStatement[]): ControlStatement[] {
+    this.mustFlush = false
+    if (this.pending.length === 0) return preamble
+    const statements = this.pending
+    statements.push(...preamble)
+    this.pending = []
+    return statements
+  }
+
   /**
    * Sends the pending statements followed by `preamble` (BEGIN, SET LOCALs, SAVEPOINTs decided by
-   * the block state machine) in one round trip, before a user statement. A failure makes the
-   * transaction failed (or lost) and is rethrown.
+   * the block state machine) in one round trip of their own, before a user statement that cannot
+   * be pipelined (or a cursor). A failure makes the transaction failed (or lost) and is rethrown.
    */
   async sendBefore(preamble: ControlStatement[]): Promise<void> {
-    let statements = preamble
-    if (this.pending.length > 0) {
-      statements = this.pending
-      statements.push(...preamble)
-      this.pending = []
-    }
-    this.mustFlush = false
+    const statements = this.takePending(preamble)
     if (statements.length === 0) return
     try {
       await this.send(statements)
@@ -167,6 +177,32 @@ export class Wire {
       this.controlFailed(error)
       throw error
     }
+  }
+
+  /**
+   * Sends the pending statements, `preamble` and the user statement `config` in one round trip,
+   * before one Sync: a control statement that fails stops the statement on the server. A failed
+   * control statement makes the transaction failed (or lost); either error is rethrown for the
+   * caller, which dooms the block.
+   */
+  async sendWith<R extends QueryResultRow>(preamble: ControlStatement[], config: QueryConfig): Promise<QueryResult<R>> {
+    const client = this.client as PoolClient
+    const statements = this.takePending(preamble)
+    this.roundTrips++
+    if (statements.length === 0) return client.query<R>(config)
+    const publishing = statementChannel.hasSubscribers
+    const start = publishing ? performance.now() : 0
+    const outcome = await runPipelined<R>(client, statements.map(sqlOf), config)
+    if (outcome.ok) {
+      if (publishing) this.publish(statements, performance.now() - start, undefined, statements.length, true)
+      return outcome.result
+    }
+    const failedAt = outcome.controlsCompleted
+    if (publishing) this.publish(statements, performance.now() - start, outcome.error, failedAt, true)
+    if (failedAt < statements.length) this.controlFailed(outcome.error)
+    // Like pg's own client.query(): the stack leads back to the caller, not to the socket.
+    if (outcome.error instanceof Error) Error.captureStackTrace(outcome.error)
+    throw outcome.error
   }
 
   /** Queues control statements for the next round trip; `mustFlush`: before the next statement. */
@@ -234,7 +270,8 @@ export class Wire {
   /** Sends control statements as one simple-protocol round trip and publishes them. */
   async send(statements: readonly ControlStatement[]): Promise<QueryResult | QueryResult[]> {
     const client = this.client as PoolClient
-    const sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map((s) => s.sql).join('; ')
+    const sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map(sqlOf).join('; ')
+    this.roundTrips++
     if (!statementChannel.hasSubscribers) return client.query(sql) as Promise<QueryResult | QueryResult[]>
     const start = performance.now()
     let error: unknown
@@ -244,21 +281,30 @@ export class Wire {
       error = e
       throw e
     } finally {
-      const durationMs = performance.now() - start
-      for (const s of statements) {
-        statementChannel.publish({
-          kind: s.kind,
-          sql: s.sql,
-          transactionId: this.owner.id,
-          database: this.owner.db.alias,
-          depth: s.depth,
-          savepoint: s.savepoint,
-          name: s.name,
-          durationMs,
-          batchSize: statements.length,
-          error,
-        })
-      }
+      this.publish(statements, performance.now() - start, error, 0, false)
+    }
+  }
+
+  /**
+   * Publishes one event per control statement of a round trip. `error` is the round trip's error,
+   * given to the statements from index `failedAt` on (the failed one and those the server skipped).
+   */
+  private publish(statements: readonly ControlStatement[], durationMs: number, error: unknown, failedAt: number, withStatement: boolean): void {
+    for (let i = 0; i < statements.length; i++) {
+      const s = statements[i] as ControlStatement
+      statementChannel.publish({
+        kind: s.kind,
+        sql: s.sql,
+        transactionId: this.owner.id,
+        database: this.owner.db.alias,
+        depth: s.depth,
+        savepoint: s.savepoint,
+        name: s.name,
+        durationMs,
+        batchSize: statements.length,
+        withStatement,
+        error: i >= failedAt ? error : undefined,
+      })
     }
   }
 
@@ -382,6 +428,10 @@ export class Wire {
     client.removeListener('error', this.onClientError)
     client.release()
   }
+}
+
+function sqlOf(statement: ControlStatement): string {
+  return statement.sql
 }
 
 /** Resolves once the client has processed the ReadyForQuery that follows an error (or has ended). */

@@ -61,3 +61,30 @@ export function findTransactionControl(sql: string): string | undefined {
   }
   return undefined
 }
+
+/**
+ * Whether `sql` holds more than one statement: a `;` outside strings, quoted identifiers,
+ * dollar-quoted bodies and comments, followed by anything significant. Conservative: a `;` inside
+ * a `BEGIN ATOMIC ... END` function body also counts (such SQL then simply keeps the simple
+ * protocol). Allocation-free; no `;` at all is the fast path.
+ */
+export function hasSeveralStatements(sql: string): boolean {
+  if (sql.indexOf(';') === -1) return false
+  const n = sql.length
+  let inStatement = false
+  let ended = false
+  let i = skipInsignificant(sql, 0)
+  while (i < n) {
+    if (sql.charCodeAt(i) === SEMICOLON) {
+      if (inStatement) ended = true
+      inStatement = false
+      i = skipInsignificant(sql, i + 1)
+      continue
+    }
+    // A token after a completed statement starts a second one.
+    if (ended) return true
+    inStatement = true
+    i = skipInsignificant(sql, tokenEnd(sql, i))
+  }
+  return false
+}

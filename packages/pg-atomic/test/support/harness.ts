@@ -2,6 +2,7 @@ import pg from 'pg'
 import { createDatabase } from 'pg-atomic'
 import type { Database, DatabaseConfig } from 'pg-atomic'
 import { assertPoolIdle, createTestDatabase, poolerUrl } from './database'
+import { recordingClient } from './recording'
 import type { TestDatabase } from './database'
 
 /**
@@ -17,10 +18,16 @@ export interface Harness {
   readonly pool: pg.Pool
   /** A plain pool for setup and verification (not recorded; always a direct connection, never through a pooler). */
   readonly admin: pg.Pool
-  /** Statement texts sent through the recorded pool since the last `reset()`, in order. */
+  /** Statement texts sent through the recorded pool since the last `reset()`, in order (see recording.ts). */
   readonly statements: string[]
   /** ReadyForQuery messages received by the recorded pool since the last `reset()`. */
   roundTrips(): number
+  /**
+   * The statements of {@link Harness.statements} grouped by the round trip that carried them (one
+   * group per ReadyForQuery that answered at least one statement), since the last `reset()`:
+   * `[['BEGIN', 'select 1'], ['COMMIT']]`. Meaningful when one connection is used at a time.
+   */
+  readonly batches: string[][]
   /** Clears the statement log and round-trip count. */
   reset(): void
   /** Runs SQL on the admin pool and returns the rows. */
@@ -40,33 +47,16 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
   const testDb = await createTestDatabase(label)
   const statements: string[] = []
   let rfq = 0
-  class RecordingClient extends pg.Client {
-    constructor(config?: string | pg.ClientConfig) {
-      super(config)
-      ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on(
-        'readyForQuery',
-        () => {
-          rfq++
-        },
-      )
-    }
-    override query(...args: unknown[]): never {
-      const first = args[0]
-      statements.push(
-        typeof first === 'string'
-          ? first
-          : typeof (first as { text?: unknown })?.text === 'string'
-            ? (first as { text: string }).text
-            : '<submittable>',
-      )
-      return (super.query as (...a: unknown[]) => never)(...args)
-    }
-  }
+  const batches: string[][] = []
+  const RecordingClient = recordingClient(statements, (batch) => {
+    rfq++
+    if (batch.length > 0) batches.push(batch)
+  })
   const { max, ...config } = options
   const pool = new pg.Pool({
     connectionString: testDb.url,
     max: max ?? 5,
-    Client: RecordingClient as unknown as typeof pg.Client,
+    Client: RecordingClient,
   })
   // Through a transaction-mode pooler (PG_ATOMIC_TEST_POOLER_URL), databases declare it by default,
   // so session-level features are refused as they would be in production.
@@ -83,9 +73,11 @@ export async function setupHarness(label: string, options: HarnessOptions = {}):
     pool,
     admin,
     statements,
+    batches,
     roundTrips: () => rfq,
     reset() {
       statements.length = 0
+      batches.length = 0
       rfq = 0
     },
     async rows<R extends pg.QueryResultRow>(sql: string, values?: unknown[]) {

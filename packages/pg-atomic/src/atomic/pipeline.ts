@@ -1,0 +1,138 @@
+/**
+ * One round trip for the control statements a user statement needs and the statement itself,
+ * with one Sync point, so that the statement can never run outside the transaction or savepoint
+ * it was issued in.
+ *
+ * The mechanism (see docs/design/pipelining.md): a node-postgres submittable — a subclass of pg's
+ * own `Query`, so rows, fields, type parsers, `rowMode` and errors behave exactly as for
+ * `client.query()` — writes, before the statement's Parse/Bind/Describe/Execute/Sync, a
+ * Parse/Bind/Execute for each control statement (BEGIN, SET LOCAL, SAVEPOINT, RELEASE, ROLLBACK
+ * TO), and no Sync between them. After an error PostgreSQL skips every message up to the Sync: if
+ * a control statement fails, the user statement is not executed at all. pg's own `pipeline` mode
+ * gives every query its own Sync, which does not give that guarantee.
+ *
+ * Only plain statements are pipelined ({@link canPipeline}); the others keep a round trip of their
+ * own for the control statements (the behaviour before pipelining).
+ *
+ * @module
+ * @internal
+ */
+import pg from 'pg'
+import type { QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import { hasSeveralStatements } from '../sql/scan'
+
+/** The part of pg's internal connection the submittable writes to. */
+interface ProtocolConnection {
+  readonly stream: { cork?(): void; uncork?(): void }
+  parse(query: { text: string }): void
+  bind(config?: Record<string, never>): void
+  execute(config?: Record<string, never>): void
+}
+
+/** The members of pg's `Query` that are not in its published types. */
+interface QueryInternals {
+  values: unknown[] | undefined
+  submit(connection: ProtocolConnection): Error | null
+  handleCommandComplete(msg: unknown, connection: ProtocolConnection): void
+}
+
+/** node-postgres' value serialisation (what `Bind` would do), run before anything is written. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { prepareValue } = require('pg/lib/utils') as { prepareValue(value: unknown): unknown }
+
+const BaseQuery = pg.Query as unknown as new (config: QueryConfig & { queryMode: 'extended' }, values: undefined, callback: (error: Error | undefined, result: unknown) => void) => QueryInternals
+
+/**
+ * Whether `config` can share a round trip with control statements: one statement (the extended
+ * protocol refuses several in one Parse), not a named prepared statement, no row paging or portal
+ * of its own, and not forced to the simple protocol.
+ */
+export function canPipeline(config: QueryConfig): boolean {
+  const c = config as QueryConfig & { rows?: unknown; portal?: unknown; queryMode?: unknown; callback?: unknown }
+  return (
+    c.name === undefined &&
+    c.rows === undefined &&
+    c.portal === undefined &&
+    c.queryMode !== 'simple' &&
+    c.callback === undefined &&
+    !hasSeveralStatements(c.text)
+  )
+}
+
+/**
+ * pg's `Query` with control statements written ahead of it, before the same Sync. The control
+ * statements' CommandComplete messages are counted, not added to the result.
+ */
+class PipelinedQuery extends BaseQuery {
+  /** Control statements whose CommandComplete has arrived. */
+  completed = 0
+
+  constructor(
+    config: QueryConfig,
+    private readonly controls: readonly string[],
+    callback: (error: Error | undefined, result: unknown) => void,
+  ) {
+    super({ ...config, queryMode: 'extended' }, undefined, callback)
+  }
+
+  override submit(connection: ProtocolConnection): Error | null {
+    // Serialise the values first: a value pg cannot serialise must fail before any control
+    // statement is written (pg would otherwise write them, then fail the Bind of the statement).
+    if (this.values !== undefined) {
+      try {
+        this.values = this.values.map((value) => prepareValue(value))
+      } catch (error) {
+        return error instanceof Error ? error : new Error(String(error))
+      }
+    }
+    const stream = connection.stream
+    stream.cork?.()
+    try {
+      for (const sql of this.controls) {
+        connection.parse({ text: sql })
+        connection.bind()
+        connection.execute()
+      }
+      return super.submit(connection)
+    } finally {
+      stream.uncork?.()
+    }
+  }
+
+  override handleCommandComplete(msg: unknown, connection: ProtocolConnection): void {
+    if (this.completed < this.controls.length) {
+      this.completed++
+      return
+    }
+    super.handleCommandComplete(msg, connection)
+  }
+}
+
+/** What a pipelined round trip did: the result, or the error and how far the control statements got. */
+export type PipelineOutcome<R extends QueryResultRow> =
+  | { readonly ok: true; readonly result: QueryResult<R> }
+  | { readonly ok: false; readonly error: unknown; readonly controlsCompleted: number }
+
+/** A client that accepts submittables. */
+interface SubmittingClient {
+  query(submittable: object): unknown
+}
+
+/**
+ * Sends `controls` and then `config` on `client` in one round trip. Never rejects: the outcome says
+ * whether a control statement failed (`controlsCompleted < controls.length`: the statement did not
+ * run) or the statement itself.
+ */
+export function runPipelined<R extends QueryResultRow>(
+  client: SubmittingClient,
+  controls: readonly string[],
+  config: QueryConfig,
+): Promise<PipelineOutcome<R>> {
+  return new Promise((resolve) => {
+    const query: PipelinedQuery = new PipelinedQuery(config, controls, (error, result) => {
+      if (error !== undefined && error !== null) resolve({ ok: false, error, controlsCompleted: query.completed })
+      else resolve({ ok: true, result: result as QueryResult<R> })
+    })
+    client.query(query)
+  })
+}
