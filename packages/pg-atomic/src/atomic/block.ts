@@ -25,7 +25,7 @@ import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, Transacti
 import { closeCursorOf, cursorRows } from './cursor'
 import { isWithin } from './hooks'
 import { ABORTED_MESSAGE, ENDED_MESSAGE, SWALLOWED_MESSAGE, fatalError, lostError, withName } from './messages'
-import { canPipeline } from './pipeline'
+import { canPipeline, withSerializedValues } from './pipeline'
 import { runWithRetry } from './retry'
 import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './statement'
 import { Transaction } from './transaction'
@@ -220,9 +220,10 @@ export class Block implements TransactionHandle {
       tx.wire.busy = true
       try {
         if (tx.needsPrepare()) {
-          const preamble = await tx.preamble()
           // BEGIN / SAVEPOINT / RELEASE / ROLLBACK TO ride with the statement, before one Sync.
-          if (preamble !== undefined && canPipeline(config)) return await tx.wire.sendWith<R>(preamble, config)
+          const pipelined = canPipeline(config) ? withSerializedValues(config) : undefined
+          const preamble = await tx.preamble()
+          if (preamble !== undefined && pipelined !== undefined) return await tx.wire.sendWith<R>(preamble, pipelined)
           if (preamble !== undefined) await tx.wire.sendBefore(preamble)
         }
         tx.wire.roundTrips++

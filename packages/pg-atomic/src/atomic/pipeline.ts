@@ -12,7 +12,9 @@
  * gives every query its own Sync, which does not give that guarantee.
  *
  * Only plain statements are pipelined ({@link canPipeline}); the others keep a round trip of their
- * own for the control statements (the behaviour before pipelining).
+ * own for the control statements (the behaviour before pipelining). Values are serialised before
+ * anything is sent ({@link withSerializedValues}), so a value pg cannot serialise fails with
+ * nothing on the wire.
  *
  * @module
  * @internal
@@ -31,7 +33,6 @@ interface ProtocolConnection {
 
 /** The members of pg's `Query` that are not in its published types. */
 interface QueryInternals {
-  values: unknown[] | undefined
   submit(connection: ProtocolConnection): Error | null
   handleCommandComplete(msg: unknown, connection: ProtocolConnection): void
 }
@@ -76,15 +77,6 @@ class PipelinedQuery extends BaseQuery {
   }
 
   override submit(connection: ProtocolConnection): Error | null {
-    // Serialise the values first: a value pg cannot serialise must fail before any control
-    // statement is written (pg would otherwise write them, then fail the Bind of the statement).
-    if (this.values !== undefined) {
-      try {
-        this.values = this.values.map((value) => prepareValue(value))
-      } catch (error) {
-        return error instanceof Error ? error : new Error(String(error))
-      }
-    }
     const stream = connection.stream
     stream.cork?.()
     try {
@@ -106,6 +98,17 @@ class PipelinedQuery extends BaseQuery {
     }
     super.handleCommandComplete(msg, connection)
   }
+}
+
+/**
+ * `config` with its values serialised as pg's Bind would serialise them (strings, buffers, null).
+ * Called before anything is checked out or sent: a value pg cannot serialise (a circular object,
+ * a throwing `toPostgres`) fails here, so no control statement goes out without its statement.
+ */
+export function withSerializedValues(config: QueryConfig): QueryConfig {
+  const values = config.values as unknown[] | undefined
+  if (values === undefined || values.length === 0) return config
+  return { ...config, values: values.map((value) => prepareValue(value)) }
 }
 
 /** What a pipelined round trip did: the result, or the error and how far the control statements got. */

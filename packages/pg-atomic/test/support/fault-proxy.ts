@@ -13,6 +13,11 @@
  *   client go away inside the transaction and rolls it back.
  * - `armCommitFault('response-lost')`: the next such COMMIT is forwarded; the server's answer is
  *   swallowed and both sockets are destroyed as soon as it arrives (so COMMIT has been executed).
+ * - `armStatementFault(test, mode)`: acts on the next Parse message (extended protocol) whose text
+ *   matches `test`, from any connection — `'fail'` rewrites its text to `SELECT 1/0` (the server
+ *   answers 22012 and skips every message up to the next Sync), `'cut-before'` destroys both
+ *   sockets before it reaches the server, `'cut-after'` forwards it with its Bind and Execute (so
+ *   the server runs it) and destroys both sockets right after.
  * - `connection.freeze()` / `thaw()`: while frozen, nothing the server sends (or its closing the
  *   socket) reaches the client, so a backend can be terminated without the client noticing; `thaw()`
  *   delivers what was held and then the close.
@@ -21,6 +26,12 @@ import net from 'node:net'
 
 /** Where a COMMIT is lost. */
 export type CommitFault = 'lost-before-server' | 'response-lost'
+
+/** What happens to a statement sent with the extended protocol (see {@link FaultProxy.armStatementFault}). */
+export type StatementFault = 'fail' | 'cut-before' | 'cut-after'
+
+/** The text a `'fail'` statement fault puts in place of the statement's. */
+export const INJECTED_FAILURE_SQL = 'SELECT 1/0'
 
 /** One client connection through the proxy. */
 export interface ProxyConnection {
@@ -43,6 +54,11 @@ export interface FaultProxy {
   urlFor(url: string): string
   /** Loses the next COMMIT as `mode` says; resolves with the COMMIT's text once it happened. */
   armCommitFault(mode: CommitFault): Promise<string>
+  /**
+   * Applies `mode` to the next Parse message whose text matches `test`; resolves with that text
+   * once done.
+   */
+  armStatementFault(test: RegExp, mode: StatementFault): Promise<string>
   /** Resolves with the text of the next Query/Parse message matching `test`, from any connection. */
   nextQuery(test: RegExp): Promise<{ text: string; connection: ProxyConnection }>
   /** The connection whose backend has `pid`. */
@@ -76,6 +92,8 @@ class Connection implements ProxyConnection {
   private expectSslAnswer = false
   /** 'response-lost' fault in progress: the next bytes from the server are swallowed. */
   private swallowResponse: (() => void) | undefined = undefined
+  /** 'cut-after' fault in progress: the connection is cut after the next Execute message. */
+  private cutAfterExecute: (() => void) | undefined = undefined
 
   constructor(
     private readonly proxy: Proxy,
@@ -137,7 +155,41 @@ class Connection implements ProxyConnection {
       const length = buf.readInt32BE(offset + 1)
       if (buf.length - offset < 1 + length) break
       const body = buf.subarray(offset + 5, offset + 1 + length)
+      if (type === 'E' && this.cutAfterExecute !== undefined) {
+        const done = this.cutAfterExecute
+        this.cutAfterExecute = undefined
+        this.forward(buf.subarray(forwardFrom, offset + 1 + length))
+        this.inbound = Buffer.alloc(0)
+        // Let the server read what was forwarded before the connection goes.
+        setTimeout(() => {
+          this.destroy()
+          done()
+        }, 50)
+        return
+      }
       const text = type === 'Q' ? cString(body, 0) : type === 'P' ? cString(body, body.indexOf(0) + 1) : undefined
+      const statementFault = type === 'P' && text !== undefined ? this.proxy.takeStatementFault(text) : undefined
+      if (statementFault !== undefined && text !== undefined) {
+        this.proxy.queries.push(text)
+        this.proxy.sawQuery(text, this)
+        this.forward(buf.subarray(forwardFrom, offset))
+        if (statementFault.mode === 'cut-before') {
+          this.inbound = Buffer.alloc(0)
+          this.destroy()
+          statementFault.done(text)
+          return
+        }
+        if (statementFault.mode === 'cut-after') {
+          this.cutAfterExecute = () => statementFault.done(text)
+          forwardFrom = offset
+        } else {
+          this.forward(rewriteParse(body, INJECTED_FAILURE_SQL))
+          forwardFrom = offset + 1 + length
+          statementFault.done(text)
+        }
+        offset += 1 + length
+        continue
+      }
       if (text !== undefined) {
         this.proxy.queries.push(text)
         this.proxy.sawQuery(text, this)
@@ -205,6 +257,19 @@ class Connection implements ProxyConnection {
   }
 }
 
+/** A Parse message with the same statement name and parameter types, and `text` as its SQL. */
+function rewriteParse(body: Buffer, text: string): Buffer {
+  const nameEnd = body.indexOf(0)
+  const textEnd = body.indexOf(0, nameEnd + 1)
+  const name = body.subarray(0, nameEnd + 1)
+  const rest = body.subarray(textEnd + 1)
+  const sql = Buffer.from(`${text}\0`, 'utf8')
+  const header = Buffer.alloc(5)
+  header.write('P', 0, 'latin1')
+  header.writeInt32BE(4 + name.length + sql.length + rest.length, 1)
+  return Buffer.concat([header, name, sql, rest])
+}
+
 function cString(buf: Buffer, start: number): string {
   const end = buf.indexOf(0, start)
   return buf.toString('utf8', start, end === -1 ? buf.length : end)
@@ -217,6 +282,7 @@ class Proxy implements FaultProxy {
   accepted = 0
   private readonly connections = new Set<Connection>()
   private commitFault: { mode: CommitFault; done: (text: string) => void } | undefined = undefined
+  private statementFault: { test: RegExp; mode: StatementFault; done: (text: string) => void } | undefined = undefined
   private waiters: Waiter[] = []
   private readonly server: net.Server
 
@@ -262,6 +328,21 @@ class Proxy implements FaultProxy {
   takeCommitFault(): { mode: CommitFault; done: (text: string) => void } | undefined {
     const fault = this.commitFault
     this.commitFault = undefined
+    return fault
+  }
+
+  armStatementFault(test: RegExp, mode: StatementFault): Promise<string> {
+    if (this.statementFault !== undefined) throw new Error('a statement fault is already armed')
+    return new Promise((resolve) => {
+      this.statementFault = { test, mode, done: resolve }
+    })
+  }
+
+  /** @internal */
+  takeStatementFault(text: string): { mode: StatementFault; done: (text: string) => void } | undefined {
+    const fault = this.statementFault
+    if (fault === undefined || !fault.test.test(text)) return undefined
+    this.statementFault = undefined
     return fault
   }
 
