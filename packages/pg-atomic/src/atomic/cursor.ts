@@ -49,6 +49,7 @@ export async function* cursorRows<R extends QueryResultRow>(
       if (tx.cursor?.cursor !== cursor) throw new TransactionManagementError(ENDED_MESSAGE)
       let rows: R[]
       try {
+        tx.wire.roundTrips++
         rows = await cursor.read(batchSize)
       } catch (error) {
         failed = true
