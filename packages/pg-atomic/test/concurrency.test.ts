@@ -258,10 +258,10 @@ describe('Promise.all inside a block', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       INSERT,
-      'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       INSERT,
       'select 1/0',
-      'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"; SAVEPOINT "pga_3"',
+      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"',
       INSERT,
       'select x from t order by x',
       'COMMIT',
@@ -284,11 +284,11 @@ describe('Promise.all inside a block', () => {
     })
     expect(await h.column('select x from t order by x')).toEqual([1, 3, 4])
     expect(h.statements).toEqual([
-      'BEGIN; SAVEPOINT "pga_1"',
+      'BEGIN', 'SAVEPOINT "pga_1"',
       INSERT,
-      'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"; SAVEPOINT "pga_3"',
+      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"',
       INSERT,
       // Sibling C ran before insert(4), which was queued after it.
       INSERT,
@@ -378,7 +378,7 @@ describe('the enclosing block while a nested block runs', () => {
       INSERT,
       'SAVEPOINT "pga_1"',
       INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])
@@ -405,7 +405,7 @@ describe('the enclosing block while a nested block runs', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       'select x from t order by x',
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       INSERT,
       'COMMIT',
     ])

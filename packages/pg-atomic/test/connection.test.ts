@@ -111,12 +111,12 @@ describe('lazy checkout', () => {
         await insert(1)
         expect(checkedOut()).toBe(1)
         // BEGIN and the SAVEPOINT of the nested block entered before the first query share a round trip.
-        expect(h.statements).toEqual(['BEGIN; SAVEPOINT "pga_1"', INSERT])
+        expect(h.statements).toEqual(['BEGIN', 'SAVEPOINT "pga_1"', INSERT])
       })
       expect(checkedOut()).toBe(1)
     })
     expect(checkedOut()).toBe(0)
-    expect(h.statements).toEqual(['BEGIN; SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
+    expect(h.statements).toEqual(['BEGIN', 'SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
     expect(await h.column('select x from t')).toEqual([1])
   })
 
@@ -393,7 +393,7 @@ describe('crash test: the backend of an open block is terminated', () => {
       await new Promise((resolve) => client.once('end', resolve))
       refused = await rejection(insert(2))
     }))
-    expect(h.statements).toEqual(['BEGIN; SET LOCAL idle_in_transaction_session_timeout = 100', INSERT])
+    expect(h.statements).toEqual(['BEGIN', 'SET LOCAL idle_in_transaction_session_timeout = 100', INSERT])
     expect(refused).toBeInstanceOf(ConnectionLostError)
     expect(error).toBeInstanceOf(ConnectionLostError)
     expect((error as Error).cause).toMatchObject({ code: '25P03' })

@@ -166,7 +166,7 @@ describe('inside a block', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       FAILING,
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])

@@ -214,7 +214,7 @@ describe('difference 2: no silent loss', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       'select 1/0',
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])
@@ -471,7 +471,7 @@ describe('SQLSTATE helpers on real errors', () => {
       const error = await rejection(atomic({ lockTimeout: 100 }, () => h.db.query('select v from acct where id = 1 for update')))
       expect(error).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
       expect(classify(error)).toEqual({ serialization: false, deadlock: false, lockNotAvailable: true, retryable: false })
-      expect(h.statements).toEqual(['BEGIN; SET LOCAL lock_timeout = 100', 'select v from acct where id = 1 for update', 'ROLLBACK'])
+      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL lock_timeout = 100', 'select v from acct where id = 1 for update', 'ROLLBACK'])
     } finally {
       await other.query('rollback')
       other.release()

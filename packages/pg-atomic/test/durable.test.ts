@@ -203,9 +203,9 @@ describe('durable rules', () => {
       INSERT,
       'SAVEPOINT "pga_1"',
       INSERT,
-      'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"',
+      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"',
       INSERT,
       'COMMIT',
     ])

@@ -93,15 +93,15 @@ describe('the sequence of events', () => {
     // One event per control statement the server received, in the same order.
     expect(events.map((e) => e.sql)).toEqual(controlStatements())
     expect(h.statements).toEqual([
-      'BEGIN; SET LOCAL lock_timeout = 500',
+      'BEGIN', 'SET LOCAL lock_timeout = 500',
       'select 1',
       'SAVEPOINT "pga_1"',
       'select 2',
-      'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       'select 3',
-      'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"; SAVEPOINT "pga_3"; SET LOCAL lock_timeout = 100',
+      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 100',
       'select 4',
-      'RELEASE SAVEPOINT "pga_3"; SET LOCAL lock_timeout = 500',
+      'RELEASE SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 500',
       'select 5',
       'COMMIT',
     ])
@@ -298,15 +298,15 @@ describe('nothing sent, nothing published', () => {
     await fullTransaction()
     expect(events).toEqual([])
     expect(h.statements).toEqual([
-      'BEGIN; SET LOCAL lock_timeout = 500',
+      'BEGIN', 'SET LOCAL lock_timeout = 500',
       'select 1',
       'SAVEPOINT "pga_1"',
       'select 2',
-      'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
       'select 3',
-      'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"; SAVEPOINT "pga_3"; SET LOCAL lock_timeout = 100',
+      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 100',
       'select 4',
-      'RELEASE SAVEPOINT "pga_3"; SET LOCAL lock_timeout = 500',
+      'RELEASE SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 500',
       'select 5',
       'COMMIT',
     ])

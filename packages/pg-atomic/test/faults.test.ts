@@ -464,7 +464,7 @@ describe('timeouts leave no connection behind', () => {
     h.reset()
     const error = await rejection(atomic({ statementTimeout: 50 }, () => h.db.query('select pg_sleep(10)')))
     expect(error).toMatchObject({ code: '57014', message: 'canceling statement due to statement timeout' })
-    expect(h.statements).toEqual(['BEGIN; SET LOCAL statement_timeout = 50', 'select pg_sleep(10)', 'ROLLBACK'])
+    expect(h.statements).toEqual(['BEGIN', 'SET LOCAL statement_timeout = 50', 'select pg_sleep(10)', 'ROLLBACK'])
     // Not destroyed: the connection was fine, only the statement was cancelled.
     expect(h.pool.totalCount).toBe(total)
     expect(h.pool.idleCount).toBe(total)
@@ -482,7 +482,7 @@ describe('timeouts leave no connection behind', () => {
       const error = await rejection(atomic({ lockTimeout: 50 }, () => h.db.query('update t set x = 2')))
       expect(error).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
       expect(isLockNotAvailable(error)).toBe(true)
-      expect(h.statements).toEqual(['BEGIN; SET LOCAL lock_timeout = 50', 'update t set x = 2', 'ROLLBACK'])
+      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL lock_timeout = 50', 'update t set x = 2', 'ROLLBACK'])
       expect(h.pool.totalCount).toBe(total)
       expect(h.pool.idleCount).toBe(total)
     } finally {

@@ -136,7 +136,7 @@ describe('BEGIN characteristics', () => {
 })
 
 describe('database-level defaults', () => {
-  const defaultBegin = 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = 1234'
+  const defaultBegin = ['BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', 'SET LOCAL statement_timeout = 1234'] as const
 
   test('apply to every outermost block', async () => {
     const sessionTimeout = await show('statement_timeout', d.db)
@@ -152,12 +152,12 @@ describe('database-level defaults', () => {
     expect(sessionTimeout).toBe(baseline['statement_timeout'])
     expect(d.statements).toEqual([
       'SHOW statement_timeout',
-      defaultBegin,
+      ...defaultBegin,
       'SHOW transaction_isolation',
       'SHOW transaction_read_only',
       'SHOW statement_timeout',
       'COMMIT',
-      defaultBegin,
+      ...defaultBegin,
       'SHOW transaction_isolation',
       'SHOW transaction_read_only',
       'SHOW statement_timeout',
@@ -169,7 +169,7 @@ describe('database-level defaults', () => {
 
   test('apply through atomic({ using }) too', async () => {
     await atomic({ using: 'defaults' }, () => show('transaction_isolation', d.db))
-    expect(d.statements).toEqual([defaultBegin, 'SHOW transaction_isolation', 'COMMIT'])
+    expect(d.statements).toEqual([...defaultBegin, 'SHOW transaction_isolation', 'COMMIT'])
     expect(h.statements).toEqual([])
   })
 
@@ -181,7 +181,7 @@ describe('database-level defaults', () => {
       await show('statement_timeout', d.db),
     ])
     expect(seen).toEqual(['serializable', 'off', 'on', '0'])
-    expect(d.statements[0]).toBe('BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE DEFERRABLE; SET LOCAL statement_timeout = 0')
+    expect(d.statements[0]).toBe('BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE DEFERRABLE', 'SET LOCAL statement_timeout = 0')
   })
 
   test('a nested block may repeat the defaults but not change them', async () => {
@@ -194,7 +194,7 @@ describe('database-level defaults', () => {
       expect((error as Error).message).toMatch(/^readOnly can only be chosen by the outermost atomic\(\) block/)
       expect(body).not.toHaveBeenCalled()
     })
-    expect(d.statements).toEqual([defaultBegin, 'SHOW transaction_isolation', 'SAVEPOINT "pga_1"', 'SHOW transaction_read_only', 'COMMIT'])
+    expect(d.statements).toEqual([...defaultBegin, 'SHOW transaction_isolation', 'SAVEPOINT "pga_1"', 'SHOW transaction_read_only', 'COMMIT'])
   })
 
   test('a nested block restores the database default timeout after changing it', async () => {
@@ -205,9 +205,11 @@ describe('database-level defaults', () => {
       expect(await show('statement_timeout', d.db)).toBe('1234ms')
     })
     expect(d.statements).toEqual([
-      `${defaultBegin}; SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 50`,
+      ...defaultBegin,
+      'SAVEPOINT "pga_1"',
+      'SET LOCAL statement_timeout = 50',
       'SHOW statement_timeout',
-      'RELEASE SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 1234',
+      'RELEASE SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout = 1234',
       'SHOW statement_timeout',
       'COMMIT',
     ])
@@ -217,7 +219,7 @@ describe('database-level defaults', () => {
     const error = await rejection(d.db.atomic(() => d.db.query('insert into t (id, x) values ($1, $2)', [1, 1])))
     expect(error).toBeInstanceOf(pg.DatabaseError)
     expect(error).toMatchObject({ code: '25006', message: 'cannot execute INSERT in a read-only transaction' })
-    expect(d.statements).toEqual([defaultBegin, 'insert into t (id, x) values ($1, $2)', 'ROLLBACK'])
+    expect(d.statements).toEqual([...defaultBegin, 'insert into t (id, x) values ($1, $2)', 'ROLLBACK'])
     expect(await d.column('select count(*)::int from t')).toEqual([0])
   })
 })
@@ -289,8 +291,8 @@ describe('timeouts', () => {
     h.reset()
     const inside = await atomic({ [option]: ms }, async () => [await show(setting), await backendPid()])
     expect(inside).toEqual([shown, pidOutside])
-    expect(h.statements).toEqual([`BEGIN; SET LOCAL ${setting} = ${ms}`, `SHOW ${setting}`, 'select pg_backend_pid() as pid', 'COMMIT'])
-    expect(h.roundTrips()).toBe(4)
+    expect(h.batches).toEqual([['BEGIN', `SET LOCAL ${setting} = ${ms}`, `SHOW ${setting}`], ['select pg_backend_pid() as pid'], ['COMMIT']])
+    expect(h.roundTrips()).toBe(3)
     // Outside a transaction, through the same pooled connection: the session value again.
     expect(await backendPid()).toBe(pidOutside)
     expect(await show(setting)).toBe(baseline[setting])
@@ -304,14 +306,19 @@ describe('timeouts', () => {
       throw boom
     }))
     expect(error).toBe(boom)
-    expect(h.statements).toEqual([
-      'BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 1000; SET LOCAL idle_in_transaction_session_timeout = 60000',
-      'SHOW statement_timeout',
-      'SHOW lock_timeout',
-      'SHOW idle_in_transaction_session_timeout',
-      'ROLLBACK',
+    expect(h.batches).toEqual([
+      [
+        'BEGIN ISOLATION LEVEL READ COMMITTED',
+        'SET LOCAL statement_timeout = 5000',
+        'SET LOCAL lock_timeout = 1000',
+        'SET LOCAL idle_in_transaction_session_timeout = 60000',
+        'SHOW statement_timeout',
+      ],
+      ['SHOW lock_timeout'],
+      ['SHOW idle_in_transaction_session_timeout'],
+      ['ROLLBACK'],
     ])
-    expect(h.roundTrips()).toBe(5)
+    expect(h.roundTrips()).toBe(4)
     for (const setting of TIMEOUT_SETTINGS) expect(await show(setting)).toBe(baseline[setting])
     expectNoSessionSet(h.statements)
   })
@@ -320,7 +327,7 @@ describe('timeouts', () => {
     const error = await rejection(atomic({ statementTimeout: 100 }, () => h.db.query('select pg_sleep(5)')))
     expect(error).toBeInstanceOf(pg.DatabaseError)
     expect(error).toMatchObject({ code: '57014', message: 'canceling statement due to statement timeout' })
-    expect(h.statements).toEqual(['BEGIN; SET LOCAL statement_timeout = 100', 'select pg_sleep(5)', 'ROLLBACK'])
+    expect(h.statements).toEqual(['BEGIN', 'SET LOCAL statement_timeout = 100', 'select pg_sleep(5)', 'ROLLBACK'])
     // The connection survived and is clean.
     await expect(atomic(async () => (await h.db.query<{ n: number }>('select 1 as n')).rows)).resolves.toEqual([{ n: 1 }])
     expect(await show('statement_timeout')).toBe(baseline['statement_timeout'])
@@ -337,7 +344,7 @@ describe('timeouts', () => {
       expect(error).toBeInstanceOf(pg.DatabaseError)
       expect(error).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
       expect(isLockNotAvailable(error)).toBe(true)
-      expect(h.statements).toEqual(['BEGIN; SET LOCAL statement_timeout = 10000; SET LOCAL lock_timeout = 100', 'update t set x = x + 1 where id = 1', 'ROLLBACK'])
+      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL statement_timeout = 10000', 'SET LOCAL lock_timeout = 100', 'update t set x = x + 1 where id = 1', 'ROLLBACK'])
     } finally {
       await holder.query('rollback')
       await holder.end()
@@ -355,11 +362,11 @@ describe('timeouts', () => {
         expect(await show('lock_timeout')).toBe('1s')
       })
       expect(h.statements).toEqual([
-        'BEGIN; SET LOCAL lock_timeout = 1000',
+        'BEGIN', 'SET LOCAL lock_timeout = 1000',
         'SHOW lock_timeout',
-        'SAVEPOINT "pga_1"; SET LOCAL lock_timeout = 100',
+        'SAVEPOINT "pga_1"', 'SET LOCAL lock_timeout = 100',
         'SHOW lock_timeout',
-        'RELEASE SAVEPOINT "pga_1"; SET LOCAL lock_timeout = 1000',
+        'RELEASE SAVEPOINT "pga_1"', 'SET LOCAL lock_timeout = 1000',
         'SHOW lock_timeout',
         'COMMIT',
       ])
@@ -376,10 +383,10 @@ describe('timeouts', () => {
       expect(h.statements).toEqual([
         'BEGIN',
         'select 1',
-        'SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 100',
+        'SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout = 2000', 'SET LOCAL lock_timeout = 100',
         'SHOW statement_timeout',
         'SHOW lock_timeout',
-        'RELEASE SAVEPOINT "pga_1"; SET LOCAL statement_timeout TO DEFAULT; SET LOCAL lock_timeout TO DEFAULT',
+        'RELEASE SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout TO DEFAULT', 'SET LOCAL lock_timeout TO DEFAULT',
         'SHOW statement_timeout',
         'SHOW lock_timeout',
         'COMMIT',
@@ -395,9 +402,9 @@ describe('timeouts', () => {
         expect(await show('statement_timeout')).toBe('10s')
       })
       expect(h.statements).toEqual([
-        'BEGIN; SET LOCAL statement_timeout = 10000; SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 50',
+        'BEGIN', 'SET LOCAL statement_timeout = 10000', 'SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout = 50',
         'select pg_sleep(5)',
-        'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+        'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
         'select pg_sleep(0.1)',
         'SHOW statement_timeout',
         'COMMIT',
@@ -415,11 +422,11 @@ describe('timeouts', () => {
         expect(await show('lock_timeout')).toBe('1s')
       })
       expect(h.statements).toEqual([
-        'BEGIN; SET LOCAL lock_timeout = 1000',
+        'BEGIN', 'SET LOCAL lock_timeout = 1000',
         'select 1',
-        'SAVEPOINT "pga_1"; SET LOCAL lock_timeout = 100',
+        'SAVEPOINT "pga_1"', 'SET LOCAL lock_timeout = 100',
         'SHOW lock_timeout',
-        'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+        'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
         'SHOW lock_timeout',
         'COMMIT',
       ])
@@ -430,7 +437,7 @@ describe('timeouts', () => {
         await h.db.query('select 1')
         await atomic({ lockTimeout: 100 }, () => h.db.query('select 2'))
       })
-      expect(h.statements).toEqual(['BEGIN', 'select 1', 'SAVEPOINT "pga_1"; SET LOCAL lock_timeout = 100', 'select 2', 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', 'select 1', 'SAVEPOINT "pga_1"', 'SET LOCAL lock_timeout = 100', 'select 2', 'COMMIT'])
     })
 
     test('two levels: each level gets back its own value', async () => {
@@ -444,11 +451,11 @@ describe('timeouts', () => {
         expect(await show('statement_timeout')).toBe('5s')
       })
       expect(h.statements).toEqual([
-        'BEGIN; SET LOCAL statement_timeout = 5000; SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 3000; SAVEPOINT "pga_2"; SET LOCAL statement_timeout = 2000',
+        'BEGIN', 'SET LOCAL statement_timeout = 5000', 'SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout = 3000', 'SAVEPOINT "pga_2"', 'SET LOCAL statement_timeout = 2000',
         'SHOW statement_timeout',
-        'RELEASE SAVEPOINT "pga_2"; SET LOCAL statement_timeout = 3000',
+        'RELEASE SAVEPOINT "pga_2"', 'SET LOCAL statement_timeout = 3000',
         'SHOW statement_timeout',
-        'RELEASE SAVEPOINT "pga_1"; SET LOCAL statement_timeout = 5000',
+        'RELEASE SAVEPOINT "pga_1"', 'SET LOCAL statement_timeout = 5000',
         'SHOW statement_timeout',
         'COMMIT',
       ])
@@ -461,7 +468,7 @@ describe('timeouts', () => {
         await h.db.query('select 2')
       })
       expect(h.statements).toEqual([
-        'BEGIN; SET LOCAL lock_timeout = 1000',
+        'BEGIN', 'SET LOCAL lock_timeout = 1000',
         'select 1',
         'SAVEPOINT "pga_1"',
         'SHOW lock_timeout',
@@ -483,7 +490,7 @@ describe('timeouts', () => {
         expect(await show('lock_timeout')).toBe('1s')
       })
       expect(body).not.toHaveBeenCalled()
-      expect(h.statements).toEqual(['BEGIN; SET LOCAL lock_timeout = 1000', 'select 1', 'select 2', 'SHOW lock_timeout', 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL lock_timeout = 1000', 'select 1', 'select 2', 'SHOW lock_timeout', 'COMMIT'])
     })
   })
 
@@ -500,7 +507,7 @@ describe('timeouts', () => {
     expect((error as Error).cause).toBeInstanceOf(pg.DatabaseError)
     expect((error as Error).cause).toMatchObject({ code: '25P03' })
     expect(h.statements).toEqual([
-      'BEGIN; SET LOCAL idle_in_transaction_session_timeout = 150',
+      'BEGIN', 'SET LOCAL idle_in_transaction_session_timeout = 150',
       'insert into t (id, x) values (100, 1)',
       'select pg_backend_pid() as pid',
     ])
@@ -522,7 +529,7 @@ describe('timeouts', () => {
     }))
     expect(error).toBeInstanceOf(ConnectionLostError)
     expect((error as Error).cause).toMatchObject({ code: '25P03' })
-    expect(h.statements).toEqual(['BEGIN; SET LOCAL idle_in_transaction_session_timeout = 150', 'insert into t (id, x) values (200, 1)', 'select pg_backend_pid() as pid'])
+    expect(h.statements).toEqual(['BEGIN', 'SET LOCAL idle_in_transaction_session_timeout = 150', 'insert into t (id, x) values (200, 1)', 'select pg_backend_pid() as pid'])
     expect(await h.column('select id from t where id >= 100')).toEqual([])
     await expect(atomic(() => backendPid())).resolves.toEqual(expect.any(Number))
     expect(h.pool.totalCount).toBe(h.pool.idleCount)

@@ -57,7 +57,7 @@ test('a nested block whose joined child failed on the server rejects even after 
     'SAVEPOINT "pga_1"',
     INSERT,
     'select 1/0',
-    'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+    'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
     INSERT,
     'COMMIT',
   ])

@@ -253,7 +253,7 @@ describe('a real serialization failure is retried in a fresh transaction', () =>
       'SAVEPOINT "pga_1"',
       SELECT_1,
       UPDATE_1,
-      // The nested block's savepoint is rolled back and released, then the whole transaction.
+      // The nested block's savepoint is rolled back and released (on the next turn), then the whole transaction.
       'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
       'ROLLBACK',
       BEGIN_RR,

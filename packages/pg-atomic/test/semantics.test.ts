@@ -262,7 +262,7 @@ describe('merged blocks climb to the nearest savepoint', () => {
       'SAVEPOINT "pga_1"',
       'insert into t (x) values ($1)',
       'insert into t (x) values ($1)',
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
       'insert into t (x) values ($1)',
       'COMMIT',
     ])

@@ -127,7 +127,7 @@ export function describeAtomicDecorator(mode: 'TC39' | 'legacy', define: (tools:
       await expect(Ledger.create(3)).resolves.toBe(Ledger)
       await expect(new Ledger(0).nested(4)).resolves.toBe(2)
       expect(await committed()).toEqual([3, 4])
-      expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN; SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN', 'SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
     })
 
     test('a throwing method rolls back and rethrows', async () => {
@@ -154,9 +154,9 @@ export function describeAtomicDecorator(mode: 'TC39' | 'legacy', define: (tools:
         INSERT,
         'SAVEPOINT "pga_1"',
         INSERT,
-        'RELEASE SAVEPOINT "pga_1"; SAVEPOINT "pga_2"',
+        'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
         INSERT,
-        'ROLLBACK TO SAVEPOINT "pga_2"; RELEASE SAVEPOINT "pga_2"; SAVEPOINT "pga_3"',
+        'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"',
         INSERT,
         'COMMIT',
       ])
