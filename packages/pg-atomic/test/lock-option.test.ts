@@ -89,7 +89,8 @@ test('a nested block with a lock that rolls back releases it while the outer blo
     'select pg_backend_pid() as pid',
     'SAVEPOINT "pga_1"',
     'LOCK TABLE "b" IN EXCLUSIVE MODE',
-    'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+    'ROLLBACK TO SAVEPOINT "pga_1"',
+    'RELEASE SAVEPOINT "pga_1"',
     'select 1',
     'COMMIT',
   ])

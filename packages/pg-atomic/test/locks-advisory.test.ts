@@ -386,7 +386,8 @@ describe('advisoryLock()', () => {
       'BEGIN; SET LOCAL lock_timeout = 4000; SAVEPOINT "pga_1"',
       "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = 50",
       'SELECT pg_advisory_xact_lock($1::bigint)',
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
       'SHOW lock_timeout',
       "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL " +
         'lock_timeout = 1000',

@@ -345,7 +345,8 @@ describe('lockTable()', () => {
         "SELECT set_config('pga.saved_lock_timeout', current_setting('lock_timeout'), true); SET LOCAL " +
           'lock_timeout = 50; LOCK TABLE "public"."accounts" IN ROW EXCLUSIVE MODE; ' +
           "SELECT set_config('lock_timeout', current_setting('pga.saved_lock_timeout'), true)",
-        'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+        'ROLLBACK TO SAVEPOINT "pga_1"',
+        'RELEASE SAVEPOINT "pga_1"',
         'SHOW lock_timeout',
         'COMMIT',
       ])
