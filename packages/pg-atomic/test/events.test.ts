@@ -36,7 +36,17 @@ afterEach(() => {
 
 /** The fields compared exactly; durationMs and error are checked apart. */
 function shape(e: StatementEvent): Omit<StatementEvent, 'durationMs' | 'error'> {
-  return { kind: e.kind, sql: e.sql, depth: e.depth, savepoint: e.savepoint, transactionId: e.transactionId, database: e.database, name: e.name, batchSize: e.batchSize }
+  return {
+    kind: e.kind,
+    sql: e.sql,
+    depth: e.depth,
+    savepoint: e.savepoint,
+    transactionId: e.transactionId,
+    database: e.database,
+    name: e.name,
+    batchSize: e.batchSize,
+    withStatement: e.withStatement,
+  }
 }
 
 /** Every event has a duration and no error, and the events match the statements the server got. */
@@ -76,18 +86,18 @@ describe('the sequence of events', () => {
     const common = { transactionId: id, database: 'default' }
     // Names are checked in the next test.
     expect(events.map((e) => shape({ ...e, name: undefined }))).toEqual([
-      { ...common, kind: 'begin', sql: 'BEGIN', depth: 1, savepoint: undefined, name: undefined, batchSize: 2 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 1, savepoint: undefined, name: undefined, batchSize: 2 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, batchSize: 1 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, batchSize: 2 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, batchSize: 2 },
-      { ...common, kind: 'rollback-to', sql: 'ROLLBACK TO SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, batchSize: 4 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, batchSize: 4 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, batchSize: 4 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 100', depth: 2, savepoint: 'pga_3', name: undefined, batchSize: 4 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, batchSize: 2 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 2, savepoint: 'pga_3', name: undefined, batchSize: 2 },
-      { ...common, kind: 'commit', sql: 'COMMIT', depth: 1, savepoint: undefined, name: undefined, batchSize: 1 },
+      { ...common, kind: 'begin', sql: 'BEGIN', depth: 1, savepoint: undefined, name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 1, savepoint: undefined, name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, withStatement: true, batchSize: 1 },
+      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'rollback-to', sql: 'ROLLBACK TO SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 4 },
+      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 4 },
+      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 4 },
+      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 100', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 4 },
+      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 2 },
+      { ...common, kind: 'commit', sql: 'COMMIT', depth: 1, savepoint: undefined, name: undefined, withStatement: false, batchSize: 1 },
     ])
     expectWellFormed()
     // One event per control statement the server received, in the same order.

@@ -149,8 +149,8 @@ testDirect('faults: the connection is terminated after a statement with the secr
   )
   expect(raised[raised.length - 1]).toBeInstanceOf(ConnectionLostError)
   const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid, $1::text as s', [SECRET])
-  await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
   const before = lines.length
+  await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
   await waitUntil(() => lines.length > before, 'the pool to notice the dead idle connection and log it')
   expect(lines.length).toBe(before + 1)
 })

@@ -2,6 +2,7 @@ import pg from 'pg'
 import { createDatabase } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { THROUGH_POOLER } from './harness'
+import { recordingClient } from './recording'
 import type { Harness } from './harness'
 
 /** Polls `condition` every 20 ms until it is true; throws after `timeoutMs` (no timing assertion). */
@@ -67,23 +68,11 @@ export interface RecordedDatabase {
 /** Registers a pg-atomic database under `alias` on its own (recorded) pool of the test database. */
 export function recordedDatabase(h: Harness, alias: string): RecordedDatabase {
   const statements: string[] = []
-  class RecordingClient extends pg.Client {
-    override query(...args: unknown[]): never {
-      const first = args[0]
-      statements.push(
-        typeof first === 'string'
-          ? first
-          : typeof (first as { text?: unknown })?.text === 'string'
-            ? (first as { text: string }).text
-            : '<submittable>',
-      )
-      return (super.query as (...a: unknown[]) => never)(...args)
-    }
-  }
+  const RecordingClient = recordingClient(statements)
   const pool = new pg.Pool({
     connectionString: h.testDb.url,
     max: 2,
-    Client: RecordingClient as unknown as typeof pg.Client,
+    Client: RecordingClient,
   })
   const db = createDatabase({ alias, pool, ...(THROUGH_POOLER ? { transactionPooling: true } : {}) })
   return {
