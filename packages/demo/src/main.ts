@@ -68,7 +68,8 @@ async function main(): Promise<void> {
   try {
     const version = (await setup.query<{ v: string }>("select current_setting('server_version') as v")).rows[0]?.v
     console.log(
-      `pg-atomic demo — PostgreSQL ${version ?? '?'} (${server.source === 'env' ? 'from DATABASE_URL' : server.source})`,
+      `pg-atomic demo — PostgreSQL ${version ?? '?'} ` +
+        `(${server.source === 'env' ? 'from DATABASE_URL' : server.source})`,
     )
     await setup.query(`
       drop table if exists demo_audit, demo_accounts;
@@ -96,7 +97,8 @@ async function main(): Promise<void> {
     outcome(`committed: ${await balances()}; hook ran after COMMIT: ${JSON.stringify(sent)}`)
 
     section(
-      '2. Nested blocks are savepoints: the failing one is rolled back, the rest commits (ROLLBACK TO merged with COMMIT)',
+      '2. Nested blocks are savepoints: the failing one is rolled back, the rest ' +
+        'commits (ROLLBACK TO merged with COMMIT)',
     )
     await atomic(async () => {
       await db.query("insert into demo_audit(note) values ('outer')")
@@ -186,7 +188,8 @@ async function main(): Promise<void> {
     const onRetry = (event: unknown): void => {
       retries.push(event as RetryEvent)
       console.log(
-        `   ↻ attempt ${(event as RetryEvent).attempt} failed with ${(event as RetryEvent).code}; retrying after ${(event as RetryEvent).delayMs} ms`,
+        `   ↻ attempt ${(event as RetryEvent).attempt} failed with ` +
+          `${(event as RetryEvent).code}; retrying after ${(event as RetryEvent).delayMs} ms`,
       )
     }
     diagnostics_channel.subscribe(RETRY_CHANNEL, onRetry)
@@ -200,7 +203,8 @@ async function main(): Promise<void> {
         const balance =
           (await db.query<{ balance: number }>('select balance from demo_accounts where id = 1')).rows[0]?.balance ?? 0
         if (++reads === 2) bothRead()
-        await Promise.race([barrier, new Promise((resolve) => setTimeout(resolve, 200))]) // both read before either writes
+        // Both read before either writes.
+        await Promise.race([barrier, new Promise((resolve) => setTimeout(resolve, 200))])
         await db.query('update demo_accounts set balance = $1 where id = 1', [balance - amount])
       })
     await Promise.all([transfer(5), transfer(7)])
@@ -220,7 +224,8 @@ async function main(): Promise<void> {
       await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")
     ).rows[0].n
     console.log(
-      `\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`,
+      `\n${bold('Done.')} Sessions idle in transaction: ${idle}. Pool: ` +
+        `${tracingPool.totalCount} connections, ${tracingPool.idleCount} idle.`,
     )
     await setup.query('drop table demo_audit, demo_accounts')
   } finally {

@@ -53,7 +53,10 @@ export function runAtomic<T>(options: ResolvedOptions, fn: AtomicCallback<T>): P
 
 /** @internal */
 export function misplacedOptions(): InvalidOptionError {
-  return new InvalidOptionError('options', 'atomic() takes its options first: atomic(options, fn), not atomic(fn, options).')
+  return new InvalidOptionError(
+    'options',
+    'atomic() takes its options first: atomic(options, fn), not atomic(fn, options).',
+  )
 }
 
 function atomicImpl<T>(optionsOrFn: AtomicOptions | AtomicCallback<T>, maybeFn?: AtomicCallback<T>): Promise<T> {
@@ -70,7 +73,10 @@ function atomicImpl<T>(optionsOrFn: AtomicOptions | AtomicCallback<T>, maybeFn?:
   return runAtomic(options, maybeFn as AtomicCallback<T>)
 }
 
-function wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>, options?: AtomicOptions): (...args: A) => Promise<R> {
+function wrap<A extends unknown[], R>(
+  fn: (...args: A) => Promise<R>,
+  options?: AtomicOptions,
+): (...args: A) => Promise<R> {
   if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'atomic.wrap() expects the function to wrap.')
   const resolved = resolveAtomicOptions(options)
   const wrapped = function (this: unknown, ...args: A): Promise<R> {
@@ -133,7 +139,10 @@ function usingOf(options: unknown, subject: string): string | undefined {
   }
   const using = (options as AmbientOptions).using
   if (using !== undefined && (typeof using !== 'string' || using === '')) {
-    throw new InvalidOptionError('using', `Invalid option "using" for ${subject}: it must be a non-empty string naming a registered database.`)
+    throw new InvalidOptionError(
+      'using',
+      `Invalid option "using" for ${subject}: it must be a non-empty string naming a registered database.`,
+    )
   }
   return using
 }
@@ -185,7 +194,9 @@ export function onCommit(fn: Hook, options?: OnCommitOptions & AmbientOptions): 
     return
   }
   if (typeof result === 'object' && result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
-    ;(result as PromiseLike<unknown>).then(undefined, (error: unknown) => reportHookError(db, 'commit', undefined, fn, error))
+    ;(result as PromiseLike<unknown>).then(undefined, (error: unknown) =>
+      reportHookError(db, 'commit', undefined, fn, error),
+    )
   }
 }
 

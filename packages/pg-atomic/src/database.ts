@@ -19,7 +19,14 @@ import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, is
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
 import { createPoolFacade, onCheckedOutClientError } from './pool-facade'
 import { findDatabase, register, unregister } from './registry'
-import type { AtomicLogger, AtomicOptions, DatabaseConfig, ResolvedDatabaseConfig, RetryPolicy, TransactionDefaults } from './options'
+import type {
+  AtomicLogger,
+  AtomicOptions,
+  DatabaseConfig,
+  ResolvedDatabaseConfig,
+  RetryPolicy,
+  TransactionDefaults,
+} from './options'
 import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 
 /** Options of `db.close()`. */
@@ -55,7 +62,11 @@ export interface Database {
    * snapshot); outside it holds one pooled connection until the iteration ends. Breaking out of
    * the loop or an error closes the cursor and frees the connection.
    */
-  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R>
+  cursor<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values?: readonly unknown[],
+    options?: CursorOptions,
+  ): AsyncIterable<R>
   /** Whether the current async context is inside an active block of this database. */
   inAtomicBlock(): boolean
   /** A snapshot of the current transaction of this database, or `undefined` outside a block. */
@@ -66,7 +77,6 @@ export interface Database {
    */
   close(options?: CloseOptions): Promise<void>
 }
-
 
 /** The implementation behind {@link Database}; internal modules (locks) use its extra members. @internal */
 export class DatabaseImpl implements Database, DatabaseCore {
@@ -101,7 +111,12 @@ export class DatabaseImpl implements Database, DatabaseCore {
       // An idle client whose backend dies is removed by pg-pool, which then emits 'error' on the
       // pool; without a listener that would crash the process.
       this.realPool.on('error', (error) => {
-        if (this.realPool.listenerCount('error') === 1) this.logger.error(`An idle connection of database '${this.alias}' failed and was removed from the pool; the error is attached.`, error)
+        if (this.realPool.listenerCount('error') === 1)
+          this.logger.error(
+            `An idle connection of database '${this.alias}' failed and was removed from the ` +
+              `pool; the error is attached.`,
+            error,
+          )
       })
     }
     this.pool = createPoolFacade(this)
@@ -116,7 +131,8 @@ export class DatabaseImpl implements Database, DatabaseCore {
   connect(): Promise<PoolClient> {
     const pool = this.realPool
     const timeoutMs = this.acquireTimeoutMs
-    if (timeoutMs === undefined || pool.idleCount > 0 || pool.totalCount < (pool.options.max ?? 10)) return pool.connect()
+    if (timeoutMs === undefined || pool.idleCount > 0 || pool.totalCount < (pool.options.max ?? 10))
+      return pool.connect()
     const pending = pool.connect()
     return new Promise<PoolClient>((resolve, reject) => {
       let timedOut = false
@@ -145,7 +161,11 @@ export class DatabaseImpl implements Database, DatabaseCore {
     for (const tx of this.transactions) if (tx.client !== undefined) heldByBlocks++
     const waiting = pool.waitingCount
     return new AcquireTimeoutError(
-      `No connection of database '${this.alias}' became free within ${timeoutMs} ms: the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections are checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests are waiting. Keep transactions short, raise max, or look for blocks that wait on each other.`,
+      `No connection of database '${this.alias}' became free within ${timeoutMs} ms: ` +
+        `the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections ` +
+        `are checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests ` +
+        `are waiting. Keep transactions short, raise max, or look for blocks that wait ` +
+        `on each other.`,
       { poolSize, heldByBlocks, waiting },
     )
   }
@@ -161,7 +181,11 @@ export class DatabaseImpl implements Database, DatabaseCore {
     if (typeof target.processID !== 'number') return
     const pool = this.realPool as Pool & { Client: typeof pg.Client }
     const canceler = new pool.Client(pool.options) as pg.Client & {
-      connection: EventEmitter & { connect(port: number | string, host?: string): void; cancel(pid: number, key: number): void; stream: { destroy(): void } }
+      connection: EventEmitter & {
+        connect(port: number | string, host?: string): void
+        cancel(pid: number, key: number): void
+        stream: { destroy(): void }
+      }
       host: string
       port: number
     }
@@ -185,7 +209,9 @@ export class DatabaseImpl implements Database, DatabaseCore {
 
   assertOpen(): void {
     if (this.closing) {
-      throw new TransactionManagementError(`Database '${this.alias}' is closing or closed: no new atomic() block can start on it.`)
+      throw new TransactionManagementError(
+        `Database '${this.alias}' is closing or closed: no new atomic() block can start on it.`,
+      )
     }
   }
 
@@ -208,12 +234,20 @@ export class DatabaseImpl implements Database, DatabaseCore {
   ): Promise<T> {
     try {
       if (typeof optionsOrFn === 'function') {
-        if (maybeFn !== undefined) throw new InvalidOptionError('options', 'db.atomic() takes its options first: db.atomic(options, fn), not db.atomic(fn, options).')
+        if (maybeFn !== undefined)
+          throw new InvalidOptionError(
+            'options',
+            'db.atomic() takes its options first: db.atomic(options, fn), not db.atomic(fn, options).',
+          )
         return enterAtomic(this, resolveAtomicOptions(undefined), optionsOrFn)
       }
       const options = resolveAtomicOptions(optionsOrFn)
       if (options.using !== 'default' && options.using !== this.alias) {
-        throw new InvalidOptionError('using', `Invalid option "using" for db.atomic(): this database is '${this.alias}'; use the module-level atomic() to pick another database.`)
+        throw new InvalidOptionError(
+          'using',
+          `Invalid option "using" for db.atomic(): this database is '${this.alias}'; use ` +
+            `the module-level atomic() to pick another database.`,
+        )
       }
       return enterAtomic(this, options, maybeFn as (tx: TransactionHandle) => T | Promise<T>)
     } catch (error) {
@@ -231,7 +265,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
 
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
   query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
-  query<R extends QueryResultRow = QueryResultRow>(textOrConfig: string | QueryConfig, values?: readonly unknown[]): Promise<QueryResult<R>> {
+  query<R extends QueryResultRow = QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values?: readonly unknown[],
+  ): Promise<QueryResult<R>> {
     let block: Block | undefined
     try {
       block = this.activeBlock()
@@ -243,7 +280,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
   }
 
   /** Autocommit query on a pooled connection, which is checked before it goes back. */
-  async queryOutside<R extends QueryResultRow>(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): Promise<QueryResult<R>> {
+  async queryOutside<R extends QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values: readonly unknown[] | undefined,
+  ): Promise<QueryResult<R>> {
     const config = normalizeQuery(textOrConfig, values)
     refuseTransactionControl(config.text, false)
     this.assertNotClosed()
@@ -261,7 +301,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
 
   /** Statements outside blocks are still allowed while running blocks finish, not once closed. */
   assertNotClosed(): void {
-    if (this.closed) throw new TransactionManagementError(`Database '${this.alias}' is closed: create a new database with createDatabase() to run more statements.`)
+    if (this.closed)
+      throw new TransactionManagementError(
+        `Database '${this.alias}' is closed: create a new database with createDatabase() to run more statements.`,
+      )
   }
 
   async checkout(): Promise<PoolClient> {
@@ -276,8 +319,13 @@ export class DatabaseImpl implements Database, DatabaseCore {
       client.release(failure instanceof Error ? failure : true)
       return
     }
-    this.returnIfIdle(client, (err) => client.release(err), (status) =>
-      `A connection of database '${this.alias}' was about to go back to the pool inside a transaction (status '${status}'); it was destroyed instead, which rolled the transaction back. Use atomic() to run transactions.`,
+    this.returnIfIdle(
+      client,
+      (err) => client.release(err),
+      (status) =>
+        `A connection of database '${this.alias}' was about to go back to the pool ` +
+        `inside a transaction (status '${status}'); it was destroyed instead, which ` +
+        `rolled the transaction back. Use atomic() to run transactions.`,
     )
   }
 
@@ -296,7 +344,11 @@ export class DatabaseImpl implements Database, DatabaseCore {
     release()
   }
 
-  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
+  cursor<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values?: readonly unknown[],
+    options?: CursorOptions,
+  ): AsyncIterable<R> {
     const batchSize = resolveBatchSize(options)
     const block = this.activeBlock()
     if (block !== undefined) return cursorRows<R>(block, text, values, batchSize)
@@ -304,7 +356,11 @@ export class DatabaseImpl implements Database, DatabaseCore {
     return this.cursorOutside<R>(text, values, batchSize)
   }
 
-  private async *cursorOutside<R extends QueryResultRow>(text: string, values: readonly unknown[] | undefined, batchSize: number): AsyncGenerator<R, void, undefined> {
+  private async *cursorOutside<R extends QueryResultRow>(
+    text: string,
+    values: readonly unknown[] | undefined,
+    batchSize: number,
+  ): AsyncGenerator<R, void, undefined> {
     this.assertNotClosed()
     const client = await this.checkout()
     let failure: unknown
@@ -326,7 +382,11 @@ export class DatabaseImpl implements Database, DatabaseCore {
           await cursor.close()
         } catch (error) {
           closeError = error
-          this.logger.error(`Closing a cursor of database '${this.alias}' failed, so its connection was destroyed; the error is attached.`, error)
+          this.logger.error(
+            `Closing a cursor of database '${this.alias}' failed, so its connection was ` +
+              `destroyed; the error is attached.`,
+            error,
+          )
         }
       }
       // A cursor that failed leaves the portal's implicit transaction in an unknown state: destroy.
@@ -351,7 +411,12 @@ export class DatabaseImpl implements Database, DatabaseCore {
     let timeoutMs = this.closeTimeoutMs
     if (options?.timeoutMs !== undefined) {
       if (!Number.isInteger(options.timeoutMs) || options.timeoutMs < 0) {
-        return Promise.reject(new InvalidOptionError('timeoutMs', 'Invalid option "timeoutMs" for close(): it must be a whole number of milliseconds of at least 0.'))
+        return Promise.reject(
+          new InvalidOptionError(
+            'timeoutMs',
+            'Invalid option "timeoutMs" for close(): it must be a whole number of milliseconds of at least 0.',
+          ),
+        )
       }
       timeoutMs = options.timeoutMs
     }
@@ -376,7 +441,8 @@ export class DatabaseImpl implements Database, DatabaseCore {
         // unnoticed while a statement runs or waits on a lock); the block's caller gets a
         // ConnectionLostError whose cause says why.
         const reason = new TransactionManagementError(
-          `Database '${this.alias}' was closed while this transaction was still running after ${timeoutMs} ms; it was rolled back.`,
+          `Database '${this.alias}' was closed while this transaction was still running ` +
+            `after ${timeoutMs} ms; it was rolled back.`,
         )
         aborts.push(tx.abort(reason))
       }
@@ -408,7 +474,8 @@ export function createDatabase(config: DatabaseConfig | string = {}): Database {
   if (findDatabase(resolved.alias) !== undefined) {
     throw new InvalidOptionError(
       'alias',
-      `A database is already registered under the alias '${resolved.alias}': close it first (db.close()), or choose another alias.`,
+      `A database is already registered under the alias '${resolved.alias}': close it ` +
+        `first (db.close()), or choose another alias.`,
     )
   }
   const db = new DatabaseImpl(resolved)

@@ -15,19 +15,36 @@ export type AsyncMethod<This, Args extends unknown[], R> = (this: This, ...args:
 /** The decorator `@Atomic()` returns; usable with standard and legacy decorators. */
 export interface AtomicMethodDecorator {
   /** TC39 standard method decorator. */
-  <This, Args extends unknown[], R>(value: AsyncMethod<This, Args, R>, context: ClassMethodDecoratorContext<This, AsyncMethod<This, Args, R>>): AsyncMethod<This, Args, R>
+  <This, Args extends unknown[], R>(
+    value: AsyncMethod<This, Args, R>,
+    context: ClassMethodDecoratorContext<This, AsyncMethod<This, Args, R>>,
+  ): AsyncMethod<This, Args, R>
   /** Legacy (`experimentalDecorators`) method decorator. */
-  <T extends (...args: never[]) => Promise<unknown>>(target: object, propertyKey: string | symbol, descriptor: TypedPropertyDescriptor<T>): TypedPropertyDescriptor<T>
+  <T extends (...args: never[]) => Promise<unknown>>(
+    target: object,
+    propertyKey: string | symbol,
+    descriptor: TypedPropertyDescriptor<T>,
+  ): TypedPropertyDescriptor<T>
 }
 
-function wrapMethod(method: unknown, name: string, options: ResolvedOptions): (this: unknown, ...args: unknown[]) => Promise<unknown> {
-  if (typeof method !== 'function') throw new TypeError(`@Atomic() can only decorate methods; ${name} is not a function.`)
+function wrapMethod(
+  method: unknown,
+  name: string,
+  options: ResolvedOptions,
+): (this: unknown, ...args: unknown[]) => Promise<unknown> {
+  if (typeof method !== 'function')
+    throw new TypeError(`@Atomic() can only decorate methods; ${name} is not a function.`)
   const wrapped = function (this: unknown, ...args: unknown[]): Promise<unknown> {
     return runAtomic(options, () => {
       const result: unknown = method.apply(this, args)
-      if (typeof result !== 'object' || result === null || typeof (result as PromiseLike<unknown>).then !== 'function') {
+      if (
+        typeof result !== 'object' ||
+        result === null ||
+        typeof (result as PromiseLike<unknown>).then !== 'function'
+      ) {
         throw new TransactionManagementError(
-          `@Atomic() can only decorate async methods: ${name}() returned a value that is not a promise, so its block was rolled back. Declare the method async.`,
+          `@Atomic() can only decorate async methods: ${name}() returned a value that is ` +
+            `not a promise, so its block was rolled back. Declare the method async.`,
         )
       }
       return result
@@ -63,12 +80,15 @@ export function Atomic(options?: AtomicOptions): AtomicMethodDecorator {
   function decorator(...args: unknown[]): unknown {
     const [value, contextOrKey, descriptor] = args
     if (args.length === 2 && isStandardContext(contextOrKey)) {
-      if (contextOrKey.kind !== 'method') throw new TypeError(`@Atomic() can only decorate methods, not a ${contextOrKey.kind}.`)
+      if (contextOrKey.kind !== 'method')
+        throw new TypeError(`@Atomic() can only decorate methods, not a ${contextOrKey.kind}.`)
       return wrapMethod(value, String(contextOrKey.name), resolved)
     }
     const d = descriptor as PropertyDescriptor | undefined
     if (d === undefined || typeof d.value !== 'function') {
-      throw new TypeError(`@Atomic() can only decorate methods, not a getter, setter, accessor or property (${String(contextOrKey)}).`)
+      throw new TypeError(
+        `@Atomic() can only decorate methods, not a getter, setter, accessor or property (${String(contextOrKey)}).`,
+      )
     }
     d.value = wrapMethod(d.value, String(contextOrKey), resolved)
     return d

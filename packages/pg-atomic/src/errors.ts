@@ -154,11 +154,7 @@ export function isRetryable(error: unknown): boolean {
   return code === '40001' || code === '40P01'
 }
 
-const LOST_CONNECTION_MESSAGES = [
-  'Connection terminated',
-  'not queryable',
-  'Client was closed',
-]
+const LOST_CONNECTION_MESSAGES = ['Connection terminated', 'not queryable', 'Client was closed']
 const LOST_CONNECTION_NODE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ENOTCONN'])
 /** SQLSTATEs after which the server has closed the session. */
 const FATAL_SESSION_CODES = new Set(['57P01', '57P02', '57P03', '25P03', '57P05'])
@@ -181,7 +177,16 @@ export function isConnectionLoss(error: unknown): boolean {
 }
 
 /** Node socket codes that mean no connection could be made (the server is not reachable there). */
-const CONNECT_FAILURE_NODE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOENT', 'EACCES', 'ETIMEDOUT'])
+const CONNECT_FAILURE_NODE_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOENT',
+  'EACCES',
+  'ETIMEDOUT',
+])
 
 /**
  * `true` when `error` means the connection to PostgreSQL is gone or could not be made, so the
@@ -213,7 +218,11 @@ export function isConnectionError(error: unknown): boolean {
   const code = sqlState(error)
   if (code !== undefined && CONNECT_FAILURE_NODE_CODES.has(code)) return true
   if (error instanceof AggregateError) return error.errors.some((e) => isConnectionError(e))
-  return error instanceof Error && !(error instanceof AtomicError) && /timeout expired|timeout exceeded when trying to connect/i.test(error.message)
+  return (
+    error instanceof Error &&
+    !(error instanceof AtomicError) &&
+    /timeout expired|timeout exceeded when trying to connect/i.test(error.message)
+  )
 }
 
 // ---- Locks (issue 4) ----------------------------------------------------------------------------
@@ -243,7 +252,10 @@ export class LockNotAvailableError extends AtomicError {
   readonly relation: string | undefined
   /** `'nowait'` (`NOWAIT` / try form) or `'lock_timeout'`. */
   readonly reason: LockNotAvailableReason
-  constructor(message: string, fields: { relation?: string | undefined; reason: LockNotAvailableReason; cause?: unknown }) {
+  constructor(
+    message: string,
+    fields: { relation?: string | undefined; reason: LockNotAvailableReason; cause?: unknown },
+  ) {
     super(message, fields.cause === undefined ? undefined : { cause: fields.cause })
     this.relation = fields.relation
     this.reason = fields.reason
@@ -271,7 +283,8 @@ export function lockNotAvailableFrom(
   const named = RELATION_IN_MESSAGE.exec(message)
   const reason: LockNotAvailableReason = named !== null || !message.includes('lock timeout') ? 'nowait' : 'lock_timeout'
   let relation = named?.[2] ?? RELATION_IN_CONTEXT.exec(where)?.[1]
-  if (relation === undefined && requested.kind === 'table' && requested.tables.length === 1) relation = requested.tables[0]
+  if (relation === undefined && requested.kind === 'table' && requested.tables.length === 1)
+    relation = requested.tables[0]
   const rowLock = requested.kind === 'row' || named?.[1] !== undefined
   const what =
     requested.kind === 'advisory'
@@ -288,7 +301,9 @@ export function lockNotAvailableFrom(
       ? `Could not obtain ${what} without waiting (NOWAIT): another transaction holds a conflicting lock.`
       : `Gave up waiting for ${what} when lock_timeout expired: another transaction holds a conflicting lock.`
   return new LockNotAvailableError(
-    `${how} The statement failed, so the enclosing atomic() block must roll back; try again later, or catch the error outside a nested atomic() block to let the rest of the transaction continue.`,
+    `${how} The statement failed, so the enclosing atomic() block must roll back; ` +
+      `try again later, or catch the error outside a nested atomic() block to let the ` +
+      `rest of the transaction continue.`,
     { relation, reason, cause: error },
   )
 }

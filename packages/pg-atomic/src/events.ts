@@ -6,7 +6,10 @@
  */
 import diagnostics_channel from 'node:diagnostics_channel'
 
-/** Channel name for control statements (`BEGIN`, `SET LOCAL`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `COMMIT`, `ROLLBACK`). */
+/**
+ * Channel name for control statements (`BEGIN`, `SET LOCAL`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`,
+ * `COMMIT`, `ROLLBACK`).
+ */
 export const STATEMENT_CHANNEL = 'pg-atomic:statement'
 /** Channel name for errors of robust `onCommit` hooks and of `onRollback` hooks. */
 export const HOOK_ERROR_CHANNEL = 'pg-atomic:hook-error'

@@ -42,4 +42,10 @@ export { ROW_LOCK_STRENGTHS, LOCK_MODES } from './vocabulary'
 export type { RowLockStrength, LockMode } from './vocabulary'
 export type { ForUpdateOptions, SelectForUpdateOptions } from './locks/rows'
 export { ADVISORY_KEY_NAMESPACE, ADVISORY_KEY_SQL, advisoryKey, advisoryLock, withAdvisoryLock } from './locks/advisory'
-export type { AdvisoryLockContext, AdvisoryLockKey, AdvisoryLockOptions, ResolvedAdvisoryKey, WithAdvisoryLockOptions } from './locks/advisory'
+export type {
+  AdvisoryLockContext,
+  AdvisoryLockKey,
+  AdvisoryLockOptions,
+  ResolvedAdvisoryKey,
+  WithAdvisoryLockOptions,
+} from './locks/advisory'

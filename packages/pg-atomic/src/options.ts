@@ -21,15 +21,24 @@ export interface TransactionDefaults {
    * Default: the database's `isolationLevel`, else the server's default (normally read committed).
    */
   isolationLevel?: IsolationLevel
-  /** `BEGIN ... READ ONLY` (`true`) or `READ WRITE` (`false`). Outermost only. Default: database default, else the server's. */
+  /**
+   * `BEGIN ... READ ONLY` (`true`) or `READ WRITE` (`false`). Outermost only.
+   * Default: database default, else the server's.
+   */
   readOnly?: boolean
-  /** `BEGIN ... DEFERRABLE` (`true`) or `NOT DEFERRABLE` (`false`); matters for serializable read-only transactions. Outermost only. Default: database default, else the server's. */
+  /**
+   * `BEGIN ... DEFERRABLE` (`true`) or `NOT DEFERRABLE` (`false`); matters for serializable read-only
+   * transactions. Outermost only. Default: database default, else the server's.
+   */
   deferrable?: boolean
   /** `SET LOCAL statement_timeout` in milliseconds (0 disables). Default: database default, else not set. */
   statementTimeout?: number
   /** `SET LOCAL lock_timeout` in milliseconds (0 disables). Default: database default, else not set. */
   lockTimeout?: number
-  /** `SET LOCAL idle_in_transaction_session_timeout` in milliseconds (0 disables). Default: database default, else not set. */
+  /**
+   * `SET LOCAL idle_in_transaction_session_timeout` in milliseconds (0 disables).
+   * Default: database default, else not set.
+   */
   idleInTransactionSessionTimeout?: number
 }
 
@@ -70,7 +79,10 @@ export interface AtomicOptions extends TransactionDefaults {
 export interface RetryOptions {
   /** Attempts in all, the first included (≥ 1). Default: `3`. */
   maxAttempts?: number
-  /** Backoff base in ms: attempt n waits a random time in [0, min(maxDelayMs, baseDelayMs·2^(n−1))] (full jitter). Default: `20`. */
+  /**
+   * Backoff base in ms: attempt n waits a random time in [0, min(maxDelayMs, baseDelayMs·2^(n−1))]
+   * (full jitter). Default: `20`.
+   */
   baseDelayMs?: number
   /** Longest wait between attempts, in ms. Default: `1000`. */
   maxDelayMs?: number
@@ -97,8 +109,12 @@ export interface AtomicLogger {
 
 /** Database configuration accepted by `createDatabase()`. */
 export interface DatabaseConfig
-  extends TransactionDefaults,
-    Omit<PoolConfig, 'statement_timeout' | 'lock_timeout' | 'idle_in_transaction_session_timeout' | 'query_timeout' | 'pipeline'> {
+  extends
+    TransactionDefaults,
+    Omit<
+      PoolConfig,
+      'statement_timeout' | 'lock_timeout' | 'idle_in_transaction_session_timeout' | 'query_timeout' | 'pipeline'
+    > {
   /**
    * An existing `pg.Pool` to use instead of creating one. pg-atomic never ends a pool it did not
    * create. Mutually exclusive with connection fields. Default: a new pool from the other fields.
@@ -166,7 +182,7 @@ const ALLOWED: Record<string, string> = {
   'retry.retryOn': 'a list of 5-character SQLSTATE codes such as 40001, or a function (error) => boolean',
   acquireTimeoutMs: 'a whole number of milliseconds of at least 1',
   lock: TABLE_LOCK_OPTION_EXPECTATION,
-  logger: "an object with an error(message) method",
+  logger: 'an object with an error(message) method',
   pool: 'a pg.Pool (an object with connect() and query() methods)',
   max: 'a whole number of at least 1',
   min: 'a whole number of at least 0',
@@ -203,12 +219,22 @@ const atomicOptionsSchema = z.strictObject({
   using: z.string().min(1).optional(),
   name: z.string().optional(),
   lock: z.custom<TableLockInput>((v) => typeof v === 'object' && v !== null && !Array.isArray(v)).optional(),
-  retry: z.union([z.int().min(1), z.strictObject({
-    maxAttempts: z.int().min(1).optional(),
-    baseDelayMs: z.int().min(0).optional(),
-    maxDelayMs: z.int().min(0).optional(),
-    retryOn: z.union([z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(), z.custom<(error: unknown) => boolean>((v) => typeof v === 'function')]).optional(),
-  })]).optional(),
+  retry: z
+    .union([
+      z.int().min(1),
+      z.strictObject({
+        maxAttempts: z.int().min(1).optional(),
+        baseDelayMs: z.int().min(0).optional(),
+        maxDelayMs: z.int().min(0).optional(),
+        retryOn: z
+          .union([
+            z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(),
+            z.custom<(error: unknown) => boolean>((v) => typeof v === 'function'),
+          ])
+          .optional(),
+      }),
+    ])
+    .optional(),
 })
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function')
@@ -218,9 +244,17 @@ const databaseConfigSchema = z.strictObject({
   ...transactionDefaultsShape,
   alias: z.string().min(1).optional(),
   pool: z
-    .custom<Pool>((v) => typeof v === 'object' && v !== null && typeof (v as Pool).connect === 'function' && typeof (v as Pool).query === 'function')
+    .custom<Pool>(
+      (v) =>
+        typeof v === 'object' &&
+        v !== null &&
+        typeof (v as Pool).connect === 'function' &&
+        typeof (v as Pool).query === 'function',
+    )
     .optional(),
-  logger: z.custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function').optional(),
+  logger: z
+    .custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function')
+    .optional(),
   closeTimeoutMs: z.int().min(0).optional(),
   transactionPooling: z.boolean().optional(),
   retry: atomicOptionsSchema.shape.retry,
@@ -260,12 +294,17 @@ const databaseConfigSchema = z.strictObject({
 /** Connection settings that node-postgres would send as startup parameters or enforce client-side. */
 const REFUSED_POOL_FIELDS: Record<string, string> = {
   statement_timeout:
-    'Use the statementTimeout option instead: pg sends statement_timeout as a startup parameter, which PgBouncer rejects; pg-atomic applies it with SET LOCAL in each transaction.',
-  lock_timeout: 'Use the lockTimeout option instead: it is applied with SET LOCAL in each transaction (PgBouncer-safe).',
+    'Use the statementTimeout option instead: pg sends statement_timeout as a ' +
+    'startup parameter, which PgBouncer rejects; pg-atomic applies it with SET LOCAL ' +
+    'in each transaction.',
+  lock_timeout:
+    'Use the lockTimeout option instead: it is applied with SET LOCAL in each transaction (PgBouncer-safe).',
   idle_in_transaction_session_timeout:
-    'Use the idleInTransactionSessionTimeout option instead: it is applied with SET LOCAL in each transaction (PgBouncer-safe).',
+    'Use the idleInTransactionSessionTimeout option instead: it is applied with SET ' +
+    'LOCAL in each transaction (PgBouncer-safe).',
   query_timeout:
-    "query_timeout is a client-side timer that leaves the server statement running and the connection in an unknown state; use statementTimeout, which PostgreSQL enforces.",
+    'query_timeout is a client-side timer that leaves the server statement running ' +
+    'and the connection in an unknown state; use statementTimeout, which PostgreSQL enforces.',
   pipeline: 'pg-atomic serializes the statements of a transaction itself; pipeline mode is not supported.',
 }
 
@@ -365,7 +404,8 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     const field = Object.keys(poolConfig)[0] ?? 'pool'
     throw new InvalidOptionError(
       field,
-      `Option "${field}" cannot be combined with "pool" in createDatabase(): configure the existing pool itself, or pass connection fields without "pool".`,
+      `Option "${field}" cannot be combined with "pool" in createDatabase(): configure ` +
+        `the existing pool itself, or pass connection fields without "pool".`,
     )
   }
   const defaults: TransactionDefaults = {}
@@ -374,7 +414,8 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
   if (deferrable !== undefined) defaults.deferrable = deferrable
   if (statementTimeout !== undefined) defaults.statementTimeout = statementTimeout
   if (lockTimeout !== undefined) defaults.lockTimeout = lockTimeout
-  if (idleInTransactionSessionTimeout !== undefined) defaults.idleInTransactionSessionTimeout = idleInTransactionSessionTimeout
+  if (idleInTransactionSessionTimeout !== undefined)
+    defaults.idleInTransactionSessionTimeout = idleInTransactionSessionTimeout
   return Object.freeze({
     alias: alias ?? 'default',
     pool,
@@ -387,4 +428,3 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     acquireTimeoutMs,
   })
 }
-

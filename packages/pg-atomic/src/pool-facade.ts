@@ -106,7 +106,11 @@ class PoolFacade extends EventEmitter {
     return this.db.realPool.emit(event as 'error', ...(args as [Error, pg.PoolClient]))
   }
 
-  query(textOrConfig: string | QueryConfig, valuesOrCallback?: readonly unknown[] | QueryCallback, callback?: QueryCallback): Promise<QueryResult> | undefined {
+  query(
+    textOrConfig: string | QueryConfig,
+    valuesOrCallback?: readonly unknown[] | QueryCallback,
+    callback?: QueryCallback,
+  ): Promise<QueryResult> | undefined {
     const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
     const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
     const promise = this.db.query(textOrConfig as string, values)
@@ -118,11 +122,14 @@ class PoolFacade extends EventEmitter {
     return undefined
   }
 
-  connect(callback?: (err: Error | undefined, client: PoolClient | undefined, done: (release?: unknown) => void) => void): Promise<PoolClient> | undefined {
+  connect(
+    callback?: (err: Error | undefined, client: PoolClient | undefined, done: (release?: unknown) => void) => void,
+  ): Promise<PoolClient> | undefined {
     const promise = this.connectClient()
     if (callback === undefined) return promise
     promise.then(
-      (client) => callback(undefined, client, (release?: unknown) => client.release(release as boolean | Error | undefined)),
+      (client) =>
+        callback(undefined, client, (release?: unknown) => client.release(release as boolean | Error | undefined)),
       (error: Error) => callback(error, undefined, () => undefined),
     )
     return undefined
@@ -147,8 +154,14 @@ class PoolFacade extends EventEmitter {
         release(err)
         return
       }
-      db.returnIfIdle(client, release, (status) =>
-        `A connection obtained from the pool of database '${db.alias}' was released inside a transaction (status '${status}'); it was destroyed instead of being returned, which rolled the transaction back. Commit or roll back before release(), or use atomic().`,
+      db.returnIfIdle(
+        client,
+        release,
+        (status) =>
+          `A connection obtained from the pool of database '${db.alias}' was released ` +
+          `inside a transaction (status '${status}'); it was destroyed instead of being ` +
+          `returned, which rolled the transaction back. Commit or roll back before ` +
+          `release(), or use atomic().`,
       )
     }
     return client
@@ -181,12 +194,21 @@ class BlockClient extends EventEmitter {
     this.block = block
   }
 
-  query(textOrConfig: string | QueryConfig, valuesOrCallback?: readonly unknown[] | QueryCallback, callback?: QueryCallback): Promise<QueryResult> | undefined {
+  query(
+    textOrConfig: string | QueryConfig,
+    valuesOrCallback?: readonly unknown[] | QueryCallback,
+    callback?: QueryCallback,
+  ): Promise<QueryResult> | undefined {
     const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
     const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
-    if (typeof textOrConfig === 'object' && textOrConfig !== null && typeof (textOrConfig as { submit?: unknown }).submit === 'function') {
+    if (
+      typeof textOrConfig === 'object' &&
+      textOrConfig !== null &&
+      typeof (textOrConfig as { submit?: unknown }).submit === 'function'
+    ) {
       const error = new TransactionManagementError(
-        "Submittable queries (cursors, streams) cannot be passed to a client obtained from db.pool inside an atomic() block; use db.cursor() instead.",
+        'Submittable queries (cursors, streams) cannot be passed to a client obtained ' +
+          'from db.pool inside an atomic() block; use db.cursor() instead.',
       )
       if (cb !== undefined) {
         cb(error)
@@ -214,4 +236,3 @@ class BlockClient extends EventEmitter {
     return pg.escapeLiteral(str)
   }
 }
-

@@ -45,7 +45,11 @@ export interface TransactionHandle {
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
   query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
   /** Streams the rows of a query through `pg-cursor`, in this transaction's snapshot. */
-  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R>
+  cursor<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values?: readonly unknown[],
+    options?: CursorOptions,
+  ): AsyncIterable<R>
   /** Registers a hook run after the outermost COMMIT; dropped if this block (or an enclosing one) rolls back. */
   onCommit(fn: Hook, options?: OnCommitOptions): void
   /** Registers a hook run when this block's savepoint, or the whole transaction, is rolled back. */

@@ -9,17 +9,30 @@
 import type { z } from 'zod'
 import { InvalidOptionError } from './errors'
 
-function describeIssue(subject: string, issue: z.core.$ZodIssue, accepted: readonly string[], allowed: Readonly<Record<string, string>>, refusedFields: Readonly<Record<string, string>>): InvalidOptionError {
+function describeIssue(
+  subject: string,
+  issue: z.core.$ZodIssue,
+  accepted: readonly string[],
+  allowed: Readonly<Record<string, string>>,
+  refusedFields: Readonly<Record<string, string>>,
+): InvalidOptionError {
   if (issue.code === 'unrecognized_keys' && issue.path.length > 0) {
     const parent = issue.path.map(String).join('.')
     const field = `${parent}.${issue.keys[0] ?? ''}`
-    return new InvalidOptionError(field, `Unknown option "${field}" for ${subject}: "${parent}" must be ${allowed[parent] ?? 'valid'}.`)
+    return new InvalidOptionError(
+      field,
+      `Unknown option "${field}" for ${subject}: "${parent}" must be ${allowed[parent] ?? 'valid'}.`,
+    )
   }
   if (issue.code === 'unrecognized_keys') {
     const key = issue.keys[0] ?? ''
     const refused = refusedFields[key]
-    if (refused !== undefined) return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
-    return new InvalidOptionError(key, `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`)
+    if (refused !== undefined)
+      return new InvalidOptionError(key, `Option "${key}" is not accepted by ${subject}. ${refused}`)
+    return new InvalidOptionError(
+      key,
+      `Unknown option "${key}" for ${subject}. The accepted options are: ${accepted.join(', ')}.`,
+    )
   }
   // The most specific documented field: 'retry.retryOn.0' is reported as 'retry.retryOn'.
   let field = issue.path.map(String).join('.') || 'options'
@@ -47,8 +60,9 @@ export function parseOptions<S extends z.ZodObject>(
   const result = schema.safeParse(input)
   if (!result.success) {
     const first = result.error.issues[0]
-    throw first ? describeIssue(subject, first, Object.keys(schema.shape), allowed, refusedFields) : new InvalidOptionError('options', `Invalid options for ${subject}.`)
+    throw first
+      ? describeIssue(subject, first, Object.keys(schema.shape), allowed, refusedFields)
+      : new InvalidOptionError('options', `Invalid options for ${subject}.`)
   }
   return result.data
 }
-

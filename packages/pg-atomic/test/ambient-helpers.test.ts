@@ -93,12 +93,17 @@ describe('with only a non-default database registered', () => {
     })
   })
 
-  test("{ using: 'default' } names a database that is not registered: an error, not \"outside\"", async () => {
+  test('{ using: \'default\' } names a database that is not registered: an error, not "outside"', async () => {
     await atomic({ using: 'reports' }, async () => {
-      for (const call of [() => setRollback(true, { using: 'default' }), () => onCommit(() => undefined, { using: 'default' })]) {
+      for (const call of [
+        () => setRollback(true, { using: 'default' }),
+        () => onCommit(() => undefined, { using: 'default' }),
+      ]) {
         const error = thrown(call)
         expect(error).toBeInstanceOf(TransactionManagementError)
-        expect((error as Error).message).toBe("No database is registered under the alias 'default': call createDatabase() first.")
+        expect((error as Error).message).toBe(
+          "No database is registered under the alias 'default': call createDatabase() first.",
+        )
       }
       expect(getRollback()).toBe(false)
     })
@@ -142,7 +147,9 @@ describe('blocks of two databases nested in each other', () => {
 describe('one argument style: an options object', () => {
   test('a positional alias is refused with InvalidOptionError naming the options', async () => {
     await atomic({ using: 'reports' }, async () => {
-      const positional = thrown(() => (setRollback as unknown as (flag: boolean, using: string) => void)(true, 'reports'))
+      const positional = thrown(() =>
+        (setRollback as unknown as (flag: boolean, using: string) => void)(true, 'reports'),
+      )
       expect(positional).toBeInstanceOf(InvalidOptionError)
       expect(positional).toMatchObject({
         field: 'options',
@@ -152,7 +159,8 @@ describe('one argument style: an options object', () => {
       expect(empty).toBeInstanceOf(InvalidOptionError)
       expect(empty).toMatchObject({
         field: 'using',
-        message: 'Invalid option "using" for getRollback(): it must be a non-empty string naming a registered database.',
+        message:
+          'Invalid option "using" for getRollback(): it must be a non-empty string naming a registered database.',
       })
       expect(getRollback()).toBe(false)
     })

@@ -3,7 +3,15 @@
  * back what is still running at the deadline, ends only a pool it created, and frees the alias.
  * Every scenario uses its own alias; databases created here are closed in afterAll in any case.
  */
-import { ConnectionLostError, InvalidOptionError, TransactionManagementError, atomic, createDatabase, getDatabase, onRollback } from 'pg-atomic'
+import {
+  ConnectionLostError,
+  InvalidOptionError,
+  TransactionManagementError,
+  atomic,
+  createDatabase,
+  getDatabase,
+  onRollback,
+} from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { rejection, setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
@@ -178,7 +186,9 @@ describe('db.close()', () => {
     expect(error).toBeInstanceOf(ConnectionLostError)
     const cause = (error as Error).cause
     expect(cause).toBeInstanceOf(TransactionManagementError)
-    expect((cause as Error).message).toBe(`Database '${alias}' was closed while this transaction was still running after 200 ms; it was rolled back.`)
+    expect((cause as Error).message).toBe(
+      `Database '${alias}' was closed while this transaction was still running after 200 ms; it was rolled back.`,
+    )
     expect(late).toBeInstanceOf(ConnectionLostError)
     expect(rolledBack).toHaveBeenCalledTimes(1)
     expect(await committed()).toEqual([])
@@ -201,44 +211,61 @@ describe('db.close()', () => {
     await sleep(20)
     await db.close({ timeoutMs: 100 })
     const outcomes = await Promise.allSettled([first, within(second, 2000)])
-    expect(outcomes.map((o) => (o.status === 'fulfilled' ? 'resolved' : o.reason instanceof ConnectionLostError ? 'ConnectionLostError' : String(o.reason)))).toEqual([
-      'ConnectionLostError',
-      'ConnectionLostError',
-    ])
+    expect(
+      outcomes.map((o) =>
+        o.status === 'fulfilled'
+          ? 'resolved'
+          : o.reason instanceof ConnectionLostError
+            ? 'ConnectionLostError'
+            : String(o.reason),
+      ),
+    ).toEqual(['ConnectionLostError', 'ConnectionLostError'])
     expect(await committed()).toEqual([])
   })
 
-  test('a block waiting on a lock at the deadline: after close() its transaction is gone and its locks are free', async () => {
-    const alias = 'close_locked'
-    await base.admin.query('insert into t (x) values (1), (2)')
-    const holder = await base.admin.connect()
-    try {
-      await holder.query('begin')
-      await holder.query('select x from t where x = 2 for update')
-      const db = ownDatabase(alias)
-      let pid = 0
-      const block = atomic({ using: alias }, async () => {
-        pid = (await db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? 0
-        await db.query('update t set x = 10 where x = 1') // row 1 is now locked by the block
-        await db.query('update t set x = 20 where x = 2') // waits for the holder
-      })
-      await waitUntil(
-        async () => pid !== 0 && (await base.rows("select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'", [pid])).length === 1,
-        'the block to wait for the row lock',
-      )
-      await db.close({ timeoutMs: 200 })
-      const error = await rejection(block)
-      expect(error).toBeInstanceOf(ConnectionLostError)
-      expect(((error as Error).cause as Error).message).toMatch(/it was rolled back\.$/)
-      // "Rolled back" must be true once close() has resolved, not whenever the server next looks
-      // at the socket: the backend must not keep the transaction and its row lock.
-      await waitUntil(async () => (await base.rows('select 1 from pg_stat_activity where pid = $1', [pid])).length === 0, `backend ${pid} to end`, 2000)
-      await expect(base.admin.query('select x from t where x = 1 for update nowait')).resolves.toMatchObject({ rowCount: 1 })
-    } finally {
-      await holder.query('rollback')
-      holder.release()
-    }
-  })
+  test(
+    'a block waiting on a lock at the deadline: after close() its transaction is ' + 'gone and its locks are free',
+    async () => {
+      const alias = 'close_locked'
+      await base.admin.query('insert into t (x) values (1), (2)')
+      const holder = await base.admin.connect()
+      try {
+        await holder.query('begin')
+        await holder.query('select x from t where x = 2 for update')
+        const db = ownDatabase(alias)
+        let pid = 0
+        const block = atomic({ using: alias }, async () => {
+          pid = (await db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? 0
+          await db.query('update t set x = 10 where x = 1') // row 1 is now locked by the block
+          await db.query('update t set x = 20 where x = 2') // waits for the holder
+        })
+        await waitUntil(
+          async () =>
+            pid !== 0 &&
+            (await base.rows("select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'", [pid]))
+              .length === 1,
+          'the block to wait for the row lock',
+        )
+        await db.close({ timeoutMs: 200 })
+        const error = await rejection(block)
+        expect(error).toBeInstanceOf(ConnectionLostError)
+        expect(((error as Error).cause as Error).message).toMatch(/it was rolled back\.$/)
+        // "Rolled back" must be true once close() has resolved, not whenever the server next looks
+        // at the socket: the backend must not keep the transaction and its row lock.
+        await waitUntil(
+          async () => (await base.rows('select 1 from pg_stat_activity where pid = $1', [pid])).length === 0,
+          `backend ${pid} to end`,
+          2000,
+        )
+        await expect(base.admin.query('select x from t where x = 1 for update nowait')).resolves.toMatchObject({
+          rowCount: 1,
+        })
+      } finally {
+        await holder.query('rollback')
+        holder.release()
+      }
+    },
+  )
 
   test('close() of a database created with { pool } waits for its blocks but does not end that pool', async () => {
     const alias = 'close_pool'
@@ -292,23 +319,30 @@ describe('db.close()', () => {
     expect((error as Error).message).toBe(CLOSING(alias))
     const outside = await rejection(db.query('select 1'))
     expect(outside).toBeInstanceOf(TransactionManagementError)
-    expect((outside as Error).message).toBe(`Database '${alias}' is closed: create a new database with createDatabase() to run more statements.`)
+    expect((outside as Error).message).toBe(
+      `Database '${alias}' is closed: create a new database with createDatabase() to run more statements.`,
+    )
   })
 })
 
 describe('a closed database refuses further use', () => {
-  test('db.query, db.cursor and db.pool.connect on a closed database built on a user pool are refused; the pool itself stays usable', async () => {
-    const hx = await setupHarness('close-refuse', { alias: 'close_refuse' })
-    await hx.db.close()
-    const message = "Database 'close_refuse' is closed: create a new database with createDatabase() to run more statements."
-    await expect(hx.db.query('select 1')).rejects.toThrow(new TransactionManagementError(message))
-    await expect(hx.db.pool.connect()).rejects.toThrow(message)
-    const iterate = async () => {
-      for await (const row of hx.db.cursor('select 1')) void row
-    }
-    await expect(iterate()).rejects.toThrow(message)
-    expect(hx.statements).toEqual([])
-    await expect(hx.pool.query('select 1 as one')).resolves.toMatchObject({ rows: [{ one: 1 }] })
-    await hx.close()
-  })
+  test(
+    'db.query, db.cursor and db.pool.connect on a closed database built on a user ' +
+      'pool are refused; the pool itself stays usable',
+    async () => {
+      const hx = await setupHarness('close-refuse', { alias: 'close_refuse' })
+      await hx.db.close()
+      const message =
+        "Database 'close_refuse' is closed: create a new database with createDatabase() to run more statements."
+      await expect(hx.db.query('select 1')).rejects.toThrow(new TransactionManagementError(message))
+      await expect(hx.db.pool.connect()).rejects.toThrow(message)
+      const iterate = async () => {
+        for await (const row of hx.db.cursor('select 1')) void row
+      }
+      await expect(iterate()).rejects.toThrow(message)
+      expect(hx.statements).toEqual([])
+      await expect(hx.pool.query('select 1 as one')).resolves.toMatchObject({ rows: [{ one: 1 }] })
+      await hx.close()
+    },
+  )
 })

@@ -73,20 +73,23 @@ describe('two chains on one pool stay apart', () => {
     const bothInserted = barrier(2)
     const bothNested = barrier(2)
     const bothRead = barrier(2)
-    const chain = (x: number) => atomic(async (tx) => {
-      await insert(x)
-      await bothInserted()
-      await atomic(async () => {
-        await insert(x * 10)
-        await turn()
-        expect(currentTransaction()?.id).toBe(tx.id)
+    const chain = (x: number) =>
+      atomic(async (tx) => {
+        await insert(x)
+        await bothInserted()
+        await atomic(async () => {
+          await insert(x * 10)
+          await turn()
+          expect(currentTransaction()?.id).toBe(tx.id)
+        })
+        await bothNested()
+        const seen = await visible()
+        const { rows } = await h.db.query<{ txid: string; pid: number }>(
+          'select txid_current()::text as txid, pg_backend_pid() as pid',
+        )
+        await bothRead() // neither commits (nor frees its connection) before both have read
+        return { seen, id: tx.id, info: currentTransaction(), txid: rows[0]?.txid, pid: rows[0]?.pid }
       })
-      await bothNested()
-      const seen = await visible()
-      const { rows } = await h.db.query<{ txid: string; pid: number }>('select txid_current()::text as txid, pg_backend_pid() as pid')
-      await bothRead() // neither commits (nor frees its connection) before both have read
-      return { seen, id: tx.id, info: currentTransaction(), txid: rows[0]?.txid, pid: rows[0]?.pid }
-    })
     const [a, b] = await Promise.all([chain(1), chain(2)])
     expect(a.seen).toEqual([1, 10])
     expect(b.seen).toEqual([2, 20])
@@ -128,24 +131,25 @@ describe('two chains on one pool stay apart', () => {
     const allRead = barrier(4)
     // REPEATABLE READ: under READ COMMITTED a chain released by the barrier could see the rows of
     // chains that committed before its SELECT started, which says nothing about context isolation.
-    const chain = (n: number) => atomic({ isolationLevel: 'repeatable read' }, async (outer) => {
-      const ids: number[] = []
-      for (let i = 0; i < 3; i++) {
-        await atomic(async (inner) => {
-          ids.push(currentTransaction()?.id ?? -1)
-          expect(inner.id).toBe(outer.id)
-          await insert(n * 100 + i)
-          await (i % 2 === 0 ? sleep(n) : turn())
-          ids.push(currentTransaction()?.id ?? -1)
-          expect(currentTransaction()).toMatchObject({ depth: 2, savepointNames: [`pga_${i + 1}`] })
-        })
-      }
-      // Read while nobody has committed yet (read committed would show committed rows of others).
-      await allInserted()
-      const seen = await visible()
-      await allRead()
-      return { id: outer.id, ids, seen }
-    })
+    const chain = (n: number) =>
+      atomic({ isolationLevel: 'repeatable read' }, async (outer) => {
+        const ids: number[] = []
+        for (let i = 0; i < 3; i++) {
+          await atomic(async (inner) => {
+            ids.push(currentTransaction()?.id ?? -1)
+            expect(inner.id).toBe(outer.id)
+            await insert(n * 100 + i)
+            await (i % 2 === 0 ? sleep(n) : turn())
+            ids.push(currentTransaction()?.id ?? -1)
+            expect(currentTransaction()).toMatchObject({ depth: 2, savepointNames: [`pga_${i + 1}`] })
+          })
+        }
+        // Read while nobody has committed yet (read committed would show committed rows of others).
+        await allInserted()
+        const seen = await visible()
+        await allRead()
+        return { id: outer.id, ids, seen }
+      })
     const results = await Promise.all([1, 2, 3, 4].map(chain))
     for (const [index, r] of results.entries()) {
       const n = index + 1
@@ -159,48 +163,67 @@ describe('two chains on one pool stay apart', () => {
 
 describe('a block entered after its parent ended does not join it', () => {
   const cases: Array<[string, (after: Promise<void>, enter: () => void) => void]> = [
-    ['a setTimeout callback', (after, enter) => {
-      setTimeout(() => void after.then(enter), 0)
-    }],
-    ['an event handler bound to the block context', (after, enter) => {
-      const emitter = new EventEmitter()
-      emitter.on('done', AsyncResource.bind(() => void after.then(enter)))
-      setImmediate(() => emitter.emit('done'))
-    }],
+    [
+      'a setTimeout callback',
+      (after, enter) => {
+        setTimeout(() => void after.then(enter), 0)
+      },
+    ],
+    [
+      'an event handler bound to the block context',
+      (after, enter) => {
+        const emitter = new EventEmitter()
+        emitter.on(
+          'done',
+          AsyncResource.bind(() => void after.then(enter)),
+        )
+        setImmediate(() => emitter.emit('done'))
+      },
+    ],
   ]
 
   describe.each(cases)('from %s', (_label, schedule) => {
     test.each([
       ['committed', false],
       ['rolled back', true],
-    ])('after the parent %s: a new outermost transaction with its own BEGIN and COMMIT', async (_state, parentFails) => {
-      const parentEnded = gate()
-      let parentId = 0
-      let child: Promise<{ id: number; depth: number; savepointName: string | undefined; info: TransactionInfo | undefined }> | undefined
-      const parent = atomic(async (tx) => {
-        parentId = tx.id
-        await insert(1)
-        child = new Promise((resolve, reject) => {
-          schedule(parentEnded.wait, () => {
-            atomic(async (inner) => {
-              await insert(2)
-              return { id: inner.id, depth: inner.depth, savepointName: inner.savepointName, info: currentTransaction() }
-            }).then(resolve, reject)
+    ])(
+      'after the parent %s: a new outermost transaction with its own BEGIN and COMMIT',
+      async (_state, parentFails) => {
+        const parentEnded = gate()
+        let parentId = 0
+        let child:
+          | Promise<{ id: number; depth: number; savepointName: string | undefined; info: TransactionInfo | undefined }>
+          | undefined
+        const parent = atomic(async (tx) => {
+          parentId = tx.id
+          await insert(1)
+          child = new Promise((resolve, reject) => {
+            schedule(parentEnded.wait, () => {
+              atomic(async (inner) => {
+                await insert(2)
+                return {
+                  id: inner.id,
+                  depth: inner.depth,
+                  savepointName: inner.savepointName,
+                  info: currentTransaction(),
+                }
+              }).then(resolve, reject)
+            })
           })
+          if (parentFails) throw new Boom('parent')
         })
-        if (parentFails) throw new Boom('parent')
-      })
-      if (parentFails) await expect(parent).rejects.toThrow(Boom)
-      else await parent
-      parentEnded.open()
-      const result = await (child as NonNullable<typeof child>)
-      expect(result.depth).toBe(1)
-      expect(result.savepointName).toBeUndefined()
-      expect(result.id).not.toBe(parentId)
-      expect(result.info).toMatchObject({ id: result.id, depth: 1, savepointNames: [] })
-      expect(h.statements).toEqual(['BEGIN', INSERT, parentFails ? 'ROLLBACK' : 'COMMIT', 'BEGIN', INSERT, 'COMMIT'])
-      expect(await h.column('select x from t order by x')).toEqual(parentFails ? [2] : [1, 2])
-    })
+        if (parentFails) await expect(parent).rejects.toThrow(Boom)
+        else await parent
+        parentEnded.open()
+        const result = await (child as NonNullable<typeof child>)
+        expect(result.depth).toBe(1)
+        expect(result.savepointName).toBeUndefined()
+        expect(result.id).not.toBe(parentId)
+        expect(result.info).toMatchObject({ id: result.id, depth: 1, savepointNames: [] })
+        expect(h.statements).toEqual(['BEGIN', INSERT, parentFails ? 'ROLLBACK' : 'COMMIT', 'BEGIN', INSERT, 'COMMIT'])
+        expect(await h.column('select x from t order by x')).toEqual(parentFails ? [2] : [1, 2])
+      },
+    )
   })
 
   test('inAtomicBlock() is false in a late callback of an ended block', async () => {
@@ -258,43 +281,53 @@ describe('Promise.all inside a block', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       INSERT,
-      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"',
+      'SAVEPOINT "pga_2"',
       INSERT,
       'select 1/0',
-      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"',
+      'ROLLBACK TO SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_2"',
+      'SAVEPOINT "pga_3"',
       INSERT,
       'select x from t order by x',
       'COMMIT',
     ])
   })
 
-  test('when Promise.all rejects early, the remaining siblings still run before the next statement and the COMMIT', async () => {
-    const boom = new Boom('B')
-    await atomic(async () => {
-      const all = Promise.all([
-        atomic(() => insert(1)),
-        atomic(async () => {
-          await insert(2)
-          throw boom
-        }),
-        atomic(() => insert(3)),
+  test(
+    'when Promise.all rejects early, the remaining siblings still run before the ' + 'next statement and the COMMIT',
+    async () => {
+      const boom = new Boom('B')
+      await atomic(async () => {
+        const all = Promise.all([
+          atomic(() => insert(1)),
+          atomic(async () => {
+            await insert(2)
+            throw boom
+          }),
+          atomic(() => insert(3)),
+        ])
+        await expect(all).rejects.toBe(boom)
+        await insert(4)
+      })
+      expect(await h.column('select x from t order by x')).toEqual([1, 3, 4])
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'SAVEPOINT "pga_1"',
+        INSERT,
+        'RELEASE SAVEPOINT "pga_1"',
+        'SAVEPOINT "pga_2"',
+        INSERT,
+        'ROLLBACK TO SAVEPOINT "pga_2"',
+        'RELEASE SAVEPOINT "pga_2"',
+        'SAVEPOINT "pga_3"',
+        INSERT,
+        // Sibling C ran before insert(4), which was queued after it.
+        INSERT,
+        'COMMIT',
       ])
-      await expect(all).rejects.toBe(boom)
-      await insert(4)
-    })
-    expect(await h.column('select x from t order by x')).toEqual([1, 3, 4])
-    expect(h.statements).toEqual([
-      'BEGIN', 'SAVEPOINT "pga_1"',
-      INSERT,
-      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
-      INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"',
-      INSERT,
-      // Sibling C ran before insert(4), which was queued after it.
-      INSERT,
-      'COMMIT',
-    ])
-  })
+    },
+  )
 
   test('plain queries keep their order and pg never sees concurrent client.query calls', async () => {
     const warnings: Error[] = []
@@ -309,7 +342,9 @@ describe('Promise.all inside a block', () => {
               ? h.db.query<{ id: number }>(`insert into log (x) values (${i}) returning id`)
               : i % 3 === 1
                 ? tx.query<{ id: number }>(`insert into log (x) values (${i}) returning id`)
-                : (h.db.pool.query(`insert into log (x) values (${i}) returning id`) as Promise<{ rows: Array<{ id: number }> }>),
+                : (h.db.pool.query(`insert into log (x) values (${i}) returning id`) as Promise<{
+                    rows: Array<{ id: number }>
+                  }>),
           ),
         )
         return results.map((r) => r.rows[0]?.id)
@@ -329,11 +364,7 @@ describe('Promise.all inside a block', () => {
 
   test('a nested block among plain queries is serialized in entry order too', async () => {
     await atomic(async () => {
-      await Promise.all([
-        h.db.query('select 1'),
-        atomic(() => h.db.query('select 2')),
-        h.db.query('select 3'),
-      ])
+      await Promise.all([h.db.query('select 1'), atomic(() => h.db.query('select 2')), h.db.query('select 3')])
     })
     // RELEASE of the nested block is deferred, then dropped by COMMIT.
     expect(h.statements).toEqual(['BEGIN', 'select 1', 'SAVEPOINT "pga_1"', 'select 2', 'select 3', 'COMMIT'])
@@ -341,24 +372,27 @@ describe('Promise.all inside a block', () => {
 })
 
 describe('the enclosing block while a nested block runs', () => {
-  test('a query of the enclosing block issued while a nested block runs waits until the nested block ends', async () => {
-    const events: string[] = []
-    await atomic(async () => {
-      await insert(0)
-      const nested = atomic(async () => {
-        await insert(1)
-        await sleep(10)
-        await insert(2)
-        events.push('nested end')
+  test(
+    'a query of the enclosing block issued while a nested block runs waits until the ' + 'nested block ends',
+    async () => {
+      const events: string[] = []
+      await atomic(async () => {
+        await insert(0)
+        const nested = atomic(async () => {
+          await insert(1)
+          await sleep(10)
+          await insert(2)
+          events.push('nested end')
+        })
+        // Issued from the enclosing block's context while the nested block holds the connection.
+        const outer = insert(3).then(() => events.push('outer query done'))
+        await Promise.all([nested, outer])
       })
-      // Issued from the enclosing block's context while the nested block holds the connection.
-      const outer = insert(3).then(() => events.push('outer query done'))
-      await Promise.all([nested, outer])
-    })
-    expect(events).toEqual(['nested end', 'outer query done'])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, INSERT, INSERT, 'COMMIT'])
-    expect(await h.column('select x from t order by x')).toEqual([0, 1, 2, 3])
-  })
+      expect(events).toEqual(['nested end', 'outer query done'])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, INSERT, INSERT, 'COMMIT'])
+      expect(await h.column('select x from t order by x')).toEqual([0, 1, 2, 3])
+    },
+  )
 
   test('a query of the enclosing block queued behind a failed nested block is not rolled back with it', async () => {
     const boom = new Boom('nested')
@@ -378,7 +412,8 @@ describe('the enclosing block while a nested block runs', () => {
       INSERT,
       'SAVEPOINT "pga_1"',
       INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])
@@ -386,17 +421,21 @@ describe('the enclosing block while a nested block runs', () => {
 
   test('the outer handle used inside a nested block runs in the nested block (no deadlock)', async () => {
     const boom = new Boom('nested')
-    await within(atomic(async (outer: TransactionHandle) => {
-      await outer.query(INSERT, [1])
-      await expect(atomic(async () => {
-        await outer.query(INSERT, [2])
-        expect((await outer.query<{ x: number }>('select x from t order by x')).rows).toEqual([{ x: 1 }, { x: 2 }])
-        throw boom
-      })).rejects.toBe(boom)
-      await atomic(async () => {
-        await outer.query(INSERT, [3])
-      })
-    }))
+    await within(
+      atomic(async (outer: TransactionHandle) => {
+        await outer.query(INSERT, [1])
+        await expect(
+          atomic(async () => {
+            await outer.query(INSERT, [2])
+            expect((await outer.query<{ x: number }>('select x from t order by x')).rows).toEqual([{ x: 1 }, { x: 2 }])
+            throw boom
+          }),
+        ).rejects.toBe(boom)
+        await atomic(async () => {
+          await outer.query(INSERT, [3])
+        })
+      }),
+    )
     // Row 2 went away with the nested block's savepoint: it ran inside that block.
     expect(await h.column('select x from t order by x')).toEqual([1, 3])
     expect(h.statements).toEqual([
@@ -405,7 +444,9 @@ describe('the enclosing block while a nested block runs', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       'select x from t order by x',
-      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
+      'SAVEPOINT "pga_2"',
       INSERT,
       'COMMIT',
     ])
@@ -444,20 +485,31 @@ describe('un-awaited work at the end of the body', () => {
     expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
   })
 
-  test('an un-awaited failing query rolls the block back; it rejects with TransactionManagementError (cause = pg error)', async () => {
-    let failed: Promise<unknown> | undefined
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      failed = rejection(h.db.query('select 1/0'))
-    }))
-    const pgError = await failed
-    expect(pgError).toMatchObject({ code: '22012' })
-    expect(error).toBeInstanceOf(TransactionManagementError)
-    expect((error as Error).message).toMatch(/^The 'atomic' block finished normally, but an error inside it was caught and not re-raised, so its work was rolled back\./)
-    expect((error as Error).cause).toBe(pgError)
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'ROLLBACK'])
-    expect(await h.column('select count(*)::int from t')).toEqual([0])
-  })
+  test(
+    'an un-awaited failing query rolls the block back; it rejects with ' +
+      'TransactionManagementError (cause = pg error)',
+    async () => {
+      let failed: Promise<unknown> | undefined
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          failed = rejection(h.db.query('select 1/0'))
+        }),
+      )
+      const pgError = await failed
+      expect(pgError).toMatchObject({ code: '22012' })
+      expect(error).toBeInstanceOf(TransactionManagementError)
+      expect((error as Error).message).toMatch(
+        new RegExp(
+          "^The 'atomic' block finished normally, but an error inside it was caught and not re-raised, " +
+            'so its work was rolled back\\.',
+        ),
+      )
+      expect((error as Error).cause).toBe(pgError)
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'ROLLBACK'])
+      expect(await h.column('select count(*)::int from t')).toEqual([0])
+    },
+  )
 })
 
 describe('inAtomicBlock() and currentTransaction()', () => {
@@ -486,7 +538,12 @@ describe('inAtomicBlock() and currentTransaction()', () => {
           seen['merged'] = currentTransaction()
           await atomic({ isolationLevel: 'repeatable read' }, async (inner) => {
             seen['fourth'] = currentTransaction()
-            expect(inner).toMatchObject({ depth: 4, savepointName: 'pga_2', isolationLevel: 'repeatable read', id: tx.id })
+            expect(inner).toMatchObject({
+              depth: 4,
+              savepointName: 'pga_2',
+              isolationLevel: 'repeatable read',
+              id: tx.id,
+            })
           })
         })
         await atomic(async (tx3) => {
@@ -496,13 +553,26 @@ describe('inAtomicBlock() and currentTransaction()', () => {
       })
       seen['outer again'] = currentTransaction()
     })
-    const common = { id, database: 'default', isolationLevel: 'repeatable read', readOnly: false, deferrable: undefined }
+    const common = {
+      id,
+      database: 'default',
+      isolationLevel: 'repeatable read',
+      readOnly: false,
+      deferrable: undefined,
+    }
     expect(seen).toEqual({
       'outer before query': { ...common, depth: 1, savepointNames: [], begun: false, rollback: false, name: 'outer' },
       'outer after query': { ...common, depth: 1, savepointNames: [], begun: true, rollback: false, name: 'outer' },
       second: { ...common, depth: 2, savepointNames: ['pga_1'], begun: true, rollback: false, name: 'second' },
       merged: { ...common, depth: 3, savepointNames: ['pga_1'], begun: true, rollback: false, name: undefined },
-      fourth: { ...common, depth: 4, savepointNames: ['pga_1', 'pga_2'], begun: true, rollback: false, name: undefined },
+      fourth: {
+        ...common,
+        depth: 4,
+        savepointNames: ['pga_1', 'pga_2'],
+        begun: true,
+        rollback: false,
+        name: undefined,
+      },
       doomed: { ...common, depth: 3, savepointNames: ['pga_1', 'pga_3'], begun: true, rollback: true, name: undefined },
       'outer again': { ...common, depth: 1, savepointNames: [], begun: true, rollback: false, name: 'outer' },
     })
@@ -542,6 +612,8 @@ describe('the DeprecationWarning listener works (control)', () => {
       realProcess.off('warning', onWarning)
     }
     expect(warnings.map((w) => w.name)).toEqual(['DeprecationWarning'])
-    expect(warnings[0]?.message).toMatch(/^Calling client\.query\(\) when the client is already executing a query is deprecated/)
+    expect(warnings[0]?.message).toMatch(
+      /^Calling client\.query\(\) when the client is already executing a query is deprecated/,
+    )
   })
 })

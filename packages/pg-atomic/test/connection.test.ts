@@ -5,7 +5,14 @@
  */
 import vm from 'node:vm'
 import type pg from 'pg'
-import { ConnectionLostError, TransactionManagementError, atomic, createDatabase, onCommit, onRollback } from 'pg-atomic'
+import {
+  ConnectionLostError,
+  TransactionManagementError,
+  atomic,
+  createDatabase,
+  onCommit,
+  onRollback,
+} from 'pg-atomic'
 import type { TransactionHandle } from 'pg-atomic'
 import { rejection, setupHarness, testDirect } from './support/harness'
 import type { Harness } from './support/harness'
@@ -47,7 +54,8 @@ const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])
 const checkedOut = () => h.pool.totalCount - h.pool.idleCount
 const counts = () => ({ total: h.pool.totalCount, idle: h.pool.idleCount })
-const pidOf = async (run: (text: string) => Promise<pg.QueryResult>) => (await run('select pg_backend_pid() as pid')).rows[0]?.pid as number
+const pidOf = async (run: (text: string) => Promise<pg.QueryResult>) =>
+  (await run('select pg_backend_pid() as pid')).rows[0]?.pid as number
 
 /** Polls `predicate` every 10 ms; fails after `timeoutMs` (a bound, not a timing assertion). */
 async function waitUntil(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
@@ -58,7 +66,8 @@ async function waitUntil(predicate: () => boolean | Promise<boolean>, what: stri
   }
 }
 
-const backendAlive = async (pid: number) => (await h.rows('select 1 from pg_stat_activity where pid = $1', [pid])).length === 1
+const backendAlive = async (pid: number) =>
+  (await h.rows('select 1 from pg_stat_activity where pid = $1', [pid])).length === 1
 
 /** The pid and transaction status of the connection the pool hands out next (the last one returned). */
 async function nextIdleConnection(): Promise<{ pid: number; status: string | null }> {
@@ -133,43 +142,72 @@ describe('lazy checkout', () => {
   })
 
   // Not through PgBouncer: compares pg's processID (there the bouncer's cancel key) with pg_backend_pid().
-  testDirect('a failing statement outside a block rejects with the untouched pg error and the connection is reused', async () => {
-    const pid = await pidOf((text) => h.db.query(text))
-    const error = await rejection(h.db.query('select 1/0'))
-    expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
-    expect(error).not.toBeInstanceOf(TransactionManagementError)
-    expect(await nextIdleConnection()).toEqual({ pid, status: 'I' })
-  })
+  testDirect(
+    'a failing statement outside a block rejects with the untouched pg error and the connection is reused',
+    async () => {
+      const pid = await pidOf((text) => h.db.query(text))
+      const error = await rejection(h.db.query('select 1/0'))
+      expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
+      expect(error).not.toBeInstanceOf(TransactionManagementError)
+      expect(await nextIdleConnection()).toEqual({ pid, status: 'I' })
+    },
+  )
 })
 
 describe('the connection goes back to the pool idle', () => {
   const endings: Array<[string, (pid: (p: number) => void) => Promise<unknown>]> = [
-    ['COMMIT', (keep) => atomic(async () => {
-      keep(await pidOf((text) => h.db.query(text)))
-      await insert(1)
-    })],
-    ['ROLLBACK after a thrown error', (keep) => rejection(atomic(async () => {
-      keep(await pidOf((text) => h.db.query(text)))
-      await insert(1)
-      throw new Boom('no')
-    }))],
-    ['ROLLBACK after a query error', (keep) => rejection(atomic(async () => {
-      keep(await pidOf((text) => h.db.query(text)))
-      await h.db.query('select 1/0')
-    }))],
-    ['ROLLBACK after setRollback(true)', (keep) => atomic(async (tx) => {
-      keep(await pidOf((text) => h.db.query(text)))
-      await insert(1)
-      tx.setRollback(true)
-    })],
-    ['COMMIT after a failed nested block', (keep) => atomic(async () => {
-      keep(await pidOf((text) => h.db.query(text)))
-      await expect(atomic(async () => {
-        await insert(1)
-        await h.db.query('select 1/0')
-      })).rejects.toMatchObject({ code: '22012' })
-      await insert(2)
-    })],
+    [
+      'COMMIT',
+      (keep) =>
+        atomic(async () => {
+          keep(await pidOf((text) => h.db.query(text)))
+          await insert(1)
+        }),
+    ],
+    [
+      'ROLLBACK after a thrown error',
+      (keep) =>
+        rejection(
+          atomic(async () => {
+            keep(await pidOf((text) => h.db.query(text)))
+            await insert(1)
+            throw new Boom('no')
+          }),
+        ),
+    ],
+    [
+      'ROLLBACK after a query error',
+      (keep) =>
+        rejection(
+          atomic(async () => {
+            keep(await pidOf((text) => h.db.query(text)))
+            await h.db.query('select 1/0')
+          }),
+        ),
+    ],
+    [
+      'ROLLBACK after setRollback(true)',
+      (keep) =>
+        atomic(async (tx) => {
+          keep(await pidOf((text) => h.db.query(text)))
+          await insert(1)
+          tx.setRollback(true)
+        }),
+    ],
+    [
+      'COMMIT after a failed nested block',
+      (keep) =>
+        atomic(async () => {
+          keep(await pidOf((text) => h.db.query(text)))
+          await expect(
+            atomic(async () => {
+              await insert(1)
+              await h.db.query('select 1/0')
+            }),
+          ).rejects.toMatchObject({ code: '22012' })
+          await insert(2)
+        }),
+    ],
   ]
 
   // Not through PgBouncer: compares pg's processID (there the bouncer's cancel key) with pg_backend_pid().
@@ -197,7 +235,9 @@ describe('transaction control outside a block', () => {
     const error = await rejection(h.db.query(sql))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect((error as Error).message).toBe(
-      `${command} was refused: outside an atomic() block every statement runs in autocommit mode on a pooled connection, and transaction control sent this way would leave the connection idle in transaction. Use atomic() to run a transaction.`,
+      `${command} was refused: outside an atomic() block every statement runs in ` +
+        `autocommit mode on a pooled connection, and transaction control sent this way ` +
+        `would leave the connection idle in transaction. Use atomic() to run a transaction.`,
     )
     expect(h.statements).toEqual([])
     expect(counts()).toEqual(before)
@@ -222,7 +262,9 @@ describe('transaction control outside a block', () => {
     expect(h.pool.totalCount).toBe(total - 1)
     expect(logged).toHaveLength(1)
     expect(logged[0]?.message).toBe(
-      "A connection obtained from the pool of database 'default' was released inside a transaction (status 'T'); it was destroyed instead of being returned, which rolled the transaction back. Commit or roll back before release(), or use atomic().",
+      "A connection obtained from the pool of database 'default' was released inside a " +
+        "transaction (status 'T'); it was destroyed instead of being returned, which " +
+        'rolled the transaction back. Commit or roll back before release(), or use atomic().',
     )
     await waitUntil(async () => !(await backendAlive(pid)), `backend ${pid} to exit`)
     expect((await nextIdleConnection()).pid).not.toBe(pid)
@@ -238,7 +280,9 @@ describe('transaction control outside a block', () => {
     const total = h.pool.totalCount
     client.release()
     expect(h.pool.totalCount).toBe(total - 1)
-    expect(logged.map((l) => l.message)).toEqual([expect.stringContaining("was released inside a transaction (status 'E'); it was destroyed")])
+    expect(logged.map((l) => l.message)).toEqual([
+      expect.stringContaining("was released inside a transaction (status 'E'); it was destroyed"),
+    ])
     await waitUntil(async () => !(await backendAlive(pid)), `backend ${pid} to exit`)
   })
 
@@ -256,62 +300,71 @@ describe('transaction control outside a block', () => {
 })
 
 describe('crash test: the backend of an open block is terminated', () => {
-  test('between statements: the block rejects with ConnectionLostError, the connection is destroyed, the next block works', async () => {
-    const checkout = nextCheckout()
-    const rolledBack = jest.fn()
-    const committed = jest.fn()
-    let pid = 0
-    let refused: unknown
-    let total = 0
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      pid = await pidOf((text) => h.db.query(text))
-      total = h.pool.totalCount
-      onRollback(rolledBack)
-      onCommit(committed)
-      const client = await checkout
-      const ended = new Promise((resolve) => client.once('end', resolve))
-      await h.admin.query('select pg_terminate_backend($1)', [pid])
-      await ended // the client has seen the FATAL error and the socket close
-      h.reset()
-      refused = await rejection(insert(2))
-    }))
-    expect(error).toBeInstanceOf(ConnectionLostError)
-    expect((error as Error).message).toBe(
-      'The connection to PostgreSQL was lost during the transaction: the server rolled it back and nothing of it was committed. The connection was destroyed.',
-    )
-    expect((error as Error).cause).toBeInstanceOf(Error)
-    expect(((error as Error).cause as Error).message).toMatch(/terminat/i)
-    // The statement after the loss was refused without being sent.
-    expect(refused).toBeInstanceOf(ConnectionLostError)
-    expect(h.statements).toEqual([])
-    expect(rolledBack).toHaveBeenCalledTimes(1)
-    expect(committed).not.toHaveBeenCalled()
-    expect(h.pool.totalCount).toBe(total - 1)
-    expect(await backendAlive(pid)).toBe(false)
+  test(
+    'between statements: the block rejects with ConnectionLostError, the connection ' +
+      'is destroyed, the next block works',
+    async () => {
+      const checkout = nextCheckout()
+      const rolledBack = jest.fn()
+      const committed = jest.fn()
+      let pid = 0
+      let refused: unknown
+      let total = 0
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          pid = await pidOf((text) => h.db.query(text))
+          total = h.pool.totalCount
+          onRollback(rolledBack)
+          onCommit(committed)
+          const client = await checkout
+          const ended = new Promise((resolve) => client.once('end', resolve))
+          await h.admin.query('select pg_terminate_backend($1)', [pid])
+          await ended // the client has seen the FATAL error and the socket close
+          h.reset()
+          refused = await rejection(insert(2))
+        }),
+      )
+      expect(error).toBeInstanceOf(ConnectionLostError)
+      expect((error as Error).message).toBe(
+        'The connection to PostgreSQL was lost during the transaction: the server rolled ' +
+          'it back and nothing of it was committed. The connection was destroyed.',
+      )
+      expect((error as Error).cause).toBeInstanceOf(Error)
+      expect(((error as Error).cause as Error).message).toMatch(/terminat/i)
+      // The statement after the loss was refused without being sent.
+      expect(refused).toBeInstanceOf(ConnectionLostError)
+      expect(h.statements).toEqual([])
+      expect(rolledBack).toHaveBeenCalledTimes(1)
+      expect(committed).not.toHaveBeenCalled()
+      expect(h.pool.totalCount).toBe(total - 1)
+      expect(await backendAlive(pid)).toBe(false)
 
-    const next = await atomic(async () => {
-      await insert(3)
-      return pidOf((text) => h.db.query(text))
-    })
-    expect(next).not.toBe(pid)
-    expect(await h.column('select x from t order by x')).toEqual([3])
-    expect(uncaught).not.toHaveBeenCalled()
-  })
+      const next = await atomic(async () => {
+        await insert(3)
+        return pidOf((text) => h.db.query(text))
+      })
+      expect(next).not.toBe(pid)
+      expect(await h.column('select x from t order by x')).toEqual([3])
+      expect(uncaught).not.toHaveBeenCalled()
+    },
+  )
 
   test('between statements, noticed only by the next statement: still ConnectionLostError', async () => {
     const rolledBack = jest.fn()
     let pid = 0
     let statementError: unknown
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      pid = await pidOf((text) => h.db.query(text))
-      onRollback(rolledBack)
-      await h.admin.query('select pg_terminate_backend($1)', [pid])
-      await waitUntil(async () => !(await backendAlive(pid)), `backend ${pid} to exit`)
-      statementError = await rejection(insert(2))
-      throw statementError
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(1)
+        pid = await pidOf((text) => h.db.query(text))
+        onRollback(rolledBack)
+        await h.admin.query('select pg_terminate_backend($1)', [pid])
+        await waitUntil(async () => !(await backendAlive(pid)), `backend ${pid} to exit`)
+        statementError = await rejection(insert(2))
+        throw statementError
+      }),
+    )
     expect(error).toBeInstanceOf(ConnectionLostError)
     expect((error as Error).cause).toBeDefined()
     expect(statementError).toBeDefined()
@@ -334,7 +387,14 @@ describe('crash test: the backend of an open block is terminated', () => {
       throw statementError
     })
     await waitUntil(
-      async () => pid !== undefined && (await h.rows("select 1 from pg_stat_activity where pid = $1 and state = 'active' and query like '%pg_sleep%'", [pid])).length === 1,
+      async () =>
+        pid !== undefined &&
+        (
+          await h.rows(
+            "select 1 from pg_stat_activity where pid = $1 and state = 'active' and query like '%pg_sleep%'",
+            [pid],
+          )
+        ).length === 1,
       'the pg_sleep statement to run',
     )
     await h.admin.query('select pg_terminate_backend($1)', [pid])
@@ -351,117 +411,156 @@ describe('crash test: the backend of an open block is terminated', () => {
     expect(uncaught).not.toHaveBeenCalled()
   })
 
-  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
-  testDirect('lost inside a nested block: both blocks reject with ConnectionLostError and every onRollback hook runs', async () => {
-    const checkout = nextCheckout()
-    const calls: string[] = []
-    let nestedError: unknown
-    let refused: unknown
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      onRollback(() => calls.push('outer'))
-      nestedError = await rejection(atomic(async () => {
-        await insert(2)
-        onRollback(() => calls.push('nested'))
-        const client = await checkout
-        const ended = new Promise((resolve) => client.once('end', resolve))
-        await h.admin.query('select pg_terminate_backend($1)', [(client as unknown as { processID: number }).processID])
-        await ended
-      }))
-      h.reset()
-      refused = await rejection(insert(3))
-    }))
-    expect(nestedError).toBeInstanceOf(ConnectionLostError)
-    expect(refused).toBeInstanceOf(ConnectionLostError)
-    expect(error).toBeInstanceOf(ConnectionLostError)
-    expect(h.statements).toEqual([])
-    expect(calls).toEqual(['outer', 'nested'])
-    expect(await h.column('select count(*)::int from t')).toEqual([0])
-    await atomic(() => insert(4))
-    expect(await h.column('select x from t')).toEqual([4])
-  })
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a
+  // server pid).
+  testDirect(
+    'lost inside a nested block: both blocks reject with ConnectionLostError and every onRollback hook runs',
+    async () => {
+      const checkout = nextCheckout()
+      const calls: string[] = []
+      let nestedError: unknown
+      let refused: unknown
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          onRollback(() => calls.push('outer'))
+          nestedError = await rejection(
+            atomic(async () => {
+              await insert(2)
+              onRollback(() => calls.push('nested'))
+              const client = await checkout
+              const ended = new Promise((resolve) => client.once('end', resolve))
+              await h.admin.query('select pg_terminate_backend($1)', [
+                (client as unknown as { processID: number }).processID,
+              ])
+              await ended
+            }),
+          )
+          h.reset()
+          refused = await rejection(insert(3))
+        }),
+      )
+      expect(nestedError).toBeInstanceOf(ConnectionLostError)
+      expect(refused).toBeInstanceOf(ConnectionLostError)
+      expect(error).toBeInstanceOf(ConnectionLostError)
+      expect(h.statements).toEqual([])
+      expect(calls).toEqual(['outer', 'nested'])
+      expect(await h.column('select count(*)::int from t')).toEqual([0])
+      await atomic(() => insert(4))
+      expect(await h.column('select x from t')).toEqual([4])
+    },
+  )
 
-  test('idleInTransactionSessionTimeout firing while the block awaits something else: ConnectionLostError (cause 25P03)', async () => {
-    const checkout = nextCheckout()
-    const rolledBack = jest.fn()
-    let refused: unknown
-    const error = await rejection(atomic({ idleInTransactionSessionTimeout: 100 }, async () => {
-      await insert(1)
-      onRollback(rolledBack)
-      const client = await checkout
-      // The server ends the session on its own; wait until the client has seen it.
-      await new Promise((resolve) => client.once('end', resolve))
-      refused = await rejection(insert(2))
-    }))
-    expect(h.statements).toEqual(['BEGIN', 'SET LOCAL idle_in_transaction_session_timeout = 100', INSERT])
-    expect(refused).toBeInstanceOf(ConnectionLostError)
-    expect(error).toBeInstanceOf(ConnectionLostError)
-    expect((error as Error).cause).toMatchObject({ code: '25P03' })
-    expect(rolledBack).toHaveBeenCalledTimes(1)
-    expect(await h.column('select count(*)::int from t')).toEqual([0])
-    await atomic(() => insert(3))
-    expect(await h.column('select x from t')).toEqual([3])
-  })
+  test(
+    'idleInTransactionSessionTimeout firing while the block awaits something else: ' +
+      'ConnectionLostError (cause 25P03)',
+    async () => {
+      const checkout = nextCheckout()
+      const rolledBack = jest.fn()
+      let refused: unknown
+      const error = await rejection(
+        atomic({ idleInTransactionSessionTimeout: 100 }, async () => {
+          await insert(1)
+          onRollback(rolledBack)
+          const client = await checkout
+          // The server ends the session on its own; wait until the client has seen it.
+          await new Promise((resolve) => client.once('end', resolve))
+          refused = await rejection(insert(2))
+        }),
+      )
+      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL idle_in_transaction_session_timeout = 100', INSERT])
+      expect(refused).toBeInstanceOf(ConnectionLostError)
+      expect(error).toBeInstanceOf(ConnectionLostError)
+      expect((error as Error).cause).toMatchObject({ code: '25P03' })
+      expect(rolledBack).toHaveBeenCalledTimes(1)
+      expect(await h.column('select count(*)::int from t')).toEqual([0])
+      await atomic(() => insert(3))
+      expect(await h.column('select x from t')).toEqual([3])
+    },
+  )
 
-  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
-  testDirect('a block whose body returns normally after its backend was terminated rejects with ConnectionLostError, no COMMIT sent', async () => {
-    const checkout = nextCheckout()
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      const client = await checkout
-      const ended = new Promise((resolve) => client.once('end', resolve))
-      await h.admin.query('select pg_terminate_backend($1)', [(client as unknown as { processID: number }).processID])
-      await ended
-      // The body returns normally: the loss must still fail the block (no COMMIT attempted).
-      h.reset()
-    }))
-    expect(error).toBeInstanceOf(ConnectionLostError)
-    expect(h.statements).toEqual([])
-    expect(await h.column('select count(*)::int from t')).toEqual([0])
-  })
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a
+  // server pid).
+  testDirect(
+    'a block whose body returns normally after its backend was terminated rejects ' +
+      'with ConnectionLostError, no COMMIT sent',
+    async () => {
+      const checkout = nextCheckout()
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          const client = await checkout
+          const ended = new Promise((resolve) => client.once('end', resolve))
+          await h.admin.query('select pg_terminate_backend($1)', [
+            (client as unknown as { processID: number }).processID,
+          ])
+          await ended
+          // The body returns normally: the loss must still fail the block (no COMMIT attempted).
+          h.reset()
+        }),
+      )
+      expect(error).toBeInstanceOf(ConnectionLostError)
+      expect(h.statements).toEqual([])
+      expect(await h.column('select count(*)::int from t')).toEqual([0])
+    },
+  )
 })
 
 describe('lost connections outside a block', () => {
-  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a server pid).
-  testDirect('a statement outside a block whose backend is terminated rejects with the pg error; the connection is destroyed', async () => {
-    const checkout = nextCheckout()
-    const sleeping = h.db.query('select pg_sleep(10)')
-    const client = await checkout
-    const pid = (client as unknown as { processID: number }).processID
-    await waitUntil(
-      async () => (await h.rows("select 1 from pg_stat_activity where pid = $1 and state = 'active' and query like '%pg_sleep%'", [pid])).length === 1,
-      'the pg_sleep statement to run',
-    )
-    const total = h.pool.totalCount
-    await h.admin.query('select pg_terminate_backend($1)', [pid])
-    await expect(sleeping).rejects.toMatchObject({ code: '57P01' })
-    expect(h.pool.totalCount).toBe(total - 1)
-    await expect(h.db.query('select 1 as one')).resolves.toMatchObject({ rows: [{ one: 1 }] })
-    expect(uncaught).not.toHaveBeenCalled()
-  })
+  // Not through PgBouncer: terminates the backend pg's processID names (there the bouncer's cancel key, not a
+  // server pid).
+  testDirect(
+    'a statement outside a block whose backend is terminated rejects with the pg error; the connection is destroyed',
+    async () => {
+      const checkout = nextCheckout()
+      const sleeping = h.db.query('select pg_sleep(10)')
+      const client = await checkout
+      const pid = (client as unknown as { processID: number }).processID
+      await waitUntil(
+        async () =>
+          (
+            await h.rows(
+              "select 1 from pg_stat_activity where pid = $1 and state = 'active' and query like '%pg_sleep%'",
+              [pid],
+            )
+          ).length === 1,
+        'the pg_sleep statement to run',
+      )
+      const total = h.pool.totalCount
+      await h.admin.query('select pg_terminate_backend($1)', [pid])
+      await expect(sleeping).rejects.toMatchObject({ code: '57P01' })
+      expect(h.pool.totalCount).toBe(total - 1)
+      await expect(h.db.query('select 1 as one')).resolves.toMatchObject({ rows: [{ one: 1 }] })
+      expect(uncaught).not.toHaveBeenCalled()
+    },
+  )
 
   // Not through PgBouncer: a server connection dying while no client uses it is replaced by the
   // bouncer; pg's client never notices, so there is nothing for pg-atomic to remove or log.
-  testDirect('an idle connection of a pool pg-atomic created that dies is removed and logged, without crashing', async () => {
-    const owned = createDatabase({
-      connectionString: h.testDb.url,
-      alias: 'connection_owned',
-      logger: { error: (message, error) => logged.push({ message, error }) },
-    })
-    try {
-      const pid = (await owned.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid
-      expect(owned.pool.idleCount).toBe(1)
-      await h.admin.query('select pg_terminate_backend($1)', [pid])
-      await waitUntil(() => owned.pool.totalCount === 0, 'the dead idle connection to be removed')
-      expect(logged.map((l) => l.message)).toEqual([
-        "An idle connection of database 'connection_owned' failed and was removed from the pool; the error is attached.",
-      ])
-      await expect(owned.atomic(() => owned.query('select 1 as one'))).resolves.toMatchObject({ rows: [{ one: 1 }] })
-      expect(uncaught).not.toHaveBeenCalled()
-    } finally {
-      await owned.close()
-    }
-  })
+  testDirect(
+    'an idle connection of a pool pg-atomic created that dies is removed and logged, without crashing',
+    async () => {
+      const owned = createDatabase({
+        connectionString: h.testDb.url,
+        alias: 'connection_owned',
+        logger: { error: (message, error) => logged.push({ message, error }) },
+      })
+      try {
+        const pid = (await owned.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid
+        expect(owned.pool.idleCount).toBe(1)
+        await h.admin.query('select pg_terminate_backend($1)', [pid])
+        await waitUntil(() => owned.pool.totalCount === 0, 'the dead idle connection to be removed')
+        expect(logged.map((l) => l.message)).toEqual([
+          "An idle connection of database 'connection_owned' failed and was removed from " +
+            'the pool; the error is attached.',
+        ])
+        await expect(owned.atomic(() => owned.query('select 1 as one'))).resolves.toMatchObject({ rows: [{ one: 1 }] })
+        expect(uncaught).not.toHaveBeenCalled()
+      } finally {
+        await owned.close()
+      }
+    },
+  )
 })
 
 describe('work that outlives its block', () => {
@@ -476,7 +575,8 @@ describe('work that outlives its block', () => {
     const error = await rejection((saved as TransactionHandle).query(INSERT, [2]))
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect((error as Error).message).toBe(
-      "This 'atomic' block has already ended, so its transaction can no longer be used and the statement was not run. Await all work of a block inside that block.",
+      "This 'atomic' block has already ended, so its transaction can no longer be used " +
+        'and the statement was not run. Await all work of a block inside that block.',
     )
     expect(h.statements).toEqual([])
     expect(counts()).toEqual(before)
@@ -503,30 +603,33 @@ describe('work that outlives its block', () => {
   test.each([
     ['committed', false],
     ['rolled back', true],
-  ])('db.query from a timer scheduled in a block that fires after the block %s is refused, never autocommitted', async (_label, fail) => {
-    let open!: () => void
-    const blockEnded = new Promise<void>((resolve) => {
-      open = resolve
-    })
-    let late: Promise<unknown> | undefined
-    const block = atomic(async () => {
-      await insert(1)
-      late = new Promise((resolve) => {
-        setTimeout(() => {
-          // Still in the block's async context, but the block is over by now.
-          void blockEnded.then(() => resolve(rejection(insert(99))))
-        }, 0)
+  ])(
+    'db.query from a timer scheduled in a block that fires after the block %s is refused, never autocommitted',
+    async (_label, fail) => {
+      let open!: () => void
+      const blockEnded = new Promise<void>((resolve) => {
+        open = resolve
       })
-      if (fail) throw new Boom('fail')
-    })
-    if (fail) await expect(block).rejects.toThrow(Boom)
-    else await block
-    open()
-    h.reset()
-    const error = await late
-    expect(error).toBeInstanceOf(TransactionManagementError)
-    expect((error as Error).message).toMatch(/^This 'atomic' block has already ended/)
-    expect(h.statements).toEqual([])
-    expect(await h.column('select x from t order by x')).toEqual(fail ? [] : [1])
-  })
+      let late: Promise<unknown> | undefined
+      const block = atomic(async () => {
+        await insert(1)
+        late = new Promise((resolve) => {
+          setTimeout(() => {
+            // Still in the block's async context, but the block is over by now.
+            void blockEnded.then(() => resolve(rejection(insert(99))))
+          }, 0)
+        })
+        if (fail) throw new Boom('fail')
+      })
+      if (fail) await expect(block).rejects.toThrow(Boom)
+      else await block
+      open()
+      h.reset()
+      const error = await late
+      expect(error).toBeInstanceOf(TransactionManagementError)
+      expect((error as Error).message).toMatch(/^This 'atomic' block has already ended/)
+      expect(h.statements).toEqual([])
+      expect(await h.column('select x from t order by x')).toEqual(fail ? [] : [1])
+    },
+  )
 })

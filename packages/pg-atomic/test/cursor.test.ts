@@ -32,7 +32,8 @@ const produced = async () => Number((await h.column<string>('select last_value f
 const SEQUENCE_ROWS = "select nextval('s')::int as v from generate_series(1, 7)"
 const FAILING = 'select 1/(n-3) as v from generate_series(1, 5) n'
 const CURSOR_OPEN =
-  "A cursor is open on this transaction's connection: read it to the end or break out of its loop before running other statements in the same transaction."
+  "A cursor is open on this transaction's connection: read it to the end or break " +
+  'out of its loop before running other statements in the same transaction.'
 
 /** Fails fast instead of waiting for jest's timeout when `promise` never settles (a deadlock). */
 function within<T>(promise: Promise<T>, ms = 5000): Promise<T> {
@@ -57,7 +58,15 @@ describe('inside a block', () => {
       }
     })
     // Each batch of 3 is produced by the server only when the previous one has been consumed.
-    expect(seen).toEqual([[1, 3], [2, 3], [3, 3], [4, 6], [5, 6], [6, 6], [7, 7]])
+    expect(seen).toEqual([
+      [1, 3],
+      [2, 3],
+      [3, 3],
+      [4, 6],
+      [5, 6],
+      [6, 6],
+      [7, 7],
+    ])
     expect(h.statements).toEqual(['BEGIN', 'select 1', SEQUENCE_ROWS, 'COMMIT'])
   })
 
@@ -66,7 +75,8 @@ describe('inside a block', () => {
     await atomic(async () => {
       for (const x of [3, 1, 2]) await insert(x)
       expect(await h.column('select count(*)::int from t')).toEqual([0])
-      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 2 })) rows.push(row.x)
+      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 2 }))
+        rows.push(row.x)
     })
     expect(rows).toEqual([1, 2, 3])
     expect(h.statements).toEqual(['BEGIN', INSERT, INSERT, INSERT, 'select x from t order by x', 'COMMIT'])
@@ -78,7 +88,8 @@ describe('inside a block', () => {
     await atomic({ isolationLevel: 'repeatable read' }, async () => {
       await h.db.query('select 1')
       await h.admin.query('insert into t (x) values (2)')
-      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })) rows.push(row.x)
+      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 }))
+        rows.push(row.x)
     })
     expect(rows).toEqual([1])
   })
@@ -97,13 +108,20 @@ describe('inside a block', () => {
     expect(rows).toEqual([1, 2, 3])
     expect(cursors).toBe(0)
     expect(await h.column('select x from t order by x')).toEqual([1, 2, 3, 4, 5, 6])
-    expect(h.statements).toEqual(['BEGIN', 'select x from t order by x', INSERT, 'select count(*)::int as n from pg_cursors', 'COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      'select x from t order by x',
+      INSERT,
+      'select count(*)::int as n from pg_cursors',
+      'COMMIT',
+    ])
   })
 
   test('a cursor still open when the body returns is closed before COMMIT', async () => {
     for (const x of [1, 2, 3]) await h.admin.query(INSERT, [x])
     await atomic(async () => {
-      const iterator = h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })[Symbol.asyncIterator]()
+      const rows = h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })
+      const iterator = rows[Symbol.asyncIterator]()
       expect(await iterator.next()).toEqual({ done: false, value: { x: 1 } })
       expect(await rejection(insert(9))).toBeInstanceOf(TransactionManagementError)
     })
@@ -129,18 +147,23 @@ describe('inside a block', () => {
     const seen: number[] = []
     let failure: unknown
     let refused: unknown
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      failure = await rejection((async () => {
-        for await (const row of h.db.cursor<{ v: number }>(FAILING, [], { batchSize: 1 })) seen.push(row.v)
-      })())
-      refused = await rejection(h.db.query('select 1'))
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(1)
+        failure = await rejection(
+          (async () => {
+            for await (const row of h.db.cursor<{ v: number }>(FAILING, [], { batchSize: 1 })) seen.push(row.v)
+          })(),
+        )
+        refused = await rejection(h.db.query('select 1'))
+      }),
+    )
     expect(seen).toEqual([0, -1])
     expect(failure).toMatchObject({ code: '22012', message: 'division by zero' })
     expect(refused).toBeInstanceOf(TransactionManagementError)
     expect(refused).toMatchObject({
-      message: "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block.",
+      message:
+        "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block.",
       cause: failure,
     })
     expect(error).toBeInstanceOf(TransactionManagementError)
@@ -152,10 +175,12 @@ describe('inside a block', () => {
   test('an error while reading inside a nested block rolls back only that block', async () => {
     await atomic(async () => {
       await insert(1)
-      const failure = await rejection(atomic(async () => {
-        await insert(2)
-        for await (const row of h.db.cursor(FAILING, [], { batchSize: 1 })) void row
-      }))
+      const failure = await rejection(
+        atomic(async () => {
+          await insert(2)
+          for await (const row of h.db.cursor(FAILING, [], { batchSize: 1 })) void row
+        }),
+      )
       expect(failure).toMatchObject({ code: '22012' })
       await insert(3)
     })
@@ -166,46 +191,56 @@ describe('inside a block', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       FAILING,
-      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])
   })
 
-  test('a statement issued while the cursor is open is refused, not deadlocked, and does not doom the block', async () => {
-    for (const x of [1, 2, 3]) await h.admin.query(INSERT, [x])
-    const rows: number[] = []
-    await within(atomic(async (tx) => {
-      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })) {
-        rows.push(row.x)
-        for (const attempt of [
-          () => h.db.query('select 1'),
-          () => tx.query('select 2'),
-          () => h.db.pool.query('select 3'),
-          () => atomic(() => h.db.query('select 4')),
-          async () => {
-            for await (const inner of h.db.cursor('select 5')) void inner
-          },
-        ]) {
-          const error = await rejection(attempt())
-          expect(error).toBeInstanceOf(TransactionManagementError)
-          expect((error as Error).message).toBe(CURSOR_OPEN)
-        }
-      }
-      await h.db.query(INSERT, [4])
-    }))
-    expect(rows).toEqual([1, 2, 3])
-    expect(await h.column('select x from t order by x')).toEqual([1, 2, 3, 4])
-    expect(h.statements).toEqual(['BEGIN', 'select x from t order by x', INSERT, 'COMMIT'])
-  })
+  test(
+    'a statement issued while the cursor is open is refused, not deadlocked, and ' + 'does not doom the block',
+    async () => {
+      for (const x of [1, 2, 3]) await h.admin.query(INSERT, [x])
+      const rows: number[] = []
+      await within(
+        atomic(async (tx) => {
+          for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })) {
+            rows.push(row.x)
+            for (const attempt of [
+              () => h.db.query('select 1'),
+              () => tx.query('select 2'),
+              () => h.db.pool.query('select 3'),
+              () => atomic(() => h.db.query('select 4')),
+              async () => {
+                for await (const inner of h.db.cursor('select 5')) void inner
+              },
+            ]) {
+              const error = await rejection(attempt())
+              expect(error).toBeInstanceOf(TransactionManagementError)
+              expect((error as Error).message).toBe(CURSOR_OPEN)
+            }
+          }
+          await h.db.query(INSERT, [4])
+        }),
+      )
+      expect(rows).toEqual([1, 2, 3])
+      expect(await h.column('select x from t order by x')).toEqual([1, 2, 3, 4])
+      expect(h.statements).toEqual(['BEGIN', 'select x from t order by x', INSERT, 'COMMIT'])
+    },
+  )
 
   test('transaction control in a cursor is refused', async () => {
     await atomic(async () => {
-      const error = await rejection((async () => {
-        for await (const row of h.db.cursor('commit')) void row
-      })())
+      const error = await rejection(
+        (async () => {
+          for await (const row of h.db.cursor('commit')) void row
+        })(),
+      )
       expect(error).toBeInstanceOf(TransactionManagementError)
-      expect((error as Error).message).toMatch(/^This is forbidden when an 'atomic' block is active\. COMMIT cannot be sent/)
+      expect((error as Error).message).toMatch(
+        /^This is forbidden when an 'atomic' block is active\. COMMIT cannot be sent/,
+      )
     })
     expect(h.statements).toEqual([])
   })
@@ -227,8 +262,17 @@ describe('outside a block', () => {
 
   test('rows stream in batches', async () => {
     const seen: Array<[number, number]> = []
-    for await (const row of h.db.cursor<{ v: number }>(SEQUENCE_ROWS, [], { batchSize: 4 })) seen.push([row.v, await produced()])
-    expect(seen).toEqual([[1, 4], [2, 4], [3, 4], [4, 4], [5, 7], [6, 7], [7, 7]])
+    for await (const row of h.db.cursor<{ v: number }>(SEQUENCE_ROWS, [], { batchSize: 4 }))
+      seen.push([row.v, await produced()])
+    expect(seen).toEqual([
+      [1, 4],
+      [2, 4],
+      [3, 4],
+      [4, 4],
+      [5, 7],
+      [6, 7],
+      [7, 7],
+    ])
     expect(checkedOut()).toBe(0)
   })
 
@@ -251,12 +295,14 @@ describe('outside a block', () => {
 
   test('an error while reading rejects with the pg error and frees the connection', async () => {
     const seen: number[] = []
-    const error = await rejection((async () => {
-      for await (const row of h.db.cursor<{ v: number }>(FAILING, [], { batchSize: 1 })) {
-        seen.push(row.v)
-        expect(checkedOut()).toBe(1)
-      }
-    })())
+    const error = await rejection(
+      (async () => {
+        for await (const row of h.db.cursor<{ v: number }>(FAILING, [], { batchSize: 1 })) {
+          seen.push(row.v)
+          expect(checkedOut()).toBe(1)
+        }
+      })(),
+    )
     expect(seen).toEqual([0, -1])
     expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
     expect(checkedOut()).toBe(0)
@@ -266,11 +312,13 @@ describe('outside a block', () => {
   test('an error thrown by the loop body frees the connection', async () => {
     for (const x of [1, 2, 3]) await h.admin.query(INSERT, [x])
     const boom = new Error('consumer failed')
-    const error = await rejection((async () => {
-      for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })) {
-        if (row.x === 2) throw boom
-      }
-    })())
+    const error = await rejection(
+      (async () => {
+        for await (const row of h.db.cursor<{ x: number }>('select x from t order by x', [], { batchSize: 1 })) {
+          if (row.x === 2) throw boom
+        }
+      })(),
+    )
     expect(error).toBe(boom)
     expect(checkedOut()).toBe(0)
   })
@@ -290,7 +338,9 @@ describe('outside a block', () => {
   test('transaction control and an invalid batchSize are refused before a connection is taken', () => {
     expect(() => h.db.cursor('begin')).toThrow(TransactionManagementError)
     expect(() => h.db.cursor('select 1', [], { batchSize: 0 })).toThrow(InvalidOptionError)
-    expect(() => h.db.cursor('select 1', [], { batchSize: 1.5 })).toThrow(expect.objectContaining({ field: 'batchSize' }))
+    expect(() => h.db.cursor('select 1', [], { batchSize: 1.5 })).toThrow(
+      expect.objectContaining({ field: 'batchSize' }),
+    )
     expect(checkedOut()).toBe(0)
     expect(h.statements).toEqual([])
   })

@@ -41,14 +41,18 @@ beforeAll(async () => {
 })
 afterAll(() => h.close())
 beforeEach(async () => {
-  await h.admin.query("truncate t, notes, u, child, parent, acct; insert into acct values (1, 0), (2, 0)")
+  await h.admin.query('truncate t, notes, u, child, parent, acct; insert into acct values (1, 0), (2, 0)')
   h.reset()
 })
 
-const DOOMED = "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block."
+const DOOMED =
+  "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block."
 const FORBIDDEN = "This is forbidden when an 'atomic' block is active."
 const FLAG_OUTSIDE = "The rollback flag doesn't work outside of an 'atomic' block."
-const SWALLOWED = /^The 'atomic' block finished normally, but an error inside it was caught and not re-raised, so its work was rolled back\./
+const SWALLOWED = new RegExp(
+  "^The 'atomic' block finished normally, but an error inside it was caught and not re-raised, " +
+    'so its work was rolled back\\.',
+)
 const INSERT = 'insert into t (x) values ($1)'
 const insert = (x: number) => h.db.query(INSERT, [x])
 const committed = () => h.column<number>('select x from t order by x')
@@ -90,24 +94,30 @@ async function waitUntilLockWait(pid: number): Promise<void> {
 }
 
 describe('difference 1: any query error dooms the block', () => {
-  test('the next query gets TransactionManagementError (Django\'s message, cause = the real error), not 25P02, and is not sent', async () => {
-    let divisionError: unknown
-    let refused: unknown
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      divisionError = await rejection(h.db.query('select 1/0'))
-      refused = await rejection(insert(2))
-    }))
-    expect(divisionError).toBeInstanceOf(pg.DatabaseError)
-    expect(divisionError).toMatchObject({ code: '22012', message: 'division by zero' })
-    expectDoomed(refused, divisionError)
-    // The block then rolls back and says why (difference 2).
-    expectSwallowed(error, divisionError)
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'ROLLBACK'])
-    expect(await committed()).toEqual([])
-  })
+  test(
+    "the next query gets TransactionManagementError (Django's message, cause = the " +
+      'real error), not 25P02, and is not sent',
+    async () => {
+      let divisionError: unknown
+      let refused: unknown
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          divisionError = await rejection(h.db.query('select 1/0'))
+          refused = await rejection(insert(2))
+        }),
+      )
+      expect(divisionError).toBeInstanceOf(pg.DatabaseError)
+      expect(divisionError).toMatchObject({ code: '22012', message: 'division by zero' })
+      expectDoomed(refused, divisionError)
+      // The block then rolls back and says why (difference 2).
+      expectSwallowed(error, divisionError)
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'ROLLBACK'])
+      expect(await committed()).toEqual([])
+    },
+  )
 
-  test('plain node-postgres, for contrast, gets PostgreSQL\'s 25P02 for the next statement', async () => {
+  test("plain node-postgres, for contrast, gets PostgreSQL's 25P02 for the next statement", async () => {
     const client = await h.admin.connect()
     try {
       await client.query('begin')
@@ -119,42 +129,56 @@ describe('difference 1: any query error dooms the block', () => {
     }
   })
 
-  test('every route to the connection is refused once doomed: tx.query, db.query, db.pool.query, a db.pool client, db.cursor', async () => {
-    const refusals: unknown[] = []
-    let cause: unknown
-    await rejection(atomic(async (tx) => {
-      cause = await rejection(tx.query('select 1/0'))
-      refusals.push(await rejection(tx.query('select 1')))
-      refusals.push(await rejection(h.db.query('select 1')))
-      refusals.push(await rejection(h.db.pool.query('select 1')))
-      const client = await h.db.pool.connect()
-      try {
-        refusals.push(await rejection(client.query('select 1')))
-      } finally {
-        client.release()
-      }
-      refusals.push(await rejection((async () => {
-        for await (const row of h.db.cursor('select 1')) void row
-      })()))
-    }))
-    expect(cause).toMatchObject({ code: '22012' })
-    expect(refusals).toHaveLength(5)
-    for (const refusal of refusals) expectDoomed(refusal, cause)
-    expect(h.statements).toEqual(['BEGIN', 'select 1/0', 'ROLLBACK'])
-  })
+  test(
+    'every route to the connection is refused once doomed: tx.query, db.query, ' +
+      'db.pool.query, a db.pool client, db.cursor',
+    async () => {
+      const refusals: unknown[] = []
+      let cause: unknown
+      await rejection(
+        atomic(async (tx) => {
+          cause = await rejection(tx.query('select 1/0'))
+          refusals.push(await rejection(tx.query('select 1')))
+          refusals.push(await rejection(h.db.query('select 1')))
+          refusals.push(await rejection(h.db.pool.query('select 1')))
+          const client = await h.db.pool.connect()
+          try {
+            refusals.push(await rejection(client.query('select 1')))
+          } finally {
+            client.release()
+          }
+          refusals.push(
+            await rejection(
+              (async () => {
+                for await (const row of h.db.cursor('select 1')) void row
+              })(),
+            ),
+          )
+        }),
+      )
+      expect(cause).toMatchObject({ code: '22012' })
+      expect(refusals).toHaveLength(5)
+      for (const refusal of refusals) expectDoomed(refusal, cause)
+      expect(h.statements).toEqual(['BEGIN', 'select 1/0', 'ROLLBACK'])
+    },
+  )
 
   test('getRollback() is true after a query error; blocks entered while doomed get no savepoint', async () => {
-    const error = await rejection(atomic(async () => {
-      expect(getRollback()).toBe(false)
-      await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
-      expect(getRollback()).toBe(true)
-      const nested = await rejection(atomic(async (tx) => {
-        expect(tx.savepointName).toBeUndefined()
-        await h.db.query('select 1')
-      }))
-      expect(nested).toBeInstanceOf(TransactionManagementError)
-      expect((nested as Error).message).toBe(DOOMED)
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        expect(getRollback()).toBe(false)
+        await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
+        expect(getRollback()).toBe(true)
+        const nested = await rejection(
+          atomic(async (tx) => {
+            expect(tx.savepointName).toBeUndefined()
+            await h.db.query('select 1')
+          }),
+        )
+        expect(nested).toBeInstanceOf(TransactionManagementError)
+        expect((nested as Error).message).toBe(DOOMED)
+      }),
+    )
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(h.statements).toEqual(['BEGIN', 'select 1/0', 'ROLLBACK'])
   })
@@ -171,37 +195,45 @@ describe('difference 1: any query error dooms the block', () => {
 })
 
 describe('difference 2: no silent loss', () => {
-  test('outermost block: a swallowed query error rolls back and rejects with TransactionManagementError (cause = that error)', async () => {
-    const log: string[] = []
-    let swallowed: unknown
-    const error = await rejection(atomic(async () => {
-      onCommit(() => log.push('commit'))
-      onRollback(() => log.push('rollback'))
-      await insert(1)
-      try {
-        await h.db.query('insert into u (id) values (1), (1)')
-      } catch (e) {
-        swallowed = e
-      }
-      return 'never returned'
-    }))
-    expect(swallowed).toMatchObject({ code: '23505' })
-    expectSwallowed(error, swallowed)
-    expect(log).toEqual(['rollback'])
-    expect(await committed()).toEqual([])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'insert into u (id) values (1), (1)', 'ROLLBACK'])
-    expectPoolIdle()
-  })
+  test(
+    'outermost block: a swallowed query error rolls back and rejects with ' +
+      'TransactionManagementError (cause = that error)',
+    async () => {
+      const log: string[] = []
+      let swallowed: unknown
+      const error = await rejection(
+        atomic(async () => {
+          onCommit(() => log.push('commit'))
+          onRollback(() => log.push('rollback'))
+          await insert(1)
+          try {
+            await h.db.query('insert into u (id) values (1), (1)')
+          } catch (e) {
+            swallowed = e
+          }
+          return 'never returned'
+        }),
+      )
+      expect(swallowed).toMatchObject({ code: '23505' })
+      expectSwallowed(error, swallowed)
+      expect(log).toEqual(['rollback'])
+      expect(await committed()).toEqual([])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'insert into u (id) values (1), (1)', 'ROLLBACK'])
+      expectPoolIdle()
+    },
+  )
 
   test('nested savepoint: the inner block rejects, the outer block catches it and commits its own work', async () => {
     let swallowed: unknown
     await atomic(async () => {
       await insert(1)
-      const error = await rejection(atomic(async () => {
-        await insert(2)
-        swallowed = await rejection(h.db.query('select 1/0'))
-        expectDoomed(await rejection(insert(3)), swallowed)
-      }))
+      const error = await rejection(
+        atomic(async () => {
+          await insert(2)
+          swallowed = await rejection(h.db.query('select 1/0'))
+          expectDoomed(await rejection(insert(3)), swallowed)
+        }),
+      )
       expectSwallowed(error, swallowed)
       expect(getRollback()).toBe(false)
       await insert(4)
@@ -214,7 +246,8 @@ describe('difference 2: no silent loss', () => {
       'SAVEPOINT "pga_1"',
       INSERT,
       'select 1/0',
-      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
       INSERT,
       'COMMIT',
     ])
@@ -224,13 +257,21 @@ describe('difference 2: no silent loss', () => {
     let swallowed: unknown
     await atomic(async () => {
       await insert(1)
-      const error = await rejection(atomic(async () => {
-        swallowed = await rejection(h.db.query('select 1/0'))
-      }))
+      const error = await rejection(
+        atomic(async () => {
+          swallowed = await rejection(h.db.query('select 1/0'))
+        }),
+      )
       expectSwallowed(error, swallowed)
     })
     expect(await committed()).toEqual([1])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', 'select 1/0', 'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"; COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      INSERT,
+      'SAVEPOINT "pga_1"',
+      'select 1/0',
+      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"; COMMIT',
+    ])
   })
 
   test('setRollback(true) is a silent rollback: the value is returned', async () => {
@@ -248,15 +289,23 @@ describe('difference 2: no silent loss', () => {
   test('setRollback(true) in a nested block rolls back only its savepoint, silently', async () => {
     await atomic(async () => {
       await insert(1)
-      await expect(atomic(async () => {
-        await insert(2)
-        setRollback(true)
-        return 'inner value'
-      })).resolves.toBe('inner value')
+      await expect(
+        atomic(async () => {
+          await insert(2)
+          setRollback(true)
+          return 'inner value'
+        }),
+      ).resolves.toBe('inner value')
       expect(getRollback()).toBe(false)
     })
     expect(await committed()).toEqual([1])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"; COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      INSERT,
+      'SAVEPOINT "pga_1"',
+      INSERT,
+      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"; COMMIT',
+    ])
   })
 
   test('setRollback(false) after setRollback(true) commits', async () => {
@@ -316,83 +365,101 @@ describe('difference 2: no silent loss', () => {
 })
 
 describe('difference 3: a COMMIT that does not commit is a failure', () => {
-  test('COMMIT answered with ROLLBACK (setRollback(false) after a query error) rejects; nothing is committed', async () => {
-    const log: string[] = []
-    const error = await rejection(atomic(async () => {
-      onCommit(() => log.push('commit'))
-      onRollback(() => log.push('rollback'))
-      await insert(1)
-      await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
-      // Wrongly cancels the doom: PostgreSQL still has the transaction aborted and answers COMMIT with ROLLBACK.
-      setRollback(false)
-      return 'not committed'
-    }))
-    expect(error).toBeInstanceOf(TransactionManagementError)
-    expect((error as Error).message).toMatch(/^COMMIT was answered with ROLLBACK/)
-    expect(log).toEqual(['rollback'])
-    expect(await committed()).toEqual([])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'COMMIT'])
-    expectPoolIdle()
-    expect(await idleInTransaction()).toBe(0)
-    await atomic(() => insert(2))
-    expect(await committed()).toEqual([2])
-  })
+  test(
+    'COMMIT answered with ROLLBACK (setRollback(false) after a query error) rejects; ' + 'nothing is committed',
+    async () => {
+      const log: string[] = []
+      const error = await rejection(
+        atomic(async () => {
+          onCommit(() => log.push('commit'))
+          onRollback(() => log.push('rollback'))
+          await insert(1)
+          await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
+          // Wrongly cancels the doom: PostgreSQL still has the transaction aborted and answers COMMIT with ROLLBACK.
+          setRollback(false)
+          return 'not committed'
+        }),
+      )
+      expect(error).toBeInstanceOf(TransactionManagementError)
+      expect((error as Error).message).toMatch(/^COMMIT was answered with ROLLBACK/)
+      expect(log).toEqual(['rollback'])
+      expect(await committed()).toEqual([])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'select 1/0', 'COMMIT'])
+      expectPoolIdle()
+      expect(await idleInTransaction()).toBe(0)
+      await atomic(() => insert(2))
+      expect(await committed()).toEqual([2])
+    },
+  )
 
-  test('a deferred foreign key violated at COMMIT: atomic() rejects with the pg error itself, hooks follow the rollback, the connection is clean', async () => {
-    const log: string[] = []
-    const error = await rejection(atomic(async () => {
-      onCommit(() => log.push('commit'))
-      onRollback(() => log.push('rollback'))
-      await h.db.query('insert into child (id, parent_id) values (1, 42)')
-      await atomic(async () => {
-        onRollback(() => log.push('nested rollback'))
-        await h.db.query('insert into child (id, parent_id) values (2, 43)')
+  test(
+    'a deferred foreign key violated at COMMIT: atomic() rejects with the pg error ' +
+      'itself, hooks follow the rollback, the connection is clean',
+    async () => {
+      const log: string[] = []
+      const error = await rejection(
+        atomic(async () => {
+          onCommit(() => log.push('commit'))
+          onRollback(() => log.push('rollback'))
+          await h.db.query('insert into child (id, parent_id) values (1, 42)')
+          await atomic(async () => {
+            onRollback(() => log.push('nested rollback'))
+            await h.db.query('insert into child (id, parent_id) values (2, 43)')
+          })
+          return 'not committed'
+        }),
+      )
+      expect(error).toBeInstanceOf(pg.DatabaseError)
+      expect(error).not.toBeInstanceOf(AtomicError)
+      expect(error).toMatchObject({
+        code: '23503',
+        constraint: 'child_parent_fk',
+        table: 'child',
+        detail: 'Key (parent_id)=(42) is not present in table "parent".',
       })
-      return 'not committed'
-    }))
-    expect(error).toBeInstanceOf(pg.DatabaseError)
-    expect(error).not.toBeInstanceOf(AtomicError)
-    expect(error).toMatchObject({
-      code: '23503',
-      constraint: 'child_parent_fk',
-      table: 'child',
-      detail: 'Key (parent_id)=(42) is not present in table "parent".',
-    })
-    expect(log).toEqual(['rollback', 'nested rollback'])
-    // A failed COMMIT has already ended the transaction on the server: no ROLLBACK is needed after it.
-    expect(h.statements).toEqual([
-      'BEGIN',
-      'insert into child (id, parent_id) values (1, 42)',
-      'SAVEPOINT "pga_1"',
-      'insert into child (id, parent_id) values (2, 43)',
-      'COMMIT',
-    ])
-    expect(await h.column('select id from child')).toEqual([])
-    expectPoolIdle()
-    expect(await idleInTransaction()).toBe(0)
-    // A following block works (on the same pooled connection).
-    h.reset()
-    await atomic(async () => {
-      await h.db.query('insert into parent (id) values (42)')
-      await h.db.query('insert into child (id, parent_id) values (1, 42)')
-    })
-    expect(h.statements).toEqual(['BEGIN', 'insert into parent (id) values (42)', 'insert into child (id, parent_id) values (1, 42)', 'COMMIT'])
-    expect(await h.column('select id from child')).toEqual([1])
-  })
+      expect(log).toEqual(['rollback', 'nested rollback'])
+      // A failed COMMIT has already ended the transaction on the server: no ROLLBACK is needed after it.
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'insert into child (id, parent_id) values (1, 42)',
+        'SAVEPOINT "pga_1"',
+        'insert into child (id, parent_id) values (2, 43)',
+        'COMMIT',
+      ])
+      expect(await h.column('select id from child')).toEqual([])
+      expectPoolIdle()
+      expect(await idleInTransaction()).toBe(0)
+      // A following block works (on the same pooled connection).
+      h.reset()
+      await atomic(async () => {
+        await h.db.query('insert into parent (id) values (42)')
+        await h.db.query('insert into child (id, parent_id) values (1, 42)')
+      })
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'insert into parent (id) values (42)',
+        'insert into child (id, parent_id) values (1, 42)',
+        'COMMIT',
+      ])
+      expect(await h.column('select id from child')).toEqual([1])
+    },
+  )
 })
 
 describe('PostgreSQL errors from user queries are rethrown untouched', () => {
   test('a unique violation comes out of atomic() as the same pg DatabaseError with its fields', async () => {
     let queryError: unknown
-    const error = await rejection(atomic(async () => {
-      await h.db.query("insert into u (id, email) values (1, 'a@example.com')")
-      try {
-        await h.db.query("insert into u (id, email) values (1, 'b@example.com')")
-      } catch (e) {
-        queryError = e
-        throw e
-      }
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await h.db.query("insert into u (id, email) values (1, 'a@example.com')")
+        try {
+          await h.db.query("insert into u (id, email) values (1, 'b@example.com')")
+        } catch (e) {
+          queryError = e
+          throw e
+        }
+      }),
+    )
     expect(error).toBe(queryError)
     expect(error).toBeInstanceOf(pg.DatabaseError)
     expect(error).not.toBeInstanceOf(AtomicError)
@@ -411,12 +478,14 @@ describe('PostgreSQL errors from user queries are rethrown untouched', () => {
     let queryError: unknown
     await atomic(async () => {
       await h.db.query('insert into u (id) values (1)')
-      const error = await rejection(atomic(async () => {
-        await h.db.query('insert into u (id) values (1)').catch((e: unknown) => {
-          queryError = e
-          throw e
-        })
-      }))
+      const error = await rejection(
+        atomic(async () => {
+          await h.db.query('insert into u (id) values (1)').catch((e: unknown) => {
+            queryError = e
+            throw e
+          })
+        }),
+      )
       expect(error).toBe(queryError)
       await h.db.query('insert into u (id) values (2)')
     })
@@ -426,11 +495,13 @@ describe('PostgreSQL errors from user queries are rethrown untouched', () => {
 
   test('the same object comes out of an uncaught query error (no wrapping at exit)', async () => {
     const seen: unknown[] = []
-    const error = await rejection(atomic(async (tx: TransactionHandle) => {
-      const p = tx.query('select * from no_such_table')
-      p.then(undefined, (e: unknown) => seen.push(e))
-      await p
-    }))
+    const error = await rejection(
+      atomic(async (tx: TransactionHandle) => {
+        const p = tx.query('select * from no_such_table')
+        p.then(undefined, (e: unknown) => seen.push(e))
+        await p
+      }),
+    )
     expect(seen).toHaveLength(1)
     expect(error).toBe(seen[0])
     expect(error).toMatchObject({ code: '42P01', message: 'relation "no_such_table" does not exist' })
@@ -455,7 +526,12 @@ describe('SQLSTATE helpers on real errors', () => {
       const error = await rejection(atomic(() => h.db.query('lock table acct in access exclusive mode nowait')))
       expect(error).toBeInstanceOf(pg.DatabaseError)
       expect(error).toMatchObject({ code: '55P03' })
-      expect(classify(error)).toEqual({ serialization: false, deadlock: false, lockNotAvailable: true, retryable: false })
+      expect(classify(error)).toEqual({
+        serialization: false,
+        deadlock: false,
+        lockNotAvailable: true,
+        retryable: false,
+      })
     } finally {
       await other.query('rollback')
       other.release()
@@ -468,10 +544,22 @@ describe('SQLSTATE helpers on real errors', () => {
     try {
       await other.query('begin')
       await other.query('select v from acct where id = 1 for update')
-      const error = await rejection(atomic({ lockTimeout: 100 }, () => h.db.query('select v from acct where id = 1 for update')))
+      const error = await rejection(
+        atomic({ lockTimeout: 100 }, () => h.db.query('select v from acct where id = 1 for update')),
+      )
       expect(error).toMatchObject({ code: '55P03', message: 'canceling statement due to lock timeout' })
-      expect(classify(error)).toEqual({ serialization: false, deadlock: false, lockNotAvailable: true, retryable: false })
-      expect(h.statements).toEqual(['BEGIN', 'SET LOCAL lock_timeout = 100', 'select v from acct where id = 1 for update', 'ROLLBACK'])
+      expect(classify(error)).toEqual({
+        serialization: false,
+        deadlock: false,
+        lockNotAvailable: true,
+        retryable: false,
+      })
+      expect(h.statements).toEqual([
+        'BEGIN',
+        'SET LOCAL lock_timeout = 100',
+        'select v from acct where id = 1 for update',
+        'ROLLBACK',
+      ])
     } finally {
       await other.query('rollback')
       other.release()
@@ -513,19 +601,26 @@ describe('SQLSTATE helpers on real errors', () => {
       if (superuser) await other.query("set local deadlock_timeout = '10s'")
       await other.query('select v from acct where id = 1 for update')
       const [pid] = (await other.query<{ pid: number }>('select pg_backend_pid() as pid')).rows.map((r) => r.pid)
-      const error = await rejection(atomic({ lockTimeout: 5000 }, async () => {
-        if (superuser) await h.db.query("set local deadlock_timeout = '100ms'")
-        await h.db.query('select v from acct where id = 2 for update')
-        otherOutcome = other.query('select v from acct where id = 2 for update').then(
-          () => 'locked',
-          (e: unknown) => e,
-        )
-        await waitUntilLockWait(pid as number)
-        await h.db.query('select v from acct where id = 1 for update')
-      }))
+      const error = await rejection(
+        atomic({ lockTimeout: 5000 }, async () => {
+          if (superuser) await h.db.query("set local deadlock_timeout = '100ms'")
+          await h.db.query('select v from acct where id = 2 for update')
+          otherOutcome = other.query('select v from acct where id = 2 for update').then(
+            () => 'locked',
+            (e: unknown) => e,
+          )
+          await waitUntilLockWait(pid as number)
+          await h.db.query('select v from acct where id = 1 for update')
+        }),
+      )
       expect(error).toBeInstanceOf(pg.DatabaseError)
       expect(error).toMatchObject({ code: '40P01', message: 'deadlock detected' })
-      expect(classify(error)).toEqual({ serialization: false, deadlock: true, lockNotAvailable: false, retryable: true })
+      expect(classify(error)).toEqual({
+        serialization: false,
+        deadlock: true,
+        lockNotAvailable: false,
+        retryable: true,
+      })
       // Our ROLLBACK released row 2, so the other session got it.
       expect(await otherOutcome).toBe('locked')
     } finally {
@@ -537,15 +632,35 @@ describe('SQLSTATE helpers on real errors', () => {
 
   test('the helpers are false for values without a SQLSTATE', () => {
     for (const value of [undefined, null, 'x', 42, new Error('40001'), new TransactionManagementError(DOOMED)]) {
-      expect(classify(value)).toEqual({ serialization: false, deadlock: false, lockNotAvailable: false, retryable: false })
+      expect(classify(value)).toEqual({
+        serialization: false,
+        deadlock: false,
+        lockNotAvailable: false,
+        retryable: false,
+      })
     }
   })
 })
 
 describe('transaction control inside a block', () => {
-  const refused = ['begin', 'COMMIT', '  savepoint x', 'release savepoint x', 'rollback', 'select 1; commit', 'start transaction', 'end', 'abort',
-    'rollback to savepoint x', '/* c */ commit', '-- c\ncommit', 'Begin; select 1', "prepare transaction 'x'", 'set transaction isolation level serializable',
-    'set session characteristics as transaction read only']
+  const refused = [
+    'begin',
+    'COMMIT',
+    '  savepoint x',
+    'release savepoint x',
+    'rollback',
+    'select 1; commit',
+    'start transaction',
+    'end',
+    'abort',
+    'rollback to savepoint x',
+    '/* c */ commit',
+    '-- c\ncommit',
+    'Begin; select 1',
+    "prepare transaction 'x'",
+    'set transaction isolation level serializable',
+    'set session characteristics as transaction read only',
+  ]
 
   test.each(refused)('%j is refused on every route with nothing sent, and the block carries on', async (sql) => {
     const errors: unknown[] = []

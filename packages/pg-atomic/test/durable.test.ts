@@ -49,46 +49,65 @@ const styles: Record<string, Runner> = {
 
 describe.each(Object.entries(styles))('%s', (_style, run) => {
   test('a durable outermost block commits with BEGIN .. COMMIT', async () => {
-    await expect(run(async () => {
-      expect(inAtomicBlock()).toBe(true)
-      await insert(1)
-      return 'done'
-    }, { durable: true })).resolves.toBe('done')
+    await expect(
+      run(
+        async () => {
+          expect(inAtomicBlock()).toBe(true)
+          await insert(1)
+          return 'done'
+        },
+        { durable: true },
+      ),
+    ).resolves.toBe('done')
     expect(await committed()).toEqual([1])
     expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
   })
 
   test('a durable outermost block that throws rolls back and rethrows', async () => {
     const boom = new Boom('durable fails')
-    await expect(run(async () => {
-      await insert(1)
-      throw boom
-    }, { durable: true })).rejects.toBe(boom)
+    await expect(
+      run(
+        async () => {
+          await insert(1)
+          throw boom
+        },
+        { durable: true },
+      ),
+    ).rejects.toBe(boom)
     expect(await committed()).toEqual([])
     expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
   })
 
-  test('durable nested in a block: TransactionManagementError before any SQL; the enclosing block catches it and commits', async () => {
-    let bodyRan = false
-    await atomic(async () => {
-      await insert(1)
-      const sentBefore = h.statements.length
-      const error = await rejection(run(async () => {
-        bodyRan = true
-        await insert(2)
-      }, { durable: true }))
-      expectDurableError(error)
-      expect(h.statements.length).toBe(sentBefore)
-      expect(inAtomicBlock()).toBe(true)
-      await insert(3)
-    })
-    expect(bodyRan).toBe(false)
-    expect(await committed()).toEqual([1, 3])
-    // No SAVEPOINT, no ROLLBACK TO: the durable block never started.
-    expect(h.statements).toEqual(['BEGIN', INSERT, INSERT, 'COMMIT'])
-  })
+  test(
+    'durable nested in a block: TransactionManagementError before any SQL; the ' +
+      'enclosing block catches it and commits',
+    async () => {
+      let bodyRan = false
+      await atomic(async () => {
+        await insert(1)
+        const sentBefore = h.statements.length
+        const error = await rejection(
+          run(
+            async () => {
+              bodyRan = true
+              await insert(2)
+            },
+            { durable: true },
+          ),
+        )
+        expectDurableError(error)
+        expect(h.statements.length).toBe(sentBefore)
+        expect(inAtomicBlock()).toBe(true)
+        await insert(3)
+      })
+      expect(bodyRan).toBe(false)
+      expect(await committed()).toEqual([1, 3])
+      // No SAVEPOINT, no ROLLBACK TO: the durable block never started.
+      expect(h.statements).toEqual(['BEGIN', INSERT, INSERT, 'COMMIT'])
+    },
+  )
 
-  test('durable nested before the enclosing block\'s first query: nothing is sent for it', async () => {
+  test("durable nested before the enclosing block's first query: nothing is sent for it", async () => {
     await atomic(async () => {
       expectDurableError(await rejection(run(() => insert(2), { durable: true })))
       expect(h.statements).toEqual([])
@@ -100,12 +119,22 @@ describe.each(Object.entries(styles))('%s', (_style, run) => {
 
   test('durable inside durable raises', async () => {
     let innerRan = false
-    await run(async () => {
-      await insert(1)
-      expectDurableError(await rejection(run(async () => {
-        innerRan = true
-      }, { durable: true })))
-    }, { durable: true })
+    await run(
+      async () => {
+        await insert(1)
+        expectDurableError(
+          await rejection(
+            run(
+              async () => {
+                innerRan = true
+              },
+              { durable: true },
+            ),
+          ),
+        )
+      },
+      { durable: true },
+    )
     expect(innerRan).toBe(false)
     expect(await committed()).toEqual([1])
     expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
@@ -115,11 +144,13 @@ describe.each(Object.entries(styles))('%s', (_style, run) => {
 describe('durable rules', () => {
   test('an uncaught durable error rolls back the enclosing block and comes out unchanged', async () => {
     let durableError: unknown
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      durableError = await rejection(atomic({ durable: true }, () => insert(2)))
-      throw durableError
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(1)
+        durableError = await rejection(atomic({ durable: true }, () => insert(2)))
+        throw durableError
+      }),
+    )
     expectDurableError(error)
     expect(error).toBe(durableError)
     expect(await committed()).toEqual([])
@@ -135,27 +166,33 @@ describe('durable rules', () => {
     expect(await committed()).toEqual([1])
   })
 
-  test('durable nested deeper (inside a savepoint block, inside a savepoint:false block) raises; the nested blocks carry on', async () => {
-    await atomic(async () => {
-      await insert(1)
+  test(
+    'durable nested deeper (inside a savepoint block, inside a savepoint:false ' +
+      'block) raises; the nested blocks carry on',
+    async () => {
       await atomic(async () => {
-        await insert(2)
-        expectDurableError(await rejection(atomic({ durable: true }, () => insert(99))))
-        await atomic({ savepoint: false }, async () => {
-          expectDurableError(await rejection(atomic({ durable: true }, () => insert(98))))
-          await insert(3)
+        await insert(1)
+        await atomic(async () => {
+          await insert(2)
+          expectDurableError(await rejection(atomic({ durable: true }, () => insert(99))))
+          await atomic({ savepoint: false }, async () => {
+            expectDurableError(await rejection(atomic({ durable: true }, () => insert(98))))
+            await insert(3)
+          })
         })
       })
-    })
-    expect(await committed()).toEqual([1, 2, 3])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, INSERT, 'COMMIT'])
-  })
+      expect(await committed()).toEqual([1, 2, 3])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, INSERT, 'COMMIT'])
+    },
+  )
 
   test('durable nested in a doomed block still reports the durable rule, not the doom', async () => {
-    const error = await rejection(atomic(async () => {
-      await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
-      expectDurableError(await rejection(atomic({ durable: true }, () => insert(1))))
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
+        expectDurableError(await rejection(atomic({ durable: true }, () => insert(1))))
+      }),
+    )
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect((error as Error).cause).toMatchObject({ code: '22012' })
     expect(h.statements).toEqual(['BEGIN', 'select 1/0', 'ROLLBACK'])
@@ -169,14 +206,29 @@ describe('durable rules', () => {
     })
     await h.db.atomic({ durable: true }, () => insert(4))
     expect(await committed()).toEqual([1, 2, 3, 4])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN', INSERT, INSERT, 'COMMIT', 'BEGIN', INSERT, 'COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      INSERT,
+      'COMMIT',
+      'BEGIN',
+      INSERT,
+      INSERT,
+      'COMMIT',
+      'BEGIN',
+      INSERT,
+      'COMMIT',
+    ])
   })
 
   test('concurrent durable blocks started outside any block are each outermost', async () => {
-    const depths = await Promise.all([1, 2, 3].map((x) => atomic({ durable: true }, async (tx) => {
-      await insert(x)
-      return tx.depth
-    })))
+    const depths = await Promise.all(
+      [1, 2, 3].map((x) =>
+        atomic({ durable: true }, async (tx) => {
+          await insert(x)
+          return tx.depth
+        }),
+      ),
+    )
     expect(depths).toEqual([1, 1, 1])
     expect(await committed()).toEqual([1, 2, 3])
     expect(h.statements.filter((s) => s === 'BEGIN')).toHaveLength(3)
@@ -191,10 +243,12 @@ describe('durable rules', () => {
         expect(tx.savepointName).toBe('pga_1')
         await insert(2)
       })
-      await expect(atomic(async () => {
-        await insert(3)
-        throw new Boom('inner')
-      })).rejects.toThrow('inner')
+      await expect(
+        atomic(async () => {
+          await insert(3)
+          throw new Boom('inner')
+        }),
+      ).rejects.toThrow('inner')
       await atomic({ savepoint: false }, () => insert(4))
     })
     expect(await committed()).toEqual([1, 2, 4])
@@ -203,9 +257,11 @@ describe('durable rules', () => {
       INSERT,
       'SAVEPOINT "pga_1"',
       INSERT,
-      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"',
+      'SAVEPOINT "pga_2"',
       INSERT,
-      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"',
+      'ROLLBACK TO SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_2"',
       INSERT,
       'COMMIT',
     ])
@@ -232,31 +288,35 @@ describe('durable rules', () => {
     expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN', INSERT, 'COMMIT'])
   })
 
-  test.each([
-    [{ durable: true, savepoint: false }],
-    [{ durable: true, savepoint: true }],
-  ])('the savepoint option has no effect on a durable outermost block (%o)', async (options) => {
-    await atomic(options, async (tx) => {
-      expect(tx.depth).toBe(1)
-      expect(tx.savepointName).toBeUndefined()
-      await insert(1)
-    })
-    await expect(atomic(options, async () => {
-      await insert(2)
-      throw new Boom('rolled back')
-    })).rejects.toThrow('rolled back')
-    expect(await committed()).toEqual([1])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN', INSERT, 'ROLLBACK'])
-  })
+  test.each([[{ durable: true, savepoint: false }], [{ durable: true, savepoint: true }]])(
+    'the savepoint option has no effect on a durable outermost block (%o)',
+    async (options) => {
+      await atomic(options, async (tx) => {
+        expect(tx.depth).toBe(1)
+        expect(tx.savepointName).toBeUndefined()
+        await insert(1)
+      })
+      await expect(
+        atomic(options, async () => {
+          await insert(2)
+          throw new Boom('rolled back')
+        }),
+      ).rejects.toThrow('rolled back')
+      expect(await committed()).toEqual([1])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT', 'BEGIN', INSERT, 'ROLLBACK'])
+    },
+  )
 
   test('a durable block opened from an onCommit hook is outermost (hooks run outside the transaction)', async () => {
     const depths: number[] = []
     await atomic(async () => {
       await insert(1)
-      onCommit(() => atomic({ durable: true }, async (tx) => {
-        depths.push(tx.depth)
-        await insert(2)
-      }))
+      onCommit(() =>
+        atomic({ durable: true }, async (tx) => {
+          depths.push(tx.depth)
+          await insert(2)
+        }),
+      )
     })
     expect(depths).toEqual([1])
     expect(await committed()).toEqual([1, 2])

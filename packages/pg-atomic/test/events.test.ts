@@ -60,7 +60,9 @@ function expectWellFormed(): void {
 
 /** The control statements of h.statements, split into single statements. */
 function controlStatements(): string[] {
-  return h.statements.flatMap((s) => s.split('; ')).filter((s) => /^(BEGIN|SET LOCAL|SAVEPOINT|RELEASE|ROLLBACK|COMMIT)\b/.test(s))
+  return h.statements
+    .flatMap((s) => s.split('; '))
+    .filter((s) => /^(BEGIN|SET LOCAL|SAVEPOINT|RELEASE|ROLLBACK|COMMIT)\b/.test(s))
 }
 
 /** A transaction with every kind of event: begin, set-local, savepoint, release, rollback-to, commit. */
@@ -70,10 +72,12 @@ async function fullTransaction(): Promise<number> {
     id = tx.id
     await h.db.query('select 1')
     await atomic({ name: 'ok' }, () => h.db.query('select 2'))
-    await expect(atomic({ name: 'fails' }, async () => {
-      await h.db.query('select 3')
-      throw new Boom('fails')
-    })).rejects.toThrow('fails')
+    await expect(
+      atomic({ name: 'fails' }, async () => {
+        await h.db.query('select 3')
+        throw new Boom('fails')
+      }),
+    ).rejects.toThrow('fails')
     await atomic({ name: 'timeouts', lockTimeout: 100 }, () => h.db.query('select 4'))
     await h.db.query('select 5')
   })
@@ -86,32 +90,146 @@ describe('the sequence of events', () => {
     const common = { transactionId: id, database: 'default' }
     // Names are checked in the next test.
     expect(events.map((e) => shape({ ...e, name: undefined }))).toEqual([
-      { ...common, kind: 'begin', sql: 'BEGIN', depth: 1, savepoint: undefined, name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 1, savepoint: undefined, name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, withStatement: true, batchSize: 1 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_1"', depth: 2, savepoint: 'pga_1', name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'rollback-to', sql: 'ROLLBACK TO SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 4 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_2"', depth: 2, savepoint: 'pga_2', name: undefined, withStatement: true, batchSize: 4 },
-      { ...common, kind: 'savepoint', sql: 'SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 4 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 100', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 4 },
-      { ...common, kind: 'release', sql: 'RELEASE SAVEPOINT "pga_3"', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'set-local', sql: 'SET LOCAL lock_timeout = 500', depth: 2, savepoint: 'pga_3', name: undefined, withStatement: true, batchSize: 2 },
-      { ...common, kind: 'commit', sql: 'COMMIT', depth: 1, savepoint: undefined, name: undefined, withStatement: false, batchSize: 1 },
+      {
+        ...common,
+        kind: 'begin',
+        sql: 'BEGIN',
+        depth: 1,
+        savepoint: undefined,
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'set-local',
+        sql: 'SET LOCAL lock_timeout = 500',
+        depth: 1,
+        savepoint: undefined,
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'savepoint',
+        sql: 'SAVEPOINT "pga_1"',
+        depth: 2,
+        savepoint: 'pga_1',
+        name: undefined,
+        withStatement: true,
+        batchSize: 1,
+      },
+      {
+        ...common,
+        kind: 'release',
+        sql: 'RELEASE SAVEPOINT "pga_1"',
+        depth: 2,
+        savepoint: 'pga_1',
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'savepoint',
+        sql: 'SAVEPOINT "pga_2"',
+        depth: 2,
+        savepoint: 'pga_2',
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'rollback-to',
+        sql: 'ROLLBACK TO SAVEPOINT "pga_2"',
+        depth: 2,
+        savepoint: 'pga_2',
+        name: undefined,
+        withStatement: true,
+        batchSize: 4,
+      },
+      {
+        ...common,
+        kind: 'release',
+        sql: 'RELEASE SAVEPOINT "pga_2"',
+        depth: 2,
+        savepoint: 'pga_2',
+        name: undefined,
+        withStatement: true,
+        batchSize: 4,
+      },
+      {
+        ...common,
+        kind: 'savepoint',
+        sql: 'SAVEPOINT "pga_3"',
+        depth: 2,
+        savepoint: 'pga_3',
+        name: undefined,
+        withStatement: true,
+        batchSize: 4,
+      },
+      {
+        ...common,
+        kind: 'set-local',
+        sql: 'SET LOCAL lock_timeout = 100',
+        depth: 2,
+        savepoint: 'pga_3',
+        name: undefined,
+        withStatement: true,
+        batchSize: 4,
+      },
+      {
+        ...common,
+        kind: 'release',
+        sql: 'RELEASE SAVEPOINT "pga_3"',
+        depth: 2,
+        savepoint: 'pga_3',
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'set-local',
+        sql: 'SET LOCAL lock_timeout = 500',
+        depth: 2,
+        savepoint: 'pga_3',
+        name: undefined,
+        withStatement: true,
+        batchSize: 2,
+      },
+      {
+        ...common,
+        kind: 'commit',
+        sql: 'COMMIT',
+        depth: 1,
+        savepoint: undefined,
+        name: undefined,
+        withStatement: false,
+        batchSize: 1,
+      },
     ])
     expectWellFormed()
     // One event per control statement the server received, in the same order.
     expect(events.map((e) => e.sql)).toEqual(controlStatements())
     expect(h.statements).toEqual([
-      'BEGIN', 'SET LOCAL lock_timeout = 500',
+      'BEGIN',
+      'SET LOCAL lock_timeout = 500',
       'select 1',
       'SAVEPOINT "pga_1"',
       'select 2',
-      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"',
+      'SAVEPOINT "pga_2"',
       'select 3',
-      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 100',
+      'ROLLBACK TO SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_2"',
+      'SAVEPOINT "pga_3"',
+      'SET LOCAL lock_timeout = 100',
       'select 4',
-      'RELEASE SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 500',
+      'RELEASE SAVEPOINT "pga_3"',
+      'SET LOCAL lock_timeout = 500',
       'select 5',
       'COMMIT',
     ])
@@ -126,7 +244,10 @@ describe('the sequence of events', () => {
       const size = (events[i] as StatementEvent).batchSize
       const batch = events.slice(i, i + size)
       expect(new Set(batch.map((e) => e.durationMs)).size).toBe(1)
-      byBatch.set(batch.map((e) => e.kind).join('+'), batch.map((e) => e.durationMs))
+      byBatch.set(
+        batch.map((e) => e.kind).join('+'),
+        batch.map((e) => e.durationMs),
+      )
       i += size
     }
     expect([...byBatch.keys()]).toEqual([
@@ -141,10 +262,12 @@ describe('the sequence of events', () => {
 
   test('COMMIT and ROLLBACK carry the name of the outermost block', async () => {
     await atomic({ name: 'first' }, () => h.db.query('select 1'))
-    await expect(atomic({ name: 'second' }, async () => {
-      await h.db.query('select 2')
-      throw new Boom('second')
-    })).rejects.toThrow('second')
+    await expect(
+      atomic({ name: 'second' }, async () => {
+        await h.db.query('select 2')
+        throw new Boom('second')
+      }),
+    ).rejects.toThrow('second')
     expect(events.map((e) => [e.kind, e.name])).toEqual([
       ['begin', 'first'],
       ['commit', 'first'],
@@ -171,25 +294,37 @@ describe('the sequence of events', () => {
     ])
   })
 
-  test('the BEGIN of a named block is named after it even when a nested block is entered before the first query', async () => {
-    await atomic({ name: 'outer' }, () => atomic({ name: 'inner' }, () => h.db.query('select 1')))
-    expect(events.map((e) => [e.kind, e.name, e.batchSize])).toEqual([
-      ['begin', 'outer', 2],
-      ['savepoint', 'inner', 2],
-      ['commit', 'outer', 1],
-    ])
-  })
+  test(
+    'the BEGIN of a named block is named after it even when a nested block is ' + 'entered before the first query',
+    async () => {
+      await atomic({ name: 'outer' }, () => atomic({ name: 'inner' }, () => h.db.query('select 1')))
+      expect(events.map((e) => [e.kind, e.name, e.batchSize])).toEqual([
+        ['begin', 'outer', 2],
+        ['savepoint', 'inner', 2],
+        ['commit', 'outer', 1],
+      ])
+    },
+  )
 
-  test('a ROLLBACK TO sent on the next turn carries the failed block\'s name', async () => {
+  test("a ROLLBACK TO sent on the next turn carries the failed block's name", async () => {
     await atomic({ name: 'outer' }, async () => {
       await h.db.query('select 1')
-      await expect(atomic({ name: 'inner' }, async () => {
-        await h.db.query('select 2')
-        throw new Boom('inner')
-      })).rejects.toThrow('inner')
+      await expect(
+        atomic({ name: 'inner' }, async () => {
+          await h.db.query('select 2')
+          throw new Boom('inner')
+        }),
+      ).rejects.toThrow('inner')
       await sleep(20)
     })
-    expect(h.statements).toEqual(['BEGIN', 'select 1', 'SAVEPOINT "pga_1"', 'select 2', 'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"', 'COMMIT'])
+    expect(h.statements).toEqual([
+      'BEGIN',
+      'select 1',
+      'SAVEPOINT "pga_1"',
+      'select 2',
+      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+      'COMMIT',
+    ])
     expect(events.map((e) => [e.kind, e.name, e.depth, e.batchSize])).toEqual([
       ['begin', 'outer', 1, 1],
       ['savepoint', 'inner', 2, 1],
@@ -210,11 +345,13 @@ describe('transaction ids and rollbacks', () => {
       await atomic(() => h.db.query('insert into t (x) values (2)'))
     })
     const boom = new Boom('second')
-    await expect(atomic({ name: 'second' }, async (tx) => {
-      second = tx.id
-      await h.db.query('insert into t (x) values (3)')
-      throw boom
-    })).rejects.toBe(boom)
+    await expect(
+      atomic({ name: 'second' }, async (tx) => {
+        second = tx.id
+        await h.db.query('insert into t (x) values (3)')
+        throw boom
+      }),
+    ).rejects.toBe(boom)
     expect(first).toBeGreaterThan(0)
     expect(second).not.toBe(first)
     expect(events.map((e) => [e.kind, e.transactionId, e.depth])).toEqual([
@@ -248,9 +385,11 @@ describe('transaction ids and rollbacks', () => {
   })
 
   test('a COMMIT that fails publishes its error', async () => {
-    const error = await rejection(atomic(async () => {
-      await h.db.query('insert into d (x) values (1), (1)')
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await h.db.query('insert into d (x) values (1), (1)')
+      }),
+    )
     expect(error).toBeInstanceOf(pg.DatabaseError)
     expect(error).toMatchObject({ code: '23505' })
     expect(events.slice(0, 2).map((e) => [e.kind, e.sql])).toEqual([
@@ -308,15 +447,21 @@ describe('nothing sent, nothing published', () => {
     await fullTransaction()
     expect(events).toEqual([])
     expect(h.statements).toEqual([
-      'BEGIN', 'SET LOCAL lock_timeout = 500',
+      'BEGIN',
+      'SET LOCAL lock_timeout = 500',
       'select 1',
       'SAVEPOINT "pga_1"',
       'select 2',
-      'RELEASE SAVEPOINT "pga_1"', 'SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_1"',
+      'SAVEPOINT "pga_2"',
       'select 3',
-      'ROLLBACK TO SAVEPOINT "pga_2"', 'RELEASE SAVEPOINT "pga_2"', 'SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 100',
+      'ROLLBACK TO SAVEPOINT "pga_2"',
+      'RELEASE SAVEPOINT "pga_2"',
+      'SAVEPOINT "pga_3"',
+      'SET LOCAL lock_timeout = 100',
       'select 4',
-      'RELEASE SAVEPOINT "pga_3"', 'SET LOCAL lock_timeout = 500',
+      'RELEASE SAVEPOINT "pga_3"',
+      'SET LOCAL lock_timeout = 500',
       'select 5',
       'COMMIT',
     ])

@@ -133,9 +133,15 @@ describe('order', () => {
     // Sibling blocks are serialized in call order, so their hooks do not interleave.
     expect(ran).toEqual([
       'outer',
-      'a before query', 'a after query', 'a inner',
-      'b before query', 'b after query', 'b inner',
-      'c before query', 'c after query', 'c inner',
+      'a before query',
+      'a after query',
+      'a inner',
+      'b before query',
+      'b after query',
+      'b inner',
+      'c before query',
+      'c after query',
+      'c inner',
       'outer end',
     ])
     expect(await committed()).toEqual([1, 2, 3, 101, 102, 103])
@@ -165,28 +171,39 @@ describe('order', () => {
     expect(await committed()).toEqual([1, 3])
   })
 
-  test('hook in hook: a hook that opens its own block runs that block\'s hooks depth-first (Django test_hook_in_hook)', async () => {
-    const notified: number[] = []
-    const hook = (i: number, addHook: boolean) => () =>
-      atomic(async () => {
-        if (addHook) onCommit(hook(i + 10, false))
-        await insert(i)
-        notified.push(i)
+  test(
+    "hook in hook: a hook that opens its own block runs that block's hooks " + 'depth-first (Django test_hook_in_hook)',
+    async () => {
+      const notified: number[] = []
+      const hook = (i: number, addHook: boolean) => () =>
+        atomic(async () => {
+          if (addHook) onCommit(hook(i + 10, false))
+          await insert(i)
+          notified.push(i)
+        })
+      await atomic(async () => {
+        onCommit(hook(1, true))
+        onCommit(hook(2, true))
       })
-    await atomic(async () => {
-      onCommit(hook(1, true))
-      onCommit(hook(2, true))
-    })
-    expect(notified).toEqual([1, 11, 2, 12])
-    expect(await committed()).toEqual([1, 2, 11, 12])
-    // Each hook's block is its own transaction, committed before the next hook runs.
-    expect(h.statements).toEqual([
-      'BEGIN', INSERT, 'COMMIT',
-      'BEGIN', INSERT, 'COMMIT',
-      'BEGIN', INSERT, 'COMMIT',
-      'BEGIN', INSERT, 'COMMIT',
-    ])
-  })
+      expect(notified).toEqual([1, 11, 2, 12])
+      expect(await committed()).toEqual([1, 2, 11, 12])
+      // Each hook's block is its own transaction, committed before the next hook runs.
+      expect(h.statements).toEqual([
+        'BEGIN',
+        INSERT,
+        'COMMIT',
+        'BEGIN',
+        INSERT,
+        'COMMIT',
+        'BEGIN',
+        INSERT,
+        'COMMIT',
+        'BEGIN',
+        INSERT,
+        'COMMIT',
+      ])
+    },
+  )
 
   test('a hook that calls onCommit outside any block runs the new hook immediately', async () => {
     const log: string[] = []
@@ -211,7 +228,11 @@ describe('when hooks run', () => {
       await atomic(() => insert(2))
       onCommit(async () => {
         seen['statements'] = [...h.statements]
-        seen['pool'] = { total: h.pool.totalCount > 0, checkedOut: h.pool.totalCount - h.pool.idleCount, waiting: h.pool.waitingCount }
+        seen['pool'] = {
+          total: h.pool.totalCount > 0,
+          checkedOut: h.pool.totalCount - h.pool.idleCount,
+          waiting: h.pool.waitingCount,
+        }
         seen['facade'] = { checkedOut: h.db.pool.totalCount - h.db.pool.idleCount }
         seen['inAtomicBlock'] = inAtomicBlock()
         seen['currentTransaction'] = currentTransaction()
@@ -231,37 +252,45 @@ describe('when hooks run', () => {
     expect(seen['viaAdmin']).toEqual([1, 2])
     expect(seen['afterWrite']).toEqual([1, 2, 3])
     expect(h.statements).toEqual([
-      'BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'COMMIT',
+      'BEGIN',
+      INSERT,
+      'SAVEPOINT "pga_1"',
+      INSERT,
+      'COMMIT',
       'select x from t order by x',
       'insert into t (x) values (3)',
     ])
   })
 
-  test('hooks run outside the transaction: inAtomicBlock() is false, onRollback() there is not kept, setRollback() is refused', async () => {
-    const seen: unknown[] = []
-    const kept: string[] = []
-    await atomic(async () => {
+  test(
+    'hooks run outside the transaction: inAtomicBlock() is false, onRollback() there ' +
+      'is not kept, setRollback() is refused',
+    async () => {
+      const seen: unknown[] = []
+      const kept: string[] = []
       await atomic(async () => {
-        await insert(1)
-        onCommit(() => {
-          seen.push(inAtomicBlock(), currentTransaction())
-          onRollback(() => kept.push('never'))
-          try {
-            setRollback(true)
-            seen.push('setRollback accepted')
-          } catch (error) {
-            seen.push(error)
-          }
+        await atomic(async () => {
+          await insert(1)
+          onCommit(() => {
+            seen.push(inAtomicBlock(), currentTransaction())
+            onRollback(() => kept.push('never'))
+            try {
+              setRollback(true)
+              seen.push('setRollback accepted')
+            } catch (error) {
+              seen.push(error)
+            }
+          })
         })
       })
-    })
-    expect(seen).toHaveLength(3)
-    expect(seen[0]).toBe(false)
-    expect(seen[1]).toBeUndefined()
-    expect(seen[2]).toBeInstanceOf(TransactionManagementError)
-    expect((seen[2] as Error).message).toBe("The rollback flag doesn't work outside of an 'atomic' block.")
-    expect(kept).toEqual([])
-  })
+      expect(seen).toHaveLength(3)
+      expect(seen[0]).toBe(false)
+      expect(seen[1]).toBeUndefined()
+      expect(seen[2]).toBeInstanceOf(TransactionManagementError)
+      expect((seen[2] as Error).message).toBe("The rollback flag doesn't work outside of an 'atomic' block.")
+      expect(kept).toEqual([])
+    },
+  )
 
   test('a hook of a block that ran no query still runs (nothing was sent, nothing held)', async () => {
     const log: string[] = []
@@ -282,16 +311,20 @@ describe('when hooks run', () => {
 
   test('outside a block a failing non-robust hook throws to the caller; a robust one is logged', async () => {
     const boom = new Boom('immediate')
-    expect(() => onCommit(() => {
-      throw boom
-    })).toThrow(boom)
+    expect(() =>
+      onCommit(() => {
+        throw boom
+      }),
+    ).toThrow(boom)
     expect(logged).toEqual([])
     await withHookErrors(async (events) => {
       function robustImmediate(): void {
         throw boom
       }
       onCommit(robustImmediate, { robust: true })
-      expect(logged).toEqual([{ message: 'Error calling robustImmediate in onCommit(); the error is attached.', error: boom }])
+      expect(logged).toEqual([
+        { message: 'Error calling robustImmediate in onCommit(); the error is attached.', error: boom },
+      ])
       expect(logged[0]?.error).toBe(boom)
       expect(events).toEqual([{ kind: 'commit', transactionId: undefined, database: 'default', error: boom }])
     })
@@ -328,11 +361,13 @@ describe('dropped with a rolled-back block', () => {
     await atomic(async () => {
       await insert(1)
       onCommit(() => log.push('1'))
-      await expect(atomic(async () => {
-        await insert(2)
-        onCommit(() => log.push('2'))
-        throw new Boom('inner')
-      })).rejects.toThrow('inner')
+      await expect(
+        atomic(async () => {
+          await insert(2)
+          onCommit(() => log.push('2'))
+          throw new Boom('inner')
+        }),
+      ).rejects.toThrow('inner')
       await insert(3)
       onCommit(() => log.push('3'))
     })
@@ -340,66 +375,82 @@ describe('dropped with a rolled-back block', () => {
     expect(await committed()).toEqual([1, 3])
   })
 
-  test('hooks of inner blocks that succeeded are dropped with the outer savepoint (Django test_inner_savepoint_rolled_back_with_outer)', async () => {
-    const log: number[] = []
-    const rolledBack: string[] = []
-    await atomic(async () => {
-      await expect(atomic(async () => {
+  test(
+    'hooks of inner blocks that succeeded are dropped with the outer savepoint ' +
+      '(Django test_inner_savepoint_rolled_back_with_outer)',
+    async () => {
+      const log: number[] = []
+      const rolledBack: string[] = []
+      await atomic(async () => {
+        await expect(
+          atomic(async () => {
+            await atomic(async () => {
+              await insert(1)
+              onCommit(() => log.push(1))
+              onRollback(() => rolledBack.push('inner (had succeeded)'))
+              await atomic(async () => {
+                onCommit(() => log.push(11))
+              })
+            })
+            onRollback(() => rolledBack.push('middle'))
+            throw new Boom('middle')
+          }),
+        ).rejects.toThrow('middle')
+        expect(rolledBack).toEqual(['inner (had succeeded)', 'middle'])
+        await insert(2)
+        onCommit(() => log.push(2))
+      })
+      expect(log).toEqual([2])
+      expect(rolledBack).toEqual(['inner (had succeeded)', 'middle'])
+      expect(await committed()).toEqual([2])
+    },
+  )
+
+  test(
+    'hooks survive the caught failure of a sibling block ' + '(Django test_discards_hooks_from_rolled_back_savepoint)',
+    async () => {
+      const log: number[] = []
+      await atomic(async () => {
         await atomic(async () => {
           await insert(1)
           onCommit(() => log.push(1))
-          onRollback(() => rolledBack.push('inner (had succeeded)'))
-          await atomic(async () => {
-            onCommit(() => log.push(11))
-          })
         })
-        onRollback(() => rolledBack.push('middle'))
-        throw new Boom('middle')
-      })).rejects.toThrow('middle')
-      expect(rolledBack).toEqual(['inner (had succeeded)', 'middle'])
-      await insert(2)
-      onCommit(() => log.push(2))
-    })
-    expect(log).toEqual([2])
-    expect(rolledBack).toEqual(['inner (had succeeded)', 'middle'])
-    expect(await committed()).toEqual([2])
-  })
-
-  test('hooks survive the caught failure of a sibling block (Django test_discards_hooks_from_rolled_back_savepoint)', async () => {
-    const log: number[] = []
-    await atomic(async () => {
-      await atomic(async () => {
-        await insert(1)
-        onCommit(() => log.push(1))
-      })
-      await expect(atomic(async () => {
-        await insert(2)
-        onCommit(() => log.push(2))
-        throw new Boom('sibling')
-      })).rejects.toThrow('sibling')
-      await atomic(async () => {
-        await insert(3)
-        onCommit(() => log.push(3))
-      })
-    })
-    expect(log).toEqual([1, 3])
-    expect(await committed()).toEqual([1, 3])
-  })
-
-  test('a hook registered in a savepoint:false block belongs to the enclosing savepoint and is dropped with it', async () => {
-    const log: string[] = []
-    await atomic(async () => {
-      onCommit(() => log.push('outer'))
-      await expect(atomic(async () => {
-        await atomic({ savepoint: false }, async () => {
-          onCommit(() => log.push('merged'))
+        await expect(
+          atomic(async () => {
+            await insert(2)
+            onCommit(() => log.push(2))
+            throw new Boom('sibling')
+          }),
+        ).rejects.toThrow('sibling')
+        await atomic(async () => {
+          await insert(3)
+          onCommit(() => log.push(3))
         })
-        await insert(1)
-        throw new Boom('savepoint block')
-      })).rejects.toThrow('savepoint block')
-    })
-    expect(log).toEqual(['outer'])
-  })
+      })
+      expect(log).toEqual([1, 3])
+      expect(await committed()).toEqual([1, 3])
+    },
+  )
+
+  test(
+    'a hook registered in a savepoint:false block belongs to the enclosing savepoint ' + 'and is dropped with it',
+    async () => {
+      const log: string[] = []
+      await atomic(async () => {
+        onCommit(() => log.push('outer'))
+        await expect(
+          atomic(async () => {
+            await atomic({ savepoint: false }, async () => {
+              onCommit(() => log.push('merged'))
+            })
+            await insert(1)
+            throw new Boom('savepoint block')
+          }),
+        ).rejects.toThrow('savepoint block')
+      })
+      expect(log).toEqual(['outer'])
+    },
+  )
 
   test('a hook registered in a nested block that is rolled back with setRollback(true) is dropped', async () => {
     const log: string[] = []
@@ -424,34 +475,37 @@ describe('argument validation', () => {
     ['null', null],
     ['undefined', undefined],
     ['a promise', Promise.resolve()],
-  ])('onCommit/onRollback with %s: InvalidOptionError naming field "callback", inside and outside a block', async (_label, value) => {
-    const check = (fn: () => void) => {
-      let error: unknown
-      try {
-        fn()
-      } catch (e) {
-        error = e
+  ])(
+    'onCommit/onRollback with %s: InvalidOptionError naming field "callback", inside and outside a block',
+    async (_label, value) => {
+      const check = (fn: () => void) => {
+        let error: unknown
+        try {
+          fn()
+        } catch (e) {
+          error = e
+        }
+        expect(error).toBeInstanceOf(InvalidOptionError)
+        expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'callback' })
       }
-      expect(error).toBeInstanceOf(InvalidOptionError)
-      expect(error).toMatchObject({ name: 'InvalidOptionError', field: 'callback' })
-    }
-    check(() => onCommit(value as never))
-    check(() => onCommit(value as never, { robust: true }))
-    check(() => onRollback(value as never))
-    const log: string[] = []
-    await atomic(async (tx) => {
       check(() => onCommit(value as never))
+      check(() => onCommit(value as never, { robust: true }))
       check(() => onRollback(value as never))
-      check(() => tx.onCommit(value as never))
-      check(() => tx.onRollback(value as never))
-      await insert(1)
-      onCommit(() => log.push('valid hook'))
-    })
-    // The refused registrations did not doom the block: it committed and ran the valid hook.
-    expect(log).toEqual(['valid hook'])
-    expect(await committed()).toEqual([1])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
-  })
+      const log: string[] = []
+      await atomic(async (tx) => {
+        check(() => onCommit(value as never))
+        check(() => onRollback(value as never))
+        check(() => tx.onCommit(value as never))
+        check(() => tx.onRollback(value as never))
+        await insert(1)
+        onCommit(() => log.push('valid hook'))
+      })
+      // The refused registrations did not doom the block: it committed and ran the valid hook.
+      expect(log).toEqual(['valid hook'])
+      expect(await committed()).toEqual([1])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
+    },
+  )
 })
 
 describe('failing onCommit hooks', () => {
@@ -462,13 +516,15 @@ describe('failing onCommit hooks', () => {
       log.push('sendEmail')
       throw boom
     }
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      onCommit(() => log.push('before'))
-      onCommit(sendEmail)
-      onCommit(() => log.push('after'))
-      return 'value'
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(1)
+        onCommit(() => log.push('before'))
+        onCommit(sendEmail)
+        onCommit(() => log.push('after'))
+        return 'value'
+      }),
+    )
     expect(error).toBeInstanceOf(OnCommitHookError)
     expect(error).toBeInstanceOf(AtomicError)
     expect(error).not.toBeInstanceOf(TransactionManagementError)
@@ -486,97 +542,122 @@ describe('failing onCommit hooks', () => {
     expect(log).toEqual(['before', 'sendEmail'])
   })
 
-  test('a non-robust async hook that rejects (with a non-Error value) gives OnCommitHookError with that value as cause', async () => {
-    const log: string[] = []
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      onCommit(async () => {
-        await new Promise((resolve) => setImmediate(resolve))
-        throw 'plain string'
-      })
-      onCommit(() => log.push('after'))
-    }))
-    expect(error).toBeInstanceOf(OnCommitHookError)
-    expect((error as OnCommitHookError).committed).toBe(true)
-    expect((error as Error).cause).toBe('plain string')
-    expect(log).toEqual([])
-    expect(await committed()).toEqual([1])
-  })
+  test(
+    'a non-robust async hook that rejects (with a non-Error value) gives ' +
+      'OnCommitHookError with that value as cause',
+    async () => {
+      const log: string[] = []
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          onCommit(async () => {
+            await new Promise((resolve) => setImmediate(resolve))
+            throw 'plain string'
+          })
+          onCommit(() => log.push('after'))
+        }),
+      )
+      expect(error).toBeInstanceOf(OnCommitHookError)
+      expect((error as OnCommitHookError).committed).toBe(true)
+      expect((error as Error).cause).toBe('plain string')
+      expect(log).toEqual([])
+      expect(await committed()).toEqual([1])
+    },
+  )
 
-  test('a robust hook failure is logged and published on pg-atomic:hook-error; later hooks run; atomic() resolves', async () => {
-    expect(HOOK_ERROR_CHANNEL).toBe('pg-atomic:hook-error')
-    const boom = new Boom('webhook failed')
-    const log: string[] = []
-    function notifyWebhook(): void {
-      log.push('notifyWebhook')
-      throw boom
-    }
-    await withHookErrors(async (events) => {
-      let txId: number | undefined
-      const value = await atomic(async (tx) => {
-        txId = tx.id
-        await insert(1)
-        onCommit(() => log.push('before'))
-        onCommit(notifyWebhook, { robust: true })
-        onCommit(() => log.push('after'))
-        return 'value'
+  test(
+    'a robust hook failure is logged and published on pg-atomic:hook-error; later ' + 'hooks run; atomic() resolves',
+    async () => {
+      expect(HOOK_ERROR_CHANNEL).toBe('pg-atomic:hook-error')
+      const boom = new Boom('webhook failed')
+      const log: string[] = []
+      function notifyWebhook(): void {
+        log.push('notifyWebhook')
+        throw boom
+      }
+      await withHookErrors(async (events) => {
+        let txId: number | undefined
+        const value = await atomic(async (tx) => {
+          txId = tx.id
+          await insert(1)
+          onCommit(() => log.push('before'))
+          onCommit(notifyWebhook, { robust: true })
+          onCommit(() => log.push('after'))
+          return 'value'
+        })
+        expect(value).toBe('value')
+        expect(log).toEqual(['before', 'notifyWebhook', 'after'])
+        expect(logged).toEqual([
+          {
+            message: `Error calling notifyWebhook in onCommit() during transaction ${txId}; the error is attached.`,
+            error: boom,
+          },
+        ])
+        expect(logged[0]?.error).toBe(boom)
+        expect(events).toEqual([{ kind: 'commit', transactionId: txId, database: 'default', error: boom }])
+        expect(events[0]?.error).toBe(boom)
       })
-      expect(value).toBe('value')
-      expect(log).toEqual(['before', 'notifyWebhook', 'after'])
-      expect(logged).toEqual([{ message: `Error calling notifyWebhook in onCommit() during transaction ${txId}; the error is attached.`, error: boom }])
-      expect(logged[0]?.error).toBe(boom)
-      expect(events).toEqual([{ kind: 'commit', transactionId: txId, database: 'default', error: boom }])
-      expect(events[0]?.error).toBe(boom)
-    })
-    expect(await committed()).toEqual([1])
-  })
+      expect(await committed()).toEqual([1])
+    },
+  )
 
   test('robust tx.onCommit with an async rejection is logged too', async () => {
     const boom = new Boom('async robust')
     const log: string[] = []
     await atomic(async (tx) => {
       await insert(1)
-      tx.onCommit(async () => {
-        await new Promise((resolve) => setImmediate(resolve))
-        throw boom
-      }, { robust: true })
+      tx.onCommit(
+        async () => {
+          await new Promise((resolve) => setImmediate(resolve))
+          throw boom
+        },
+        { robust: true },
+      )
       tx.onCommit(() => log.push('after'))
     })
     expect(log).toEqual(['after'])
     expect(logged).toHaveLength(1)
     expect(logged[0]?.error).toBe(boom)
-    expect(logged[0]?.message).toMatch(/^Error calling an anonymous function in onCommit\(\) during transaction \d+; the error is attached\.$/)
+    expect(logged[0]?.message).toMatch(
+      /^Error calling an anonymous function in onCommit\(\) during transaction \d+; the error is attached\.$/,
+    )
   })
 })
 
 describe('onRollback', () => {
-  test('whole transaction rolled back: onCommit hooks never run, onRollback hooks run FIFO (nested ones included) after ROLLBACK, outside the transaction', async () => {
-    const boom = new Boom('outer fails')
-    const log: string[] = []
-    const seen: unknown[] = []
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      onCommit(() => log.push('commit 1'))
-      onRollback(() => {
-        log.push('rollback 1')
-        seen.push([...h.statements], h.pool.totalCount - h.pool.idleCount, inAtomicBlock())
-      })
-      await atomic(async () => {
-        await insert(2)
-        onRollback(() => log.push('rollback 2 (nested, had succeeded)'))
-        onCommit(() => log.push('commit 2'))
-      })
-      onRollback(async () => {
-        await new Promise((resolve) => setImmediate(resolve))
-        log.push('rollback 3 (async)')
-      })
-      throw boom
-    }))
-    expect(error).toBe(boom)
-    expect(log).toEqual(['rollback 1', 'rollback 2 (nested, had succeeded)', 'rollback 3 (async)'])
-    expect(seen).toEqual([['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'ROLLBACK'], 0, false])
-    expect(await committed()).toEqual([])
-  })
+  test(
+    'whole transaction rolled back: onCommit hooks never run, onRollback hooks run ' +
+      'FIFO (nested ones included) after ROLLBACK, outside the transaction',
+    async () => {
+      const boom = new Boom('outer fails')
+      const log: string[] = []
+      const seen: unknown[] = []
+      const error = await rejection(
+        atomic(async () => {
+          await insert(1)
+          onCommit(() => log.push('commit 1'))
+          onRollback(() => {
+            log.push('rollback 1')
+            seen.push([...h.statements], h.pool.totalCount - h.pool.idleCount, inAtomicBlock())
+          })
+          await atomic(async () => {
+            await insert(2)
+            onRollback(() => log.push('rollback 2 (nested, had succeeded)'))
+            onCommit(() => log.push('commit 2'))
+          })
+          onRollback(async () => {
+            await new Promise((resolve) => setImmediate(resolve))
+            log.push('rollback 3 (async)')
+          })
+          throw boom
+        }),
+      )
+      expect(error).toBe(boom)
+      expect(log).toEqual(['rollback 1', 'rollback 2 (nested, had succeeded)', 'rollback 3 (async)'])
+      expect(seen).toEqual([['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'ROLLBACK'], 0, false])
+      expect(await committed()).toEqual([])
+    },
+  )
 
   test('onRollback hooks of a committed transaction never run', async () => {
     const log: string[] = []
@@ -592,133 +673,164 @@ describe('onRollback', () => {
     expect(log).toEqual(['commit'])
   })
 
-  test('savepoint rolled back: its onRollback hooks run FIFO when the nested block exits, its onCommit hooks are dropped, the outer ones are kept', async () => {
-    const log: string[] = []
-    await atomic(async () => {
-      await insert(1)
-      onCommit(() => log.push('outer commit'))
-      onRollback(() => log.push('outer rollback'))
-      await expect(atomic(async () => {
-        await insert(2)
-        onRollback(() => log.push('inner rollback a'))
-        onCommit(() => log.push('inner commit'))
-        await atomic(async () => {
-          onRollback(() => log.push('innermost rollback (had succeeded)'))
-          await insert(3)
-        })
-        onRollback(() => log.push('inner rollback b'))
-        throw new Boom('inner')
-      })).rejects.toThrow('inner')
-      log.push('inner atomic() rejected')
-      await insert(4)
-    })
-    expect(log).toEqual([
-      'inner rollback a',
-      'innermost rollback (had succeeded)',
-      'inner rollback b',
-      'inner atomic() rejected',
-      'outer commit',
-    ])
-    expect(await committed()).toEqual([1, 4])
-  })
-
-  test('a savepoint\'s onRollback hook runs after its ROLLBACK TO SAVEPOINT reached the server (its locks are released)', async () => {
-    const seen: unknown[] = []
-    // A second session, already in a transaction, so the hook's lock attempt is its first message.
-    const other = await h.admin.connect()
-    try {
-      await other.query('begin')
+  test(
+    'savepoint rolled back: its onRollback hooks run FIFO when the nested block ' +
+      'exits, its onCommit hooks are dropped, the outer ones are kept',
+    async () => {
+      const log: string[] = []
       await atomic(async () => {
         await insert(1)
-        await expect(atomic(async () => {
-          // A lock taken after a savepoint is released when the savepoint is rolled back.
-          await h.db.query('lock table t in access exclusive mode')
-          onRollback(async () => {
-            seen.push(h.statements.includes('ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"'))
-            try {
-              await other.query('lock table t in access share mode nowait')
-              seen.push('lock free')
-            } catch (error) {
-              seen.push((error as { code?: string }).code)
-            }
-          })
-          throw new Boom('inner')
-        })).rejects.toThrow('inner')
-        await insert(2)
+        onCommit(() => log.push('outer commit'))
+        onRollback(() => log.push('outer rollback'))
+        await expect(
+          atomic(async () => {
+            await insert(2)
+            onRollback(() => log.push('inner rollback a'))
+            onCommit(() => log.push('inner commit'))
+            await atomic(async () => {
+              onRollback(() => log.push('innermost rollback (had succeeded)'))
+              await insert(3)
+            })
+            onRollback(() => log.push('inner rollback b'))
+            throw new Boom('inner')
+          }),
+        ).rejects.toThrow('inner')
+        log.push('inner atomic() rejected')
+        await insert(4)
       })
-    } finally {
-      await other.query('rollback')
-      other.release()
-    }
-    expect(seen).toEqual([true, 'lock free'])
-    expect(await committed()).toEqual([1, 2])
-  })
+      expect(log).toEqual([
+        'inner rollback a',
+        'innermost rollback (had succeeded)',
+        'inner rollback b',
+        'inner atomic() rejected',
+        'outer commit',
+      ])
+      expect(await committed()).toEqual([1, 4])
+    },
+  )
 
-  test('setRollback(true) on the outermost block: onRollback hooks run, onCommit hooks do not, atomic() resolves', async () => {
-    const log: string[] = []
-    const value = await atomic(async () => {
-      await insert(1)
-      onCommit(() => log.push('commit'))
-      onRollback(() => log.push('rollback'))
-      setRollback(true)
-      return 'silent'
-    })
-    expect(value).toBe('silent')
-    expect(log).toEqual(['rollback'])
-    expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
-  })
+  test(
+    "a savepoint's onRollback hook runs after its ROLLBACK TO SAVEPOINT reached the " +
+      'server (its locks are released)',
+    async () => {
+      const seen: unknown[] = []
+      // A second session, already in a transaction, so the hook's lock attempt is its first message.
+      const other = await h.admin.connect()
+      try {
+        await other.query('begin')
+        await atomic(async () => {
+          await insert(1)
+          await expect(
+            atomic(async () => {
+              // A lock taken after a savepoint is released when the savepoint is rolled back.
+              await h.db.query('lock table t in access exclusive mode')
+              onRollback(async () => {
+                seen.push(h.statements.includes('ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"'))
+                try {
+                  await other.query('lock table t in access share mode nowait')
+                  seen.push('lock free')
+                } catch (error) {
+                  seen.push((error as { code?: string }).code)
+                }
+              })
+              throw new Boom('inner')
+            }),
+          ).rejects.toThrow('inner')
+          await insert(2)
+        })
+      } finally {
+        await other.query('rollback')
+        other.release()
+      }
+      expect(seen).toEqual([true, 'lock free'])
+      expect(await committed()).toEqual([1, 2])
+    },
+  )
+
+  test(
+    'setRollback(true) on the outermost block: onRollback hooks run, onCommit hooks ' + 'do not, atomic() resolves',
+    async () => {
+      const log: string[] = []
+      const value = await atomic(async () => {
+        await insert(1)
+        onCommit(() => log.push('commit'))
+        onRollback(() => log.push('rollback'))
+        setRollback(true)
+        return 'silent'
+      })
+      expect(value).toBe('silent')
+      expect(log).toEqual(['rollback'])
+      expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
+    },
+  )
 
   test('onRollback hooks run even when the block ran no query (nothing to send)', async () => {
     const log: string[] = []
     const boom = new Boom('empty')
-    await expect(atomic(async () => {
-      onRollback(() => log.push('rollback'))
-      onCommit(() => log.push('commit'))
-      throw boom
-    })).rejects.toBe(boom)
+    await expect(
+      atomic(async () => {
+        onRollback(() => log.push('rollback'))
+        onCommit(() => log.push('commit'))
+        throw boom
+      }),
+    ).rejects.toBe(boom)
     expect(log).toEqual(['rollback'])
     expect(h.statements).toEqual([])
   })
 
-  test('errors in onRollback hooks are logged and published, later hooks still run, the original error is kept', async () => {
-    const original = new Boom('original')
-    const hookError = new Boom('rollback hook failed')
-    const log: string[] = []
-    function releaseReservation(): void {
-      throw hookError
-    }
-    await withHookErrors(async (events) => {
-      let txId: number | undefined
-      const error = await rejection(atomic(async (tx) => {
-        txId = tx.id
-        await insert(1)
-        onRollback(releaseReservation)
-        onRollback(() => log.push('second rollback hook'))
-        throw original
-      }))
-      expect(error).toBe(original)
-      expect(log).toEqual(['second rollback hook'])
-      expect(logged).toEqual([{ message: `Error calling releaseReservation in onRollback() during transaction ${txId}; the error is attached.`, error: hookError }])
-      expect(logged[0]?.error).toBe(hookError)
-      expect(events).toEqual([{ kind: 'rollback', transactionId: txId, database: 'default', error: hookError }])
-      expect(events[0]?.error).toBe(hookError)
-    })
-  })
+  test(
+    'errors in onRollback hooks are logged and published, later hooks still run, the ' + 'original error is kept',
+    async () => {
+      const original = new Boom('original')
+      const hookError = new Boom('rollback hook failed')
+      const log: string[] = []
+      function releaseReservation(): void {
+        throw hookError
+      }
+      await withHookErrors(async (events) => {
+        let txId: number | undefined
+        const error = await rejection(
+          atomic(async (tx) => {
+            txId = tx.id
+            await insert(1)
+            onRollback(releaseReservation)
+            onRollback(() => log.push('second rollback hook'))
+            throw original
+          }),
+        )
+        expect(error).toBe(original)
+        expect(log).toEqual(['second rollback hook'])
+        expect(logged).toEqual([
+          {
+            message:
+              `Error calling releaseReservation in onRollback() during transaction ${txId}; ` +
+              `the error is attached.`,
+            error: hookError,
+          },
+        ])
+        expect(logged[0]?.error).toBe(hookError)
+        expect(events).toEqual([{ kind: 'rollback', transactionId: txId, database: 'default', error: hookError }])
+        expect(events[0]?.error).toBe(hookError)
+      })
+    },
+  )
 
-  test('errors in a savepoint\'s onRollback hooks are logged and do not replace the nested block\'s error', async () => {
+  test("errors in a savepoint's onRollback hooks are logged and do not replace the nested block's error", async () => {
     const original = new Boom('inner original')
     const hookError = new Boom('savepoint rollback hook failed')
     const log: string[] = []
     await atomic(async () => {
       await insert(1)
-      const error = await rejection(atomic(async () => {
-        await insert(2)
-        onRollback(() => {
-          throw hookError
-        })
-        onRollback(() => log.push('second'))
-        throw original
-      }))
+      const error = await rejection(
+        atomic(async () => {
+          await insert(2)
+          onRollback(() => {
+            throw hookError
+          })
+          onRollback(() => log.push('second'))
+          throw original
+        }),
+      )
       expect(error).toBe(original)
     })
     expect(log).toEqual(['second'])
@@ -729,11 +841,13 @@ describe('onRollback', () => {
 
   test('a failed query dooms the block: on exit onRollback hooks run and onCommit hooks do not', async () => {
     const log: string[] = []
-    const error = await rejection(atomic(async () => {
-      onCommit(() => log.push('commit'))
-      onRollback(() => log.push('rollback'))
-      await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        onCommit(() => log.push('commit'))
+        onRollback(() => log.push('rollback'))
+        await expect(h.db.query('select 1/0')).rejects.toMatchObject({ code: '22012' })
+      }),
+    )
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(log).toEqual(['rollback'])
   })
@@ -741,10 +855,12 @@ describe('onRollback', () => {
   test('outside a block onRollback is not kept and never runs', async () => {
     const log: string[] = []
     onRollback(() => log.push('never'))
-    await expect(atomic(async () => {
-      await insert(1)
-      throw new Boom('x')
-    })).rejects.toThrow('x')
+    await expect(
+      atomic(async () => {
+        await insert(1)
+        throw new Boom('x')
+      }),
+    ).rejects.toThrow('x')
     expect(log).toEqual([])
   })
 })
@@ -756,12 +872,14 @@ describe('hooks on the transaction handle', () => {
       outer.onCommit(() => log.push('outer commit'))
       outer.onRollback(() => log.push('outer rollback'))
       await insert(1)
-      await expect(atomic(async (inner) => {
-        inner.onCommit(() => log.push('inner commit'))
-        inner.onRollback(() => log.push('inner rollback'))
-        await inner.query(INSERT, [2])
-        throw new Boom('inner')
-      })).rejects.toThrow('inner')
+      await expect(
+        atomic(async (inner) => {
+          inner.onCommit(() => log.push('inner commit'))
+          inner.onRollback(() => log.push('inner rollback'))
+          await inner.query(INSERT, [2])
+          throw new Boom('inner')
+        }),
+      ).rejects.toThrow('inner')
       await atomic(async (kept) => {
         kept.onCommit(() => log.push('kept commit'))
         kept.onRollback(() => log.push('kept rollback'))

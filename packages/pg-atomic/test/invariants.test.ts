@@ -21,7 +21,10 @@ import { setupHarness } from './support/harness'
 import type { Harness } from './support/harness'
 import { sleep } from './support/wait'
 
-const SEED = process.env['PG_ATOMIC_SEED'] === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env['PG_ATOMIC_SEED'])
+const SEED =
+  process.env['PG_ATOMIC_SEED'] === undefined
+    ? Math.floor(Math.random() * 2 ** 31)
+    : Number(process.env['PG_ATOMIC_SEED'])
 const ACCOUNTS = 8
 const INITIAL = 1000
 const TOTAL = ACCOUNTS * INITIAL
@@ -41,7 +44,9 @@ beforeAll(async () => {
   await h.admin.query(`
     create table accounts (id int primary key, balance int not null check (balance >= 0));
     -- No unique key on id: a transfer applied twice must show up as two rows, not as an error.
-    create table transfers (id text not null, from_id int not null, to_id int not null, amount int not null, applied boolean not null);
+    create table transfers (
+      id text not null, from_id int not null, to_id int not null, amount int not null, applied boolean not null
+    );
     create table doctors (name text primary key, on_call boolean not null);
   `)
   diagnostics_channel.subscribe(RETRY_CHANNEL, onRetry)
@@ -52,7 +57,10 @@ afterAll(async () => {
 })
 beforeEach(async () => {
   await h.admin.query('truncate accounts, transfers, doctors')
-  await h.admin.query('insert into accounts (id, balance) select i, $1 from generate_series(1, $2) i', [INITIAL, ACCOUNTS])
+  await h.admin.query('insert into accounts (id, balance) select i, $1 from generate_series(1, $2) i', [
+    INITIAL,
+    ACCOUNTS,
+  ])
   retries.length = 0
   h.reset()
 })
@@ -123,8 +131,14 @@ async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promis
        from pg_stat_activity a
       where a.datname = current_database() and a.pid <> pg_backend_pid() and a.state <> 'idle'`,
   )
-  await h.admin.query("select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and state <> 'idle'")
-  throw new Error(`${what} did not finish within ${ms} ms (seed ${SEED}); busy sessions of the test database:\n${JSON.stringify(sessions, null, 2)}`)
+  await h.admin.query(
+    'select pg_terminate_backend(pid) from pg_stat_activity where datname = ' +
+      "current_database() and pid <> pg_backend_pid() and state <> 'idle'",
+  )
+  throw new Error(
+    `${what} did not finish within ${ms} ms (seed ${SEED}); busy sessions of the ` +
+      `test database:\n${JSON.stringify(sessions, null, 2)}`,
+  )
 }
 
 /** mulberry32: a small seeded PRNG with a 2^32 period, plenty for test plans. */
@@ -159,13 +173,20 @@ interface TransferOptions {
  * absolute values back, log the transfer. Whether that is correct depends only on `mode`.
  * Returns whether it was applied and how many attempts it took.
  */
-async function transfer(t: Transfer, mode: Mode, options: TransferOptions = {}): Promise<{ applied: boolean; attempts: number }> {
+async function transfer(
+  t: Transfer,
+  mode: Mode,
+  options: TransferOptions = {},
+): Promise<{ applied: boolean; attempts: number }> {
   const isolationLevel: IsolationLevel = mode === 'serializable' ? 'serializable' : 'read committed'
   const lock = mode === 'read committed, for no key update' ? ' for no key update' : ''
   let attempts = 0
   const applied = await atomic({ isolationLevel, retry: options.retry, name: 'transfer' }, async () => {
     const attempt = ++attempts
-    const { rows } = await h.db.query<{ id: number; balance: number }>(`select id, balance from accounts where id = any($1::int[]) order by id${lock}`, [[t.from, t.to]])
+    const { rows } = await h.db.query<{ id: number; balance: number }>(
+      `select id, balance from accounts where id = any($1::int[]) order by id${lock}`,
+      [[t.from, t.to]],
+    )
     await options.afterRead?.(attempt)
     const balance = new Map(rows.map((r) => [r.id, r.balance]))
     const from = balance.get(t.from) as number
@@ -180,7 +201,13 @@ async function transfer(t: Transfer, mode: Mode, options: TransferOptions = {}):
       writes.sort((a, b) => a[0] - b[0])
       for (const [id, value] of writes) await h.db.query('update accounts set balance = $2 where id = $1', [id, value])
     }
-    await h.db.query('insert into transfers (id, from_id, to_id, amount, applied) values ($1, $2, $3, $4, $5)', [t.id, t.from, t.to, t.amount, ok])
+    await h.db.query('insert into transfers (id, from_id, to_id, amount, applied) values ($1, $2, $3, $4, $5)', [
+      t.id,
+      t.from,
+      t.to,
+      t.amount,
+      ok,
+    ])
     return ok
   })
   return { applied, attempts }
@@ -203,7 +230,9 @@ const balances = () => h.column<number>('select balance from accounts order by i
 
 /** What the transfer log says each balance must be: the initial balance plus every applied transfer. */
 async function balancesFromLog(): Promise<number[]> {
-  const rows = await h.rows<{ from_id: number; to_id: number; amount: number }>('select from_id, to_id, amount from transfers where applied')
+  const rows = await h.rows<{ from_id: number; to_id: number; amount: number }>(
+    'select from_id, to_id, amount from transfers where applied',
+  )
   const expected = Array.from({ length: ACCOUNTS }, () => INITIAL)
   for (const r of rows) {
     expected[r.from_id - 1] = (expected[r.from_id - 1] as number) - r.amount
@@ -228,7 +257,11 @@ interface WorkloadResult {
  * SERIALIZABLE at least one of them must be retried. (Not with row locks: a transfer waiting for a
  * lock never reaches the barrier.)
  */
-async function runWorkload(mode: Mode, retry: RetryOptions | undefined, firstReadsTogether: boolean): Promise<WorkloadResult> {
+async function runWorkload(
+  mode: Mode,
+  retry: RetryOptions | undefined,
+  firstReadsTogether: boolean,
+): Promise<WorkloadResult> {
   const plans = plan(SEED)
   const allRead = barrier(WORKERS)
   const applied = new Map<string, boolean>()
@@ -238,10 +271,15 @@ async function runWorkload(mode: Mode, retry: RetryOptions | undefined, firstRea
   const auditor = async () => {
     // At least one audit each, however fast the workers are; then until they finish.
     do {
-      const audit = await atomic({ isolationLevel: 'serializable', readOnly: true, deferrable: true, name: 'audit' }, async () => {
-        const { rows } = await h.db.query<{ sum: number; count: number; min: number }>('select sum(balance)::int as sum, count(*)::int as count, min(balance) as min from accounts')
-        return rows[0] as { sum: number; count: number; min: number }
-      })
+      const audit = await atomic(
+        { isolationLevel: 'serializable', readOnly: true, deferrable: true, name: 'audit' },
+        async () => {
+          const { rows } = await h.db.query<{ sum: number; count: number; min: number }>(
+            'select sum(balance)::int as sum, count(*)::int as count, min(balance) as min from accounts',
+          )
+          return rows[0] as { sum: number; count: number; min: number }
+        },
+      )
       audits.push(audit)
     } while (!done)
   }
@@ -288,7 +326,9 @@ async function expectBankInvariants(result: WorkloadResult): Promise<void> {
   expect(final.reduce((a, b) => a + b, 0)).toBe(TOTAL)
   expect(Math.min(...final)).toBeGreaterThanOrEqual(0)
   // Every transfer is in the log exactly once, with the outcome its worker saw.
-  const logged = await h.rows<{ id: string; applied: boolean; n: number }>('select id, bool_and(applied) as applied, count(*)::int as n from transfers group by id order by id')
+  const logged = await h.rows<{ id: string; applied: boolean; n: number }>(
+    'select id, bool_and(applied) as applied, count(*)::int as n from transfers group by id order by id',
+  )
   expect(logged.filter((r) => r.n !== 1)).toEqual([])
   expect(logged.map((r) => r.id)).toEqual(result.transfers.map((t) => t.id).sort())
   for (const r of logged) expect([r.id, r.applied]).toEqual([r.id, result.applied.get(r.id)])
@@ -298,35 +338,49 @@ async function expectBankInvariants(result: WorkloadResult): Promise<void> {
 
 describe(`bank invariant (seed ${SEED}; re-run with PG_ATOMIC_SEED=${SEED})`, () => {
   // Bounded inside (40 s for the workers, 10 s for the last audits), with a diagnosis on expiry.
-  test(`${WORKERS} workers × ${TRANSFERS_PER_WORKER} naive transfers at SERIALIZABLE with retry, ${AUDITORS} read-only deferrable auditors`, async () => {
-    const result = await runWorkload('serializable', RETRY, true)
-    await expectBankInvariants(result)
-    // Every retry is counted: one event per extra attempt, all of them serialization failures.
-    const transferRetries = retries.filter((r) => r.name === 'transfer')
-    expect(transferRetries.length).toBe(result.attempts - result.transfers.length)
-    expect(transferRetries.filter((r) => r.code !== '40001' && r.code !== '40P01')).toEqual([])
-    expect(retries.filter((r) => r.name !== 'transfer')).toEqual([])
-    // The first transfers contended (see runWorkload), so some were retried.
-    expect(transferRetries.length).toBeGreaterThan(0)
-  }, 60_000)
+  test(
+    `${WORKERS} workers × ${TRANSFERS_PER_WORKER} naive transfers at SERIALIZABLE ` +
+      `with retry, ${AUDITORS} read-only deferrable auditors`,
+    async () => {
+      const result = await runWorkload('serializable', RETRY, true)
+      await expectBankInvariants(result)
+      // Every retry is counted: one event per extra attempt, all of them serialization failures.
+      const transferRetries = retries.filter((r) => r.name === 'transfer')
+      expect(transferRetries.length).toBe(result.attempts - result.transfers.length)
+      expect(transferRetries.filter((r) => r.code !== '40001' && r.code !== '40P01')).toEqual([])
+      expect(retries.filter((r) => r.name !== 'transfer')).toEqual([])
+      // The first transfers contended (see runWorkload), so some were retried.
+      expect(transferRetries.length).toBeGreaterThan(0)
+    },
+    60_000,
+  )
 
-  test('negative control: the same workload at READ COMMITTED without row locks breaks the invariants (lost updates)', async () => {
-    const result = await runWorkload('read committed', undefined, true)
-    const final = await balances()
-    const fromLog = await balancesFromLog()
-    // At least one update was lost: some balance disagrees with the transfers that were applied.
-    expect(final).not.toEqual(fromLog)
-    // ... which is exactly what the invariant check reports.
-    await expect(expectBankInvariants(result)).rejects.toThrow()
-    expect(retries).toEqual([])
-  }, 60_000)
+  test(
+    'negative control: the same workload at READ COMMITTED without row locks breaks ' + 'the invariants (lost updates)',
+    async () => {
+      const result = await runWorkload('read committed', undefined, true)
+      const final = await balances()
+      const fromLog = await balancesFromLog()
+      // At least one update was lost: some balance disagrees with the transfers that were applied.
+      expect(final).not.toEqual(fromLog)
+      // ... which is exactly what the invariant check reports.
+      await expect(expectBankInvariants(result)).rejects.toThrow()
+      expect(retries).toEqual([])
+    },
+    60_000,
+  )
 
-  test(`positive control: the same workload at READ COMMITTED with SELECT ... FOR NO KEY UPDATE ordered by id, without retry`, async () => {
-    const result = await runWorkload('read committed, for no key update', undefined, false)
-    await expectBankInvariants(result)
-    expect(result.attempts).toBe(result.transfers.length)
-    expect(retries).toEqual([])
-  }, 60_000)
+  test(
+    `positive control: the same workload at READ COMMITTED with SELECT ... FOR NO ` +
+      `KEY UPDATE ordered by id, without retry`,
+    async () => {
+      const result = await runWorkload('read committed, for no key update', undefined, false)
+      await expectBankInvariants(result)
+      expect(result.attempts).toBe(result.transfers.length)
+      expect(retries).toEqual([])
+    },
+    60_000,
+  )
 })
 
 describe('one interleaving that loses an update unless the isolation level or a lock prevents it', () => {
@@ -335,16 +389,25 @@ describe('one interleaving that loses an update unless the isolation level or a 
    * either reads too or blocks on a row lock; transfer 1 writes and commits; then transfer 2 writes.
    * Only the first attempt is orchestrated.
    */
-  async function interleave(mode: Mode, retry?: RetryOptions): Promise<{ first: { applied: boolean; attempts: number }; second: { applied: boolean; attempts: number } }> {
+  async function interleave(
+    mode: Mode,
+    retry?: RetryOptions,
+  ): Promise<{ first: { applied: boolean; attempts: number }; second: { applied: boolean; attempts: number } }> {
     const firstRead = gate()
     const secondRead = gate()
-    const lockWaiters = () => h.column<number>("select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")
+    const lockWaiters = () =>
+      h.column<number>(
+        "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+      )
     const first = transfer({ id: 'first', from: 1, to: 2, amount: 100 }, mode, {
       retry,
       afterRead: async (attempt) => {
         if (attempt > 1) return
         firstRead.open()
-        await waitUntil(async () => secondRead.opened() || (await lockWaiters()).length > 0, 'the second transfer to read or to wait for a lock')
+        await waitUntil(
+          async () => secondRead.opened() || (await lockWaiters()).length > 0,
+          'the second transfer to read or to wait for a lock',
+        )
       },
     })
     await firstRead.wait
@@ -360,29 +423,41 @@ describe('one interleaving that loses an update unless the isolation level or a 
         await firstSettled
       },
     })
-    return bounded(Promise.all([first, second]).then(([a, b]) => ({ first: a, second: b })), 20_000, 'the two transfers')
+    return bounded(
+      Promise.all([first, second]).then(([a, b]) => ({ first: a, second: b })),
+      20_000,
+      'the two transfers',
+    )
   }
 
-  test('negative control: READ COMMITTED without row locks loses the first update (the total changes, the log disagrees)', async () => {
-    const { first, second } = await interleave('read committed')
-    expect(first).toEqual({ applied: true, attempts: 1 })
-    expect(second).toEqual({ applied: true, attempts: 1 })
-    const final = await balances()
-    // Account 1 was written from a stale read: 1000 − 50 instead of 1000 − 100 − 50.
-    expect(final.slice(0, 3)).toEqual([950, 1100, 1050])
-    expect(final.reduce((a, b) => a + b, 0)).toBe(TOTAL + 100)
-    expect(final).not.toEqual(await balancesFromLog())
-  })
+  test(
+    'negative control: READ COMMITTED without row locks loses the first update (the ' +
+      'total changes, the log disagrees)',
+    async () => {
+      const { first, second } = await interleave('read committed')
+      expect(first).toEqual({ applied: true, attempts: 1 })
+      expect(second).toEqual({ applied: true, attempts: 1 })
+      const final = await balances()
+      // Account 1 was written from a stale read: 1000 − 50 instead of 1000 − 100 − 50.
+      expect(final.slice(0, 3)).toEqual([950, 1100, 1050])
+      expect(final.reduce((a, b) => a + b, 0)).toBe(TOTAL + 100)
+      expect(final).not.toEqual(await balancesFromLog())
+    },
+  )
 
-  test('positive control: READ COMMITTED with FOR NO KEY UPDATE makes the second transfer wait and read the new balance', async () => {
-    const { first, second } = await interleave('read committed, for no key update')
-    expect(first).toEqual({ applied: true, attempts: 1 })
-    expect(second).toEqual({ applied: true, attempts: 1 })
-    const final = await balances()
-    expect(final.slice(0, 3)).toEqual([850, 1100, 1050])
-    expect(final.reduce((a, b) => a + b, 0)).toBe(TOTAL)
-    expect(final).toEqual(await balancesFromLog())
-  })
+  test(
+    'positive control: READ COMMITTED with FOR NO KEY UPDATE makes the second ' +
+      'transfer wait and read the new balance',
+    async () => {
+      const { first, second } = await interleave('read committed, for no key update')
+      expect(first).toEqual({ applied: true, attempts: 1 })
+      expect(second).toEqual({ applied: true, attempts: 1 })
+      const final = await balances()
+      expect(final.slice(0, 3)).toEqual([850, 1100, 1050])
+      expect(final.reduce((a, b) => a + b, 0)).toBe(TOTAL)
+      expect(final).toEqual(await balancesFromLog())
+    },
+  )
 
   test('SERIALIZABLE with retry: the stale write fails with 40001 and the retry reads the new balance', async () => {
     const { first, second } = await interleave('serializable', { maxAttempts: 3, baseDelayMs: 0 })
@@ -401,7 +476,11 @@ describe('write skew: doctors on call', () => {
    * least one other would remain. The first attempts all read before any writes (a barrier), which
    * is exactly the interleaving where snapshot isolation lets every one of them leave.
    */
-  async function everyoneTriesToLeave(n: number, isolationLevel: IsolationLevel, retry?: RetryOptions): Promise<{ left: boolean[]; attempts: number[] }> {
+  async function everyoneTriesToLeave(
+    n: number,
+    isolationLevel: IsolationLevel,
+    retry?: RetryOptions,
+  ): Promise<{ left: boolean[]; attempts: number[] }> {
     const names = Array.from({ length: n }, (_unused, i) => `doctor${i + 1}`)
     await h.admin.query('insert into doctors (name, on_call) select unnest($1::text[]), true', [names])
     const allRead = barrier(n)
@@ -432,7 +511,11 @@ describe('write skew: doctors on call', () => {
   const onCall = () => h.column<string>('select name from doctors where on_call order by name')
 
   test.each([2, 4])('SERIALIZABLE with retry, %i doctors: exactly one stays on call', async (n) => {
-    const { left, attempts } = await everyoneTriesToLeave(n, 'serializable', { maxAttempts: 10, baseDelayMs: 1, maxDelayMs: 10 })
+    const { left, attempts } = await everyoneTriesToLeave(n, 'serializable', {
+      maxAttempts: 10,
+      baseDelayMs: 1,
+      maxDelayMs: 10,
+    })
     expect(left.filter(Boolean)).toHaveLength(n - 1)
     expect(await onCall()).toHaveLength(1)
     const offCallRetries = retries.filter((r) => r.name === 'off-call')
@@ -442,7 +525,11 @@ describe('write skew: doctors on call', () => {
   })
 
   test.each([2, 4])('negative control: REPEATABLE READ, %i doctors: all leave, nobody is on call', async (n) => {
-    const { left, attempts } = await everyoneTriesToLeave(n, 'repeatable read', { maxAttempts: 10, baseDelayMs: 1, maxDelayMs: 10 })
+    const { left, attempts } = await everyoneTriesToLeave(n, 'repeatable read', {
+      maxAttempts: 10,
+      baseDelayMs: 1,
+      maxDelayMs: 10,
+    })
     expect(left).toEqual(Array(n).fill(true))
     expect(attempts).toEqual(Array(n).fill(1))
     expect(await onCall()).toEqual([])

@@ -26,7 +26,10 @@ import { FAILING_SQL, INSERT_SQL, OUTERMOST_RESULT, programArbitrary, renderProg
 import type { BlockSpec, ErrorShape, Observation, Op, Outcome, Program, QueryOp, TmeReason, Via } from './support/model'
 
 const RUNS = Number(process.env['PG_ATOMIC_MODEL_RUNS'] ?? 5000)
-const SEED = process.env['PG_ATOMIC_MODEL_SEED'] === undefined ? (Date.now() ^ (Math.random() * 0x100000000)) | 0 : Number(process.env['PG_ATOMIC_MODEL_SEED'])
+const SEED =
+  process.env['PG_ATOMIC_MODEL_SEED'] === undefined
+    ? (Date.now() ^ (Math.random() * 0x100000000)) | 0
+    : Number(process.env['PG_ATOMIC_MODEL_SEED'])
 const PATH = process.env['PG_ATOMIC_MODEL_PATH']
 /** After this long no new program is run (shrinking a failure found before is not limited). */
 const TIME_LIMIT_MS = 75_000
@@ -40,7 +43,8 @@ let logged: (label: string) => void = () => undefined
 beforeAll(async () => {
   h = await setupHarness('model', {
     logger: {
-      error: (_message, error) => logged(error instanceof HookError ? error.label : `not a hook error: ${String(error)}`),
+      error: (_message, error) =>
+        logged(error instanceof HookError ? error.label : `not a hook error: ${String(error)}`),
     },
   })
   await h.admin.query('create table t (x int primary key)')
@@ -64,11 +68,33 @@ class HookError extends Error {
 }
 
 const TME_MESSAGES: ReadonlyArray<[TmeReason, (message: string) => boolean]> = [
-  ['doomed', (m) => m === "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block."],
-  ['swallowed', (m) => m.startsWith("The 'atomic' block finished normally, but an error inside it was caught and not re-raised, so its work was rolled back.")],
+  [
+    'doomed',
+    (m) =>
+      m ===
+      "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block.",
+  ],
+  [
+    'swallowed',
+    (m) =>
+      m.startsWith(
+        "The 'atomic' block finished normally, but an error inside it was caught and not " +
+          're-raised, so its work was rolled back.',
+      ),
+  ],
   ['durable-nested', (m) => m === 'A durable atomic block cannot be nested within another atomic block.'],
-  ['control-failed', (m) => m.startsWith('A transaction control statement failed, so the state of the transaction is unknown')],
-  ['aborted', (m) => m.startsWith("The 'atomic' block finished normally, but a statement inside it failed and the transaction was aborted on the server")],
+  [
+    'control-failed',
+    (m) => m.startsWith('A transaction control statement failed, so the state of the transaction is unknown'),
+  ],
+  [
+    'aborted',
+    (m) =>
+      m.startsWith(
+        "The 'atomic' block finished normally, but a statement inside it failed and the " +
+          'transaction was aborted on the server',
+      ),
+  ],
   ['commit-answered-rollback', (m) => m.startsWith('COMMIT was answered with ROLLBACK')],
 ]
 
@@ -102,7 +128,8 @@ async function runReal(program: Program): Promise<Observation> {
     readonly tx: TransactionHandle
     readonly outer: TransactionHandle
   }
-  const handle = (via: Exclude<Via, 'ambient'>, handles: Handles): TransactionHandle => (via === 'handle' ? handles.tx : handles.outer)
+  const handle = (via: Exclude<Via, 'ambient'>, handles: Handles): TransactionHandle =>
+    via === 'handle' ? handles.tx : handles.outer
   const query = (via: Via, handles: Handles, text: string, values?: unknown[]) =>
     via === 'ambient' ? h.db.query(text, values) : handle(via, handles).query(text, values)
 
@@ -151,7 +178,9 @@ async function runReal(program: Program): Promise<Observation> {
         return
       case 'siblings': {
         // Each member is the library's own promise (no wrapper adding turns), as in user code.
-        const entered = o.members.map((m): Promise<unknown> => ('block' in m ? enter(m.block, handles.outer, true) : memberQuery(m.query, handles)))
+        const entered = o.members.map((m): Promise<unknown> =>
+          'block' in m ? enter(m.block, handles.outer, true) : memberQuery(m.query, handles),
+        )
         try {
           await Promise.all(entered)
         } catch (error) {
@@ -217,7 +246,11 @@ async function runReal(program: Program): Promise<Observation> {
 function within<T>(promise: Promise<T>, ms: number, program: Program): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const bound = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`This program did not settle within ${ms} ms (a deadlock?):\n\n${renderProgram(program)}`)), ms)
+    timer = setTimeout(
+      () =>
+        reject(new Error(`This program did not settle within ${ms} ms (a deadlock?):\n\n${renderProgram(program)}`)),
+      ms,
+    )
   })
   return Promise.race([promise, bound]).finally(() => clearTimeout(timer))
 }
@@ -226,44 +259,53 @@ function report(program: Program, expected: Observation, actual: Observation): s
   const lines = ['pg-atomic and the model disagree on this program:', '', renderProgram(program), '']
   for (const key of ['outcome', 'rows', 'hooks', 'blocks', 'caught'] as const) {
     const same = isDeepStrictEqual(expected[key], actual[key])
-    lines.push(`${same ? '  ' : '≠ '}${key}: model ${JSON.stringify(expected[key])}${same ? '' : `\n    pg-atomic ${JSON.stringify(actual[key])}`}`)
+    lines.push(
+      `${same ? '  ' : '≠ '}${key}: model ` +
+        `${JSON.stringify(expected[key])}${same ? '' : `\n    pg-atomic ${JSON.stringify(actual[key])}`}`,
+    )
   }
   return lines.join('\n')
 }
 
-test('random programs of nested blocks: pg-atomic on PostgreSQL observes what the reference model predicts', async () => {
-  let runs = 0
-  let failed = false
-  const deadline = Date.now() + TIME_LIMIT_MS
-  const property = fc.asyncProperty(programArbitrary, async (program) => {
-    // fast-check's own interruptAfterTimeLimit abandons the running program (and its connection).
-    if (!failed && Date.now() > deadline) return
-    runs++
+test(
+  'random programs of nested blocks: pg-atomic on PostgreSQL observes what the reference model predicts',
+  async () => {
+    let runs = 0
+    let failed = false
+    const deadline = Date.now() + TIME_LIMIT_MS
+    const property = fc.asyncProperty(programArbitrary, async (program) => {
+      // fast-check's own interruptAfterTimeLimit abandons the running program (and its connection).
+      if (!failed && Date.now() > deadline) return
+      runs++
+      try {
+        await h.admin.query('delete from t')
+        const expected = runModel(program)
+        const actual = await within(runReal(program), PROGRAM_TIMEOUT_MS, program)
+        // After every program the transaction's connection is back in the pool.
+        assertPoolIdle(h.pool)
+        if (!isDeepStrictEqual(expected, actual)) throw new Error(report(program, expected, actual))
+      } catch (error) {
+        failed = true
+        throw error
+      }
+    })
+    const started = Date.now()
     try {
-      await h.admin.query('delete from t')
-      const expected = runModel(program)
-      const actual = await within(runReal(program), PROGRAM_TIMEOUT_MS, program)
-      // After every program the transaction's connection is back in the pool.
-      assertPoolIdle(h.pool)
-      if (!isDeepStrictEqual(expected, actual)) throw new Error(report(program, expected, actual))
+      await fc.assert(property, {
+        numRuns: RUNS,
+        seed: SEED,
+        ...(PATH === undefined ? {} : { path: PATH, endOnFailure: true }),
+      })
     } catch (error) {
-      failed = true
+      ;(error as Error).message +=
+        `\n\nRe-run: PG_ATOMIC_MODEL_SEED=${SEED} PG_ATOMIC_MODEL_PATH=<path above> npx ` +
+        `jest packages/pg-atomic/test/model.test.ts`
       throw error
     }
-  })
-  const started = Date.now()
-  try {
-    await fc.assert(property, {
-      numRuns: RUNS,
-      seed: SEED,
-      ...(PATH === undefined ? {} : { path: PATH, endOnFailure: true }),
-    })
-  } catch (error) {
-    ;(error as Error).message += `\n\nRe-run: PG_ATOMIC_MODEL_SEED=${SEED} PG_ATOMIC_MODEL_PATH=<path above> npx jest packages/pg-atomic/test/model.test.ts`
-    throw error
-  }
-  process.stderr.write(`[model.test] ${runs} programs in ${Date.now() - started} ms (seed ${SEED})\n`)
-  // A run cut short by the time limit still has to have checked a meaningful number of programs
-  // (a replay of one PATH checks just that one).
-  if (PATH === undefined) expect(runs).toBeGreaterThanOrEqual(Math.min(RUNS, 500))
-}, TIME_LIMIT_MS + 30_000)
+    process.stderr.write(`[model.test] ${runs} programs in ${Date.now() - started} ms (seed ${SEED})\n`)
+    // A run cut short by the time limit still has to have checked a meaningful number of programs
+    // (a replay of one PATH checks just that one).
+    if (PATH === undefined) expect(runs).toBeGreaterThanOrEqual(Math.min(RUNS, 500))
+  },
+  TIME_LIMIT_MS + 30_000,
+)

@@ -71,39 +71,76 @@ const invalidAtomicOptions: Array<[string, Record<string, unknown>, string, RegE
   ['using: ""', { using: '' }, 'using', /non-empty string naming a registered database/],
   ['using: 42', { using: 42 }, 'using', /non-empty string naming a registered database/],
   ['name: 42', { name: 42 }, 'name', /a string/],
-  ['retry: 0', { retry: 0 }, 'retry', /a whole number of attempts of at least 1, or \{ maxAttempts, baseDelayMs, maxDelayMs, retryOn \}/],
+  [
+    'retry: 0',
+    { retry: 0 },
+    'retry',
+    /a whole number of attempts of at least 1, or \{ maxAttempts, baseDelayMs, maxDelayMs, retryOn \}/,
+  ],
   ['retry: true', { retry: true }, 'retry', /a whole number of attempts of at least 1/],
   ['retry: 1.5', { retry: 1.5 }, 'retry', /a whole number of attempts of at least 1/],
-  ['retry: { attempts: 3 }', { retry: { attempts: 3 } }, 'retry.attempts', /^Unknown option "retry.attempts" for .*: "retry" must be a whole number of attempts of at least 1/],
-  ['retry: { retryOn: ["serialization"] }', { retry: { retryOn: ['serialization'] } }, 'retry.retryOn', /a list of 5-character SQLSTATE codes such as 40001, or a function/],
-  ['retry: { maxDelayMs: -1 }', { retry: { maxDelayMs: -1 } }, 'retry.maxDelayMs', /a whole number of milliseconds of at least 0/],
+  [
+    'retry: { attempts: 3 }',
+    { retry: { attempts: 3 } },
+    'retry.attempts',
+    /^Unknown option "retry.attempts" for .*: "retry" must be a whole number of attempts of at least 1/,
+  ],
+  [
+    'retry: { retryOn: ["serialization"] }',
+    { retry: { retryOn: ['serialization'] } },
+    'retry.retryOn',
+    /a list of 5-character SQLSTATE codes such as 40001, or a function/,
+  ],
+  [
+    'retry: { maxDelayMs: -1 }',
+    { retry: { maxDelayMs: -1 } },
+    'retry.maxDelayMs',
+    /a whole number of milliseconds of at least 0/,
+  ],
 ]
 for (const option of ['statementTimeout', 'lockTimeout', 'idleInTransactionSessionTimeout']) {
-  for (const [label, value] of [['-1', -1], ['1.5', 1.5], ['"100"', '100'], ['2**31', 2 ** 31], ['NaN', NaN], ['Infinity', Infinity]] as const) {
+  for (const [label, value] of [
+    ['-1', -1],
+    ['1.5', 1.5],
+    ['"100"', '100'],
+    ['2**31', 2 ** 31],
+    ['NaN', NaN],
+    ['Infinity', Infinity],
+  ] as const) {
     invalidAtomicOptions.push([`${option}: ${label}`, { [option]: value }, option, MILLISECONDS])
   }
 }
 
 describe('atomic() options', () => {
-  test.each(invalidAtomicOptions)('atomic({ %s }) rejects with InvalidOptionError and sends nothing', async (_label, options, field, allowed) => {
-    const body = jest.fn()
-    const promise = atomic(options as AtomicOptions, body)
-    expect(promise).toBeInstanceOf(Promise)
-    expectInvalid(await rejection(promise), field, allowed)
-    expect(body).not.toHaveBeenCalled()
-    expectNothingSent()
-  })
+  test.each(invalidAtomicOptions)(
+    'atomic({ %s }) rejects with InvalidOptionError and sends nothing',
+    async (_label, options, field, allowed) => {
+      const body = jest.fn()
+      const promise = atomic(options as AtomicOptions, body)
+      expect(promise).toBeInstanceOf(Promise)
+      expectInvalid(await rejection(promise), field, allowed)
+      expect(body).not.toHaveBeenCalled()
+      expectNothingSent()
+    },
+  )
 
-  test.each(invalidAtomicOptions)('db.atomic({ %s }) rejects with InvalidOptionError and sends nothing', async (_label, options, field, allowed) => {
-    const body = jest.fn()
-    expectInvalid(await rejection(h.db.atomic(options as AtomicOptions, body)), field, allowed)
-    expect(body).not.toHaveBeenCalled()
-    expectNothingSent()
-  })
+  test.each(invalidAtomicOptions)(
+    'db.atomic({ %s }) rejects with InvalidOptionError and sends nothing',
+    async (_label, options, field, allowed) => {
+      const body = jest.fn()
+      expectInvalid(await rejection(h.db.atomic(options as AtomicOptions, body)), field, allowed)
+      expect(body).not.toHaveBeenCalled()
+      expectNothingSent()
+    },
+  )
 
   test.each(invalidAtomicOptions)('atomic.wrap(fn, { %s }) throws at once', (_label, options, field, allowed) => {
     const body = jest.fn(async () => undefined)
-    expectInvalid(thrown(() => atomic.wrap(body, options as AtomicOptions)), field, allowed)
+    expectInvalid(
+      thrown(() => atomic.wrap(body, options as AtomicOptions)),
+      field,
+      allowed,
+    )
     expect(body).not.toHaveBeenCalled()
     expectNothingSent()
   })
@@ -186,7 +223,10 @@ describe('atomic() options', () => {
   test.each([
     ['atomic()', () => (atomic as unknown as () => Promise<unknown>)()],
     ['atomic(options)', () => (atomic as unknown as (o: AtomicOptions) => Promise<unknown>)({ readOnly: true })],
-    ['atomic(options, "not a function")', () => (atomic as unknown as (o: AtomicOptions, f: unknown) => Promise<unknown>)({}, 'select 1')],
+    [
+      'atomic(options, "not a function")',
+      () => (atomic as unknown as (o: AtomicOptions, f: unknown) => Promise<unknown>)({}, 'select 1'),
+    ],
     ['db.atomic(options)', () => (h.db.atomic as unknown as (o: AtomicOptions) => Promise<unknown>)({ name: 'x' })],
   ])('%s without a function is refused', async (_label, call) => {
     const error = await rejection(call())
@@ -204,7 +244,19 @@ describe('atomic() options', () => {
   })
 
   test('valid options are accepted as they are (explicit undefined included)', async () => {
-    await expect(atomic({ isolationLevel: undefined, name: 'ok', savepoint: true, durable: false, lockTimeout: 0, statementTimeout: 2147483647 }, () => 'done')).resolves.toBe('done')
+    await expect(
+      atomic(
+        {
+          isolationLevel: undefined,
+          name: 'ok',
+          savepoint: true,
+          durable: false,
+          lockTimeout: 0,
+          statementTimeout: 2147483647,
+        },
+        () => 'done',
+      ),
+    ).resolves.toBe('done')
     expectNothingSent()
   })
 })
@@ -225,7 +277,11 @@ describe('isolation level spelling', () => {
   })
 
   test('a database default is normalized too', async () => {
-    const db = createDatabase({ alias: 'spelling', connectionString: h.testDb.url, isolationLevel: 'REPEATABLE READ' as IsolationLevel })
+    const db = createDatabase({
+      alias: 'spelling',
+      connectionString: h.testDb.url,
+      isolationLevel: 'REPEATABLE READ' as IsolationLevel,
+    })
     try {
       await db.atomic(async (tx) => {
         expect(tx.isolationLevel).toBe('repeatable read')
@@ -244,7 +300,12 @@ describe('createDatabase() configuration', () => {
     ['deferrable: 1', { deferrable: 1 }, 'deferrable', BOOLEAN],
     ['statementTimeout: -1', { statementTimeout: -1 }, 'statementTimeout', MILLISECONDS],
     ['lockTimeout: 1.5', { lockTimeout: 1.5 }, 'lockTimeout', MILLISECONDS],
-    ['idleInTransactionSessionTimeout: "100"', { idleInTransactionSessionTimeout: '100' }, 'idleInTransactionSessionTimeout', MILLISECONDS],
+    [
+      'idleInTransactionSessionTimeout: "100"',
+      { idleInTransactionSessionTimeout: '100' },
+      'idleInTransactionSessionTimeout',
+      MILLISECONDS,
+    ],
     ['max: 0', { max: 0 }, 'max', /whole number of at least 1/],
     ['max: 2.5', { max: 2.5 }, 'max', /whole number of at least 1/],
     ['min: -1', { min: -1 }, 'min', /whole number of at least 0/],
@@ -257,12 +318,17 @@ describe('createDatabase() configuration', () => {
     ['pool: {}', { pool: {} }, 'pool', /pg\.Pool/],
   ]
 
-  test.each(invalidConfigs)('createDatabase({ %s }) throws InvalidOptionError naming the field', (_label, config, field, allowed) => {
-    const error = thrown(() => createDatabase({ alias: 'invalid', connectionString: h.testDb.url, ...config } as DatabaseConfig))
-    expectInvalid(error, field, allowed, 'createDatabase()')
-    expect(getDatabase('invalid')).toBeUndefined()
-    expectNothingSent()
-  })
+  test.each(invalidConfigs)(
+    'createDatabase({ %s }) throws InvalidOptionError naming the field',
+    (_label, config, field, allowed) => {
+      const error = thrown(() =>
+        createDatabase({ alias: 'invalid', connectionString: h.testDb.url, ...config } as DatabaseConfig),
+      )
+      expectInvalid(error, field, allowed, 'createDatabase()')
+      expect(getDatabase('invalid')).toBeUndefined()
+      expectNothingSent()
+    },
+  )
 
   test('an unknown field is refused and named', () => {
     const error = thrown(() => createDatabase({ alias: 'invalid', hostname: 'localhost' } as DatabaseConfig))
@@ -280,7 +346,13 @@ describe('createDatabase() configuration', () => {
     ['query_timeout', /client-side.*statementTimeout/],
     ['pipeline', /pipeline mode is not supported/],
   ])('the pg field %s is refused with a message that says what to use instead', (field, explanation) => {
-    const error = thrown(() => createDatabase({ alias: 'invalid', connectionString: h.testDb.url, [field]: field === 'pipeline' ? true : 1000 } as DatabaseConfig))
+    const error = thrown(() =>
+      createDatabase({
+        alias: 'invalid',
+        connectionString: h.testDb.url,
+        [field]: field === 'pipeline' ? true : 1000,
+      } as DatabaseConfig),
+    )
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect(error).toMatchObject({ field })
     expect((error as Error).message).toContain(`"${field}"`)
@@ -332,7 +404,9 @@ describe('createDatabase() configuration', () => {
     const second = createDatabase({ alias: 'reusable', connectionString: h.testDb.url })
     try {
       expect(getDatabase('reusable')).toBe(second)
-      await expect(atomic({ using: 'reusable' }, async () => (await second.query<{ n: number }>('select 41 + 1 as n')).rows[0]?.n)).resolves.toBe(42)
+      await expect(
+        atomic({ using: 'reusable' }, async () => (await second.query<{ n: number }>('select 41 + 1 as n')).rows[0]?.n),
+      ).resolves.toBe(42)
     } finally {
       await second.close()
     }
@@ -411,25 +485,28 @@ describe('hooks, rollback flag and cursor arguments', () => {
     expectNothingSent()
   })
 
-  test('non-function hooks and a non-boolean rollback flag are refused inside a block, which still commits', async () => {
-    await atomic(async (tx) => {
-      for (const register of [
-        () => onCommit(42 as unknown as () => void),
-        () => tx.onCommit('x' as unknown as () => void),
-        () => onRollback({} as unknown as () => void),
-        () => tx.onRollback(null as unknown as () => void),
-      ]) {
-        const error = thrown(register)
-        expect(error).toBeInstanceOf(InvalidOptionError)
-        expect(error).toMatchObject({ field: 'callback' })
-      }
-      const flag = thrown(() => setRollback('yes' as unknown as boolean))
-      expect(flag).toBeInstanceOf(InvalidOptionError)
-      expect(flag).toMatchObject({ field: 'flag' })
-      expect(tx.getRollback()).toBe(false)
-    })
-    expectNothingSent()
-  })
+  test(
+    'non-function hooks and a non-boolean rollback flag are refused inside a block, ' + 'which still commits',
+    async () => {
+      await atomic(async (tx) => {
+        for (const register of [
+          () => onCommit(42 as unknown as () => void),
+          () => tx.onCommit('x' as unknown as () => void),
+          () => onRollback({} as unknown as () => void),
+          () => tx.onRollback(null as unknown as () => void),
+        ]) {
+          const error = thrown(register)
+          expect(error).toBeInstanceOf(InvalidOptionError)
+          expect(error).toMatchObject({ field: 'callback' })
+        }
+        const flag = thrown(() => setRollback('yes' as unknown as boolean))
+        expect(flag).toBeInstanceOf(InvalidOptionError)
+        expect(flag).toMatchObject({ field: 'flag' })
+        expect(tx.getRollback()).toBe(false)
+      })
+      expectNothingSent()
+    },
+  )
 
   test.each([
     ['0', 0],

@@ -56,7 +56,9 @@ afterEach(async () => {
 })
 
 const idle = () =>
-  h.column<number>("select pid from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'")
+  h.column<number>(
+    "select pid from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'",
+  )
 /** Whether `nextval('seq')` was ever called since the reset: the statement ran. */
 const sequenceUsed = async () => (await h.rows<{ is_called: boolean }>('select is_called from seq'))[0]?.is_called
 
@@ -91,20 +93,23 @@ const cases: readonly Case[] = [
 ]
 
 describe.each(cases)('$label sent with the statement', ({ target, run }) => {
-  test('fails on the server: the statement does not run, the caller gets that error, nothing is left open', async () => {
-    const hit = proxy.armStatementFault(target, 'fail')
-    const sent = proxy.queries.length
-    const error = await rejection(run())
-    const text = await hit
-    expect(target.test(text)).toBe(true)
-    // The statement was on the wire, in the same round trip, and was skipped by the server.
-    const after = proxy.queries.slice(sent)
-    expect(after.indexOf(INSERT)).toBeGreaterThan(after.indexOf(text))
-    expect(error).toBeInstanceOf(pg.DatabaseError)
-    expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
-    expect(await sequenceUsed()).toBe(false)
-    expect(await h.column('select x from t')).toEqual([])
-  })
+  test(
+    'fails on the server: the statement does not run, the caller gets that error, ' + 'nothing is left open',
+    async () => {
+      const hit = proxy.armStatementFault(target, 'fail')
+      const sent = proxy.queries.length
+      const error = await rejection(run())
+      const text = await hit
+      expect(target.test(text)).toBe(true)
+      // The statement was on the wire, in the same round trip, and was skipped by the server.
+      const after = proxy.queries.slice(sent)
+      expect(after.indexOf(INSERT)).toBeGreaterThan(after.indexOf(text))
+      expect(error).toBeInstanceOf(pg.DatabaseError)
+      expect(error).toMatchObject({ code: '22012', message: 'division by zero' })
+      expect(await sequenceUsed()).toBe(false)
+      expect(await h.column('select x from t')).toEqual([])
+    },
+  )
 
   test('the connection is cut right before it: the statement does not run, ConnectionLostError', async () => {
     const hit = proxy.armStatementFault(target, 'cut-before')
@@ -125,54 +130,72 @@ describe.each(cases)('$label sent with the statement', ({ target, run }) => {
   })
 })
 
-test('without faults the same transactions run the statement, in one round trip with their control statements', async () => {
-  for (const { run } of cases) await run()
-  expect(await h.column('select x from t order by x')).toEqual([1, 2, 3])
-  expect(events.filter((e) => e.withStatement).map((e) => e.sql)).toEqual([
-    'BEGIN ISOLATION LEVEL REPEATABLE READ',
-    'BEGIN',
-    'SET LOCAL lock_timeout = 1234',
-    'BEGIN',
-    'SAVEPOINT "pga_1"',
-  ])
-})
+test(
+  'without faults the same transactions run the statement, in one round trip with ' + 'their control statements',
+  async () => {
+    for (const { run } of cases) await run()
+    expect(await h.column('select x from t order by x')).toEqual([1, 2, 3])
+    expect(events.filter((e) => e.withStatement).map((e) => e.sql)).toEqual([
+      'BEGIN ISOLATION LEVEL REPEATABLE READ',
+      'BEGIN',
+      'SET LOCAL lock_timeout = 1234',
+      'BEGIN',
+      'SAVEPOINT "pga_1"',
+    ])
+  },
+)
 
-test('a failed control statement makes the transaction unusable: the block rolls back and later statements are refused', async () => {
-  void proxy.armStatementFault(/^SAVEPOINT "pga_1"$/, 'fail')
-  let refused: unknown
-  const error = await rejection(
-    db.atomic(async () => {
-      await db.query(INSERT)
-      await rejection(db.atomic(() => db.query(INSERT)))
-      refused = await rejection(db.query(INSERT))
-    }),
-  )
-  expect(refused).toBeInstanceOf(TransactionManagementError)
-  expect((refused as Error).message).toBe(
-    'A transaction control statement failed, so the state of the transaction is unknown; it will be rolled back and no further statements can run in it.',
-  )
-  expect(error).toBeInstanceOf(TransactionManagementError)
-  expect((error as Error).message).toBe((refused as Error).message)
-  expect(await h.column('select x from t')).toEqual([])
-  // The first statement ran (and was rolled back); the second never ran.
-  expect((await h.rows<{ last_value: string }>('select last_value from seq'))[0]?.last_value).toBe('1')
-  const savepoint = events.find((e) => e.kind === 'savepoint')
-  expect(savepoint).toMatchObject({ sql: 'SAVEPOINT "pga_1"', withStatement: true, batchSize: 1, error: { code: '22012' } })
-})
+test(
+  'a failed control statement makes the transaction unusable: the block rolls back ' +
+    'and later statements are refused',
+  async () => {
+    void proxy.armStatementFault(/^SAVEPOINT "pga_1"$/, 'fail')
+    let refused: unknown
+    const error = await rejection(
+      db.atomic(async () => {
+        await db.query(INSERT)
+        await rejection(db.atomic(() => db.query(INSERT)))
+        refused = await rejection(db.query(INSERT))
+      }),
+    )
+    expect(refused).toBeInstanceOf(TransactionManagementError)
+    expect((refused as Error).message).toBe(
+      'A transaction control statement failed, so the state of the transaction is ' +
+        'unknown; it will be rolled back and no further statements can run in it.',
+    )
+    expect(error).toBeInstanceOf(TransactionManagementError)
+    expect((error as Error).message).toBe((refused as Error).message)
+    expect(await h.column('select x from t')).toEqual([])
+    // The first statement ran (and was rolled back); the second never ran.
+    expect((await h.rows<{ last_value: string }>('select last_value from seq'))[0]?.last_value).toBe('1')
+    const savepoint = events.find((e) => e.kind === 'savepoint')
+    expect(savepoint).toMatchObject({
+      sql: 'SAVEPOINT "pga_1"',
+      withStatement: true,
+      batchSize: 1,
+      error: { code: '22012' },
+    })
+  },
+)
 
 describe('what is pipelined and what keeps a round trip of its own', () => {
   test('parameters, rowMode and result fields behave as with client.query()', async () => {
-    const result = await atomic(() => h.db.query({ text: 'select $1::int as n, $2::text as s', values: [7, 'x'], rowMode: 'array' } as pg.QueryConfig))
+    const result = await atomic(() =>
+      h.db.query({ text: 'select $1::int as n, $2::text as s', values: [7, 'x'], rowMode: 'array' } as pg.QueryConfig),
+    )
     expect(result.rows).toEqual([[7, 'x']])
     expect(result.fields.map((f) => f.name)).toEqual(['n', 's'])
     expect(result).toMatchObject({ command: 'SELECT', rowCount: 1 })
     expect(h.batches).toEqual([['BEGIN', 'select $1::int as n, $2::text as s'], ['COMMIT']])
   })
 
-  test('several statements in one string keep the simple protocol: the control statements go first, on their own', async () => {
-    await atomic(() => h.db.query('select 1; select 2'))
-    expect(h.batches).toEqual([['BEGIN'], ['select 1; select 2'], ['COMMIT']])
-  })
+  test(
+    'several statements in one string keep the simple protocol: the control ' + 'statements go first, on their own',
+    async () => {
+      await atomic(() => h.db.query('select 1; select 2'))
+      expect(h.batches).toEqual([['BEGIN'], ['select 1; select 2'], ['COMMIT']])
+    },
+  )
 
   test('a named prepared statement keeps its own round trip', async () => {
     await atomic(() => h.db.query({ name: 'pga_test_named', text: 'select $1::int as n', values: [1] }))
@@ -182,7 +205,8 @@ describe('what is pipelined and what keeps a round trip of its own', () => {
   test('a cursor gets its control statements in a round trip of their own, then its portal', async () => {
     const rows: unknown[] = []
     await atomic(async () => {
-      for await (const row of h.db.cursor('select g from generate_series(1, 3) g', [], { batchSize: 10 })) rows.push(row)
+      for await (const row of h.db.cursor('select g from generate_series(1, 3) g', [], { batchSize: 10 }))
+        rows.push(row)
     })
     expect(rows).toEqual([{ g: 1 }, { g: 2 }, { g: 3 }])
     expect(h.batches[0]).toEqual(['BEGIN'])
@@ -201,40 +225,53 @@ describe('what is pipelined and what keeps a round trip of its own', () => {
 test.each<[string, StatementFault]>([
   ['fail', 'fail'],
   ['cut-after', 'cut-after'],
-])('a ROLLBACK TO that rides with the next statement (%s): the statement does not run in the wrong savepoint', async (_label, mode) => {
-  void proxy.armStatementFault(/^ROLLBACK TO SAVEPOINT "pga_1"$/, mode)
-  const error = await rejection(
-    db.atomic(async () => {
-      await db.query('select 1')
-      await rejection(
-        db.atomic(async () => {
-          await db.query('select 2')
-          throw new Error('roll back the nested block')
-        }),
-      )
-      // Same turn: the pending ROLLBACK TO + RELEASE ride with this statement.
-      await db.query(INSERT)
-    }),
-  )
-  expect(error).toBeInstanceOf(mode === 'fail' ? pg.DatabaseError : ConnectionLostError)
-  expect(await sequenceUsed()).toBe(false)
-  expect(await h.column('select x from t')).toEqual([])
-  expect(INJECTED_FAILURE_SQL).toBe('SELECT 1/0')
-})
+])(
+  'a ROLLBACK TO that rides with the next statement (%s): the statement does not run in the wrong savepoint',
+  async (_label, mode) => {
+    void proxy.armStatementFault(/^ROLLBACK TO SAVEPOINT "pga_1"$/, mode)
+    const error = await rejection(
+      db.atomic(async () => {
+        await db.query('select 1')
+        await rejection(
+          db.atomic(async () => {
+            await db.query('select 2')
+            throw new Error('roll back the nested block')
+          }),
+        )
+        // Same turn: the pending ROLLBACK TO + RELEASE ride with this statement.
+        await db.query(INSERT)
+      }),
+    )
+    expect(error).toBeInstanceOf(mode === 'fail' ? pg.DatabaseError : ConnectionLostError)
+    expect(await sequenceUsed()).toBe(false)
+    expect(await h.column('select x from t')).toEqual([])
+    expect(INJECTED_FAILURE_SQL).toBe('SELECT 1/0')
+  },
+)
 
-test("negative control: pg's own pipeline mode (one Sync per query) lets the statement run in autocommit when BEGIN fails", async () => {
-  const client = new pg.Client({ connectionString: proxy.urlFor(h.testDb.directUrl), pipeline: true } as pg.ClientConfig)
-  await client.connect()
-  try {
-    void proxy.armStatementFault(/^BEGIN ISOLATION LEVEL REPEATABLE READ$/, 'fail')
-    const begin = client.query({ text: 'BEGIN ISOLATION LEVEL REPEATABLE READ', queryMode: 'extended' } as pg.QueryConfig)
-    const insert = client.query({ text: INSERT, queryMode: 'extended' } as pg.QueryConfig)
-    const outcomes = await Promise.allSettled([begin, insert])
-    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'fulfilled'])
-  } finally {
-    await client.end()
-  }
-  // What pg-atomic's single Sync prevents: the statement ran, outside any transaction, and stays.
-  expect(await sequenceUsed()).toBe(true)
-  expect(await h.column('select x from t')).toEqual([1])
-})
+test(
+  "negative control: pg's own pipeline mode (one Sync per query) lets the " +
+    'statement run in autocommit when BEGIN fails',
+  async () => {
+    const client = new pg.Client({
+      connectionString: proxy.urlFor(h.testDb.directUrl),
+      pipeline: true,
+    } as pg.ClientConfig)
+    await client.connect()
+    try {
+      void proxy.armStatementFault(/^BEGIN ISOLATION LEVEL REPEATABLE READ$/, 'fail')
+      const begin = client.query({
+        text: 'BEGIN ISOLATION LEVEL REPEATABLE READ',
+        queryMode: 'extended',
+      } as pg.QueryConfig)
+      const insert = client.query({ text: INSERT, queryMode: 'extended' } as pg.QueryConfig)
+      const outcomes = await Promise.allSettled([begin, insert])
+      expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'fulfilled'])
+    } finally {
+      await client.end()
+    }
+    // What pg-atomic's single Sync prevents: the statement ran, outside any transaction, and stays.
+    expect(await sequenceUsed()).toBe(true)
+    expect(await h.column('select x from t')).toEqual([1])
+  },
+)

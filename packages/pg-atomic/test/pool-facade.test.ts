@@ -29,7 +29,8 @@ const INSERT = 'insert into t (x) values ($1)'
 const committed = () => h.column<number>('select x from t order by x')
 const checkedOut = () => h.pool.totalCount - h.pool.idleCount
 const pidOf = (client: pg.PoolClient) => (client as unknown as { processID: number }).processID
-const FORBIDDEN = /^This is forbidden when an 'atomic' block is active\. BEGIN cannot be sent inside an atomic\(\) block/
+const FORBIDDEN =
+  /^This is forbidden when an 'atomic' block is active\. BEGIN cannot be sent inside an atomic\(\) block/
 
 /** Fails fast instead of waiting for jest's timeout when `promise` never settles. */
 function within<T>(promise: Promise<T>, ms: number): Promise<T> {
@@ -45,11 +46,15 @@ function describeOutcome(outcome: unknown): string {
   const o = outcome as PromiseSettledResult<unknown> | undefined
   if (o?.status === 'fulfilled') return 'resolved'
   const reason = o?.reason as Error | undefined
-  return reason instanceof TransactionManagementError ? 'TransactionManagementError' : `${reason?.name}: ${reason?.message}`
+  return reason instanceof TransactionManagementError
+    ? 'TransactionManagementError'
+    : `${reason?.name}: ${reason?.message}`
 }
 
 /** Promisifies the callback form of query(). */
-function callbackQuery(run: (cb: (err: Error | null, result?: pg.QueryResult) => void) => unknown): Promise<pg.QueryResult> {
+function callbackQuery(
+  run: (cb: (err: Error | null, result?: pg.QueryResult) => void) => unknown,
+): Promise<pg.QueryResult> {
   return new Promise((resolve, reject) => {
     const returned = run((err, result) => (err ? reject(err) : resolve(result as pg.QueryResult)))
     expect(returned).toBeUndefined()
@@ -70,10 +75,12 @@ describe('db.pool.query', () => {
   })
 
   test('inside a block it rolls back with the block', async () => {
-    await expect(atomic(async () => {
-      await h.db.pool.query(INSERT, [1])
-      throw new Boom('no')
-    })).rejects.toThrow(Boom)
+    await expect(
+      atomic(async () => {
+        await h.db.pool.query(INSERT, [1])
+        throw new Boom('no')
+      }),
+    ).rejects.toThrow(Boom)
     expect(await committed()).toEqual([])
     expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
   })
@@ -100,12 +107,14 @@ describe('db.pool.query', () => {
   })
 
   test('the callback receives the pg error, and inside a block that error dooms it', async () => {
-    const error = await rejection(atomic(async () => {
-      await h.db.pool.query(INSERT, [1])
-      const failed = await rejection(callbackQuery((cb) => h.db.pool.query('select 1/0', cb)))
-      expect(failed).toMatchObject({ code: '22012' })
-      throw failed
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await h.db.pool.query(INSERT, [1])
+        const failed = await rejection(callbackQuery((cb) => h.db.pool.query('select 1/0', cb)))
+        expect(failed).toMatchObject({ code: '22012' })
+        throw failed
+      }),
+    )
     expect(error).toMatchObject({ code: '22012' })
     expect(await committed()).toEqual([])
   })
@@ -146,15 +155,17 @@ describe('db.pool.connect', () => {
   })
 
   test('inside a block: its statements roll back with the block', async () => {
-    await expect(atomic(async () => {
-      const client = await h.db.pool.connect()
-      try {
-        await client.query(INSERT, [1])
-      } finally {
-        client.release()
-      }
-      throw new Boom('no')
-    })).rejects.toThrow(Boom)
+    await expect(
+      atomic(async () => {
+        const client = await h.db.pool.connect()
+        try {
+          await client.query(INSERT, [1])
+        } finally {
+          client.release()
+        }
+        throw new Boom('no')
+      }),
+    ).rejects.toThrow(Boom)
     expect(await committed()).toEqual([])
     expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
   })
@@ -169,7 +180,9 @@ describe('db.pool.connect', () => {
       expect((begin as Error).message).toMatch(FORBIDDEN)
       const commit = await rejection(client.query({ text: 'commit' }))
       expect(commit).toBeInstanceOf(TransactionManagementError)
-      expect((commit as Error).message).toMatch(/^This is forbidden when an 'atomic' block is active\. COMMIT cannot be sent/)
+      expect((commit as Error).message).toMatch(
+        /^This is forbidden when an 'atomic' block is active\. COMMIT cannot be sent/,
+      )
       expect(h.statements).toEqual([])
       client.release()
     })
@@ -195,7 +208,9 @@ describe('db.pool.connect', () => {
       const client = await h.db.pool.connect()
       const error = await rejection(Promise.resolve().then(() => client.query(new Cursor('select 1'))))
       expect(error).toBeInstanceOf(TransactionManagementError)
-      expect((error as Error).message).toMatch(/^Submittable queries \(cursors, streams\) cannot be passed .* use db\.cursor\(\) instead\.$/)
+      expect((error as Error).message).toMatch(
+        /^Submittable queries \(cursors, streams\) cannot be passed .* use db\.cursor\(\) instead\.$/,
+      )
       client.release()
     })
     expect(h.statements).toEqual([])
@@ -295,28 +310,32 @@ describe('events and counts', () => {
     expect(h.pool.listenerCount('remove')).toBe(0)
   })
 
-  test('the rest of the EventEmitter surface is delegated too: prependListener, listenerCount, listeners, removeAllListeners', async () => {
-    const first = jest.fn()
-    const second = jest.fn()
-    try {
-      h.db.pool.on('acquire', second)
-      h.db.pool.prependListener('acquire', first)
-      const client = await h.db.pool.connect()
-      client.release()
-      // A listener added with prependListener must hear the real pool's events, before the others.
-      expect(second).toHaveBeenCalledTimes(1)
-      expect(first).toHaveBeenCalledTimes(1)
-      expect(first.mock.invocationCallOrder[0]).toBeLessThan(second.mock.invocationCallOrder[0] ?? 0)
-      expect(h.pool.listenerCount('acquire')).toBe(2)
-      expect(h.db.pool.listenerCount('acquire')).toBe(2)
-      expect(h.db.pool.listeners('acquire')).toEqual([first, second])
-      h.db.pool.removeAllListeners('acquire')
-      expect(h.pool.listenerCount('acquire')).toBe(0)
-    } finally {
-      h.pool.removeAllListeners('acquire')
-      h.db.pool.removeAllListeners('acquire')
-    }
-  })
+  test(
+    'the rest of the EventEmitter surface is delegated too: prependListener, ' +
+      'listenerCount, listeners, removeAllListeners',
+    async () => {
+      const first = jest.fn()
+      const second = jest.fn()
+      try {
+        h.db.pool.on('acquire', second)
+        h.db.pool.prependListener('acquire', first)
+        const client = await h.db.pool.connect()
+        client.release()
+        // A listener added with prependListener must hear the real pool's events, before the others.
+        expect(second).toHaveBeenCalledTimes(1)
+        expect(first).toHaveBeenCalledTimes(1)
+        expect(first.mock.invocationCallOrder[0]).toBeLessThan(second.mock.invocationCallOrder[0] ?? 0)
+        expect(h.pool.listenerCount('acquire')).toBe(2)
+        expect(h.db.pool.listenerCount('acquire')).toBe(2)
+        expect(h.db.pool.listeners('acquire')).toEqual([first, second])
+        h.db.pool.removeAllListeners('acquire')
+        expect(h.pool.listenerCount('acquire')).toBe(0)
+      } finally {
+        h.pool.removeAllListeners('acquire')
+        h.db.pool.removeAllListeners('acquire')
+      }
+    },
+  )
 
   test('totalCount, idleCount and waitingCount are the real pool counts', async () => {
     const same = () => {
@@ -372,12 +391,18 @@ describe('submittables (pg-cursor, pg-query-stream) passed to query()', () => {
       ;(await checkout).end()
       await Promise.allSettled([block])
     }
-    expect(outcomes.map(describeOutcome)).toEqual(['TransactionManagementError', 'TransactionManagementError', 'TransactionManagementError'])
+    expect(outcomes.map(describeOutcome)).toEqual([
+      'TransactionManagementError',
+      'TransactionManagementError',
+      'TransactionManagementError',
+    ])
     expect(describeOutcome(result)).toBe('resolved')
   })
 
   test('outside a block, db.pool.query refuses it instead of returning a busy connection to the pool', async () => {
-    const [result] = await Promise.allSettled([h.db.pool.query(new Cursor('select 1') as never) as unknown as Promise<unknown>])
+    const [result] = await Promise.allSettled([
+      h.db.pool.query(new Cursor('select 1') as never) as unknown as Promise<unknown>,
+    ])
     if (result?.status === 'fulfilled') {
       // The connection went back to the pool with the portal open: destroy it so the file can go on.
       const poisoned = await h.pool.connect()
@@ -407,7 +432,10 @@ class KyselyLikeDriver {
   }
 
   /** Kysely's DefaultConnectionProvider: acquire, run, release. */
-  async execute<R>(sql: string, parameters: readonly unknown[] = []): Promise<{ rows: R[]; numUpdatedOrDeletedRows?: bigint }> {
+  async execute<R>(
+    sql: string,
+    parameters: readonly unknown[] = [],
+  ): Promise<{ rows: R[]; numUpdatedOrDeletedRows?: bigint }> {
     const connection = await this.acquireConnection()
     try {
       return await connection.executeQuery<R>(sql, parameters)
@@ -438,7 +466,10 @@ class KyselyLikeDriver {
 class KyselyLikeConnection {
   constructor(private readonly client: pg.PoolClient) {}
 
-  async executeQuery<R>(sql: string, parameters: readonly unknown[]): Promise<{ rows: R[]; numUpdatedOrDeletedRows?: bigint }> {
+  async executeQuery<R>(
+    sql: string,
+    parameters: readonly unknown[],
+  ): Promise<{ rows: R[]; numUpdatedOrDeletedRows?: bigint }> {
     const result = await this.client.query(sql, [...parameters])
     if (result.command === 'UPDATE' || result.command === 'DELETE') {
       return { numUpdatedOrDeletedRows: BigInt(result.rowCount ?? 0), rows: result.rows ?? [] }
@@ -469,7 +500,10 @@ class DrizzleLikeSession {
 
   /** NodePgPreparedQuery.execute() with selected fields: array rows. */
   async values(text: string, params: unknown[] = []): Promise<unknown[][]> {
-    const result = await this.client.query({ name: undefined, text, rowMode: 'array', types: drizzleTypes } as pg.QueryArrayConfig, params)
+    const result = await this.client.query(
+      { name: undefined, text, rowMode: 'array', types: drizzleTypes } as pg.QueryArrayConfig,
+      params,
+    )
     return result.rows
   }
 
@@ -499,15 +533,17 @@ class DrizzleLikeSession {
 describe('query builders that take a pool join atomic() blocks', () => {
   test('Kysely-style acquire/query/release per statement runs in the block and rolls back with it', async () => {
     const kysely = new KyselyLikeDriver(h.db.pool)
-    const error = await rejection(atomic(async () => {
-      await kysely.execute('insert into t (x) values ($1), ($2)', [1, 2])
-      const updated = await kysely.execute('update t set x = x * 10 where x = $1', [2])
-      expect(updated.numUpdatedOrDeletedRows).toBe(1n)
-      expect((await kysely.execute<{ x: number }>('select x from t order by x')).rows).toEqual([{ x: 1 }, { x: 20 }])
-      expect(checkedOut()).toBe(1)
-      expect(await committed()).toEqual([])
-      throw new Boom('undo')
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await kysely.execute('insert into t (x) values ($1), ($2)', [1, 2])
+        const updated = await kysely.execute('update t set x = x * 10 where x = $1', [2])
+        expect(updated.numUpdatedOrDeletedRows).toBe(1n)
+        expect((await kysely.execute<{ x: number }>('select x from t order by x')).rows).toEqual([{ x: 1 }, { x: 20 }])
+        expect(checkedOut()).toBe(1)
+        expect(await committed()).toEqual([])
+        throw new Boom('undo')
+      }),
+    )
     expect(error).toBeInstanceOf(Boom)
     expect(await committed()).toEqual([])
     expect(h.statements).toEqual([
@@ -547,27 +583,32 @@ describe('query builders that take a pool join atomic() blocks', () => {
     expect(h.statements).toEqual(['begin', INSERT, 'commit'])
   })
 
-  test('Drizzle-style pool.query({ text, rowMode: "array", types }, params) runs in the block and rolls back with it', async () => {
-    const drizzle = new DrizzleLikeSession(h.db.pool)
-    const error = await rejection(atomic(async () => {
-      await drizzle.execute(INSERT, [1])
-      expect(await drizzle.values('select x, $1::text as label from t', ['one'])).toEqual([[1, 'one']])
-      // The config's own type parsers are used: timestamptz stays a string.
-      const [[stamp]] = (await drizzle.values("select '2024-01-02 03:04:05+00'::timestamptz")) as [[unknown]]
-      expect(typeof stamp).toBe('string')
+  test(
+    'Drizzle-style pool.query({ text, rowMode: "array", types }, params) runs in the ' + 'block and rolls back with it',
+    async () => {
+      const drizzle = new DrizzleLikeSession(h.db.pool)
+      const error = await rejection(
+        atomic(async () => {
+          await drizzle.execute(INSERT, [1])
+          expect(await drizzle.values('select x, $1::text as label from t', ['one'])).toEqual([[1, 'one']])
+          // The config's own type parsers are used: timestamptz stays a string.
+          const [[stamp]] = (await drizzle.values("select '2024-01-02 03:04:05+00'::timestamptz")) as [[unknown]]
+          expect(typeof stamp).toBe('string')
+          expect(await committed()).toEqual([])
+          throw new Boom('undo')
+        }),
+      )
+      expect(error).toBeInstanceOf(Boom)
       expect(await committed()).toEqual([])
-      throw new Boom('undo')
-    }))
-    expect(error).toBeInstanceOf(Boom)
-    expect(await committed()).toEqual([])
-    expect(h.statements).toEqual([
-      'BEGIN',
-      INSERT,
-      'select x, $1::text as label from t',
-      "select '2024-01-02 03:04:05+00'::timestamptz",
-      'ROLLBACK',
-    ])
-  })
+      expect(h.statements).toEqual([
+        'BEGIN',
+        INSERT,
+        'select x, $1::text as label from t',
+        "select '2024-01-02 03:04:05+00'::timestamptz",
+        'ROLLBACK',
+      ])
+    },
+  )
 
   test('Drizzle-style statements commit with the block', async () => {
     const drizzle = new DrizzleLikeSession(h.db.pool)
@@ -578,13 +619,17 @@ describe('query builders that take a pool join atomic() blocks', () => {
     expect(await committed()).toEqual([1])
   })
 
-  test("Drizzle's own transaction() outside a block runs on one pooled client, as with a pg.Pool (needs db.pool instanceof pg.Pool)", async () => {
-    const drizzle = new DrizzleLikeSession(h.db.pool)
-    await drizzle.transaction(async (tx) => {
-      await tx.execute(INSERT, [1])
-      expect(await tx.values('select count(*)::int from t')).toEqual([[1]])
-    })
-    expect(await committed()).toEqual([1])
-    expect(h.statements).toEqual(['begin', INSERT, 'select count(*)::int from t', 'commit'])
-  })
+  test(
+    "Drizzle's own transaction() outside a block runs on one pooled client, as with " +
+      'a pg.Pool (needs db.pool instanceof pg.Pool)',
+    async () => {
+      const drizzle = new DrizzleLikeSession(h.db.pool)
+      await drizzle.transaction(async (tx) => {
+        await tx.execute(INSERT, [1])
+        expect(await tx.values('select count(*)::int from t')).toEqual([[1]])
+      })
+      expect(await committed()).toEqual([1])
+      expect(h.statements).toEqual(['begin', INSERT, 'select count(*)::int from t', 'commit'])
+    },
+  )
 })

@@ -101,87 +101,98 @@ async function readModifyWriteAfterConcurrentUpdate(): Promise<unknown> {
 }
 
 describe('a real serialization failure is retried in a fresh transaction', () => {
-  test('40001 raised by a statement (repeatable read): attempt 1 rolls back, attempt 2 runs the whole function again and commits', async () => {
-    const acquired = jest.fn()
-    h.pool.on('acquire', acquired)
-    const seen: Array<{ id: number; txid: string; balance: number }> = []
-    let failure: unknown
-    try {
-      const result = await atomic({ isolationLevel: 'repeatable read', retry: NOW, name: 'debit' }, async (tx) => {
-        const { rows } = await h.db.query<{ balance: number; txid: string }>('select balance, txid_current()::text as txid from accounts where id = 1')
-        const { balance, txid } = rows[0] as { balance: number; txid: string }
-        seen.push({ id: tx.id, txid, balance })
-        if (seen.length === 1) await h.admin.query('update accounts set balance = balance + 1 where id = 1')
-        try {
-          await h.db.query(UPDATE_1, [balance - 10])
-        } catch (error) {
-          failure = error
-          throw error
-        }
-        return balance
-      })
-      expect(result).toBe(101)
-    } finally {
-      h.pool.off('acquire', acquired)
-    }
-    expect(failure).toBeInstanceOf(pg.DatabaseError)
-    expect(failure).toMatchObject({ code: '40001', message: 'could not serialize access due to concurrent update' })
-    // The second attempt saw the concurrent update: a new snapshot, a new transaction.
-    expect(seen.map((s) => s.balance)).toEqual([100, 101])
-    expect(seen[0]?.id).not.toBe(seen[1]?.id)
-    expect(seen[0]?.txid).not.toBe(seen[1]?.txid)
-    expect(acquired).toHaveBeenCalledTimes(2)
-    expect(await balances()).toEqual([91, 100])
-    const SELECT = 'select balance, txid_current()::text as txid from accounts where id = 1'
-    expect(h.statements).toEqual([BEGIN_RR, SELECT, UPDATE_1, 'ROLLBACK', BEGIN_RR, SELECT, UPDATE_1, 'COMMIT'])
-    expect(retries).toEqual([{ attempt: 1, maxAttempts: 3, code: '40001', error: failure, delayMs: 0, database: 'default', name: 'debit' }])
-  })
+  test(
+    '40001 raised by a statement (repeatable read): attempt 1 rolls back, attempt 2 ' +
+      'runs the whole function again and commits',
+    async () => {
+      const acquired = jest.fn()
+      h.pool.on('acquire', acquired)
+      const seen: Array<{ id: number; txid: string; balance: number }> = []
+      let failure: unknown
+      try {
+        const result = await atomic({ isolationLevel: 'repeatable read', retry: NOW, name: 'debit' }, async (tx) => {
+          const { rows } = await h.db.query<{ balance: number; txid: string }>(
+            'select balance, txid_current()::text as txid from accounts where id = 1',
+          )
+          const { balance, txid } = rows[0] as { balance: number; txid: string }
+          seen.push({ id: tx.id, txid, balance })
+          if (seen.length === 1) await h.admin.query('update accounts set balance = balance + 1 where id = 1')
+          try {
+            await h.db.query(UPDATE_1, [balance - 10])
+          } catch (error) {
+            failure = error
+            throw error
+          }
+          return balance
+        })
+        expect(result).toBe(101)
+      } finally {
+        h.pool.off('acquire', acquired)
+      }
+      expect(failure).toBeInstanceOf(pg.DatabaseError)
+      expect(failure).toMatchObject({ code: '40001', message: 'could not serialize access due to concurrent update' })
+      // The second attempt saw the concurrent update: a new snapshot, a new transaction.
+      expect(seen.map((s) => s.balance)).toEqual([100, 101])
+      expect(seen[0]?.id).not.toBe(seen[1]?.id)
+      expect(seen[0]?.txid).not.toBe(seen[1]?.txid)
+      expect(acquired).toHaveBeenCalledTimes(2)
+      expect(await balances()).toEqual([91, 100])
+      const SELECT = 'select balance, txid_current()::text as txid from accounts where id = 1'
+      expect(h.statements).toEqual([BEGIN_RR, SELECT, UPDATE_1, 'ROLLBACK', BEGIN_RR, SELECT, UPDATE_1, 'COMMIT'])
+      expect(retries).toEqual([
+        { attempt: 1, maxAttempts: 3, code: '40001', error: failure, delayMs: 0, database: 'default', name: 'debit' },
+      ])
+    },
+  )
 
-  test('40001 raised by COMMIT (SSI write skew, "during commit attempt"): no ROLLBACK is sent, the retry commits', async () => {
-    const other = await h.admin.connect()
-    const calls: string[] = []
-    let attempt = 0
-    try {
-      await other.query('begin isolation level serializable')
-      await other.query('select count(*) from doctors where on_call')
-      const onCall = await atomic({ isolationLevel: 'serializable', retry: NOW }, async () => {
-        const n = ++attempt
-        calls.push(`attempt ${n}`)
-        onCommit(() => void calls.push(`onCommit ${n}`))
-        onRollback(() => void calls.push(`onRollback ${n}`))
-        const { rows } = await h.db.query<{ n: number }>('select count(*)::int as n from doctors where on_call')
-        const count = (rows[0] as { n: number }).n
-        if (n === 1) await other.query("update doctors set on_call = false where name = 'alice'")
-        if (count >= 2) await h.db.query("update doctors set on_call = false where name = 'bob'")
-        if (n === 1) await other.query('commit') // the other transaction commits first
-        return count
+  test(
+    '40001 raised by COMMIT (SSI write skew, "during commit attempt"): no ROLLBACK ' + 'is sent, the retry commits',
+    async () => {
+      const other = await h.admin.connect()
+      const calls: string[] = []
+      let attempt = 0
+      try {
+        await other.query('begin isolation level serializable')
+        await other.query('select count(*) from doctors where on_call')
+        const onCall = await atomic({ isolationLevel: 'serializable', retry: NOW }, async () => {
+          const n = ++attempt
+          calls.push(`attempt ${n}`)
+          onCommit(() => void calls.push(`onCommit ${n}`))
+          onRollback(() => void calls.push(`onRollback ${n}`))
+          const { rows } = await h.db.query<{ n: number }>('select count(*)::int as n from doctors where on_call')
+          const count = (rows[0] as { n: number }).n
+          if (n === 1) await other.query("update doctors set on_call = false where name = 'alice'")
+          if (count >= 2) await h.db.query("update doctors set on_call = false where name = 'bob'")
+          if (n === 1) await other.query('commit') // the other transaction commits first
+          return count
+        })
+        expect(onCall).toBe(1)
+      } finally {
+        other.release()
+      }
+      const SELECT = 'select count(*)::int as n from doctors where on_call'
+      const UPDATE = "update doctors set on_call = false where name = 'bob'"
+      // The first COMMIT failed; the server had already rolled back, so no ROLLBACK follows it.
+      expect(h.statements).toEqual([BEGIN_SER, SELECT, UPDATE, 'COMMIT', BEGIN_SER, SELECT, 'COMMIT'])
+      const commits = statementEvents.filter((e) => e.kind === 'commit')
+      expect(commits).toHaveLength(2)
+      expect(commits[0]?.error).toBeInstanceOf(pg.DatabaseError)
+      expect(commits[0]?.error).toMatchObject({
+        code: '40001',
+        message: 'could not serialize access due to read/write dependencies among transactions',
+        detail: 'Reason code: Canceled on identification as a pivot, during commit attempt.',
       })
-      expect(onCall).toBe(1)
-    } finally {
-      other.release()
-    }
-    const SELECT = 'select count(*)::int as n from doctors where on_call'
-    const UPDATE = "update doctors set on_call = false where name = 'bob'"
-    // The first COMMIT failed; the server had already rolled back, so no ROLLBACK follows it.
-    expect(h.statements).toEqual([BEGIN_SER, SELECT, UPDATE, 'COMMIT', BEGIN_SER, SELECT, 'COMMIT'])
-    const commits = statementEvents.filter((e) => e.kind === 'commit')
-    expect(commits).toHaveLength(2)
-    expect(commits[0]?.error).toBeInstanceOf(pg.DatabaseError)
-    expect(commits[0]?.error).toMatchObject({
-      code: '40001',
-      message: 'could not serialize access due to read/write dependencies among transactions',
-      detail: 'Reason code: Canceled on identification as a pivot, during commit attempt.',
-    })
-    expect(commits[1]?.error).toBeUndefined()
-    expect(commits[0]?.transactionId).not.toBe(commits[1]?.transactionId)
-    expect(retries).toEqual([expect.objectContaining({ attempt: 1, code: '40001', error: commits[0]?.error })])
-    // Attempt 1's onCommit hook was dropped and its onRollback hook ran before attempt 2 started.
-    expect(calls).toEqual(['attempt 1', 'onRollback 1', 'attempt 2', 'onCommit 2'])
-    expect(await h.rows('select name, on_call from doctors order by name')).toEqual([
-      { name: 'alice', on_call: false },
-      { name: 'bob', on_call: true },
-    ])
-  })
+      expect(commits[1]?.error).toBeUndefined()
+      expect(commits[0]?.transactionId).not.toBe(commits[1]?.transactionId)
+      expect(retries).toEqual([expect.objectContaining({ attempt: 1, code: '40001', error: commits[0]?.error })])
+      // Attempt 1's onCommit hook was dropped and its onRollback hook ran before attempt 2 started.
+      expect(calls).toEqual(['attempt 1', 'onRollback 1', 'attempt 2', 'onCommit 2'])
+      expect(await h.rows('select name, on_call from doctors order by name')).toEqual([
+        { name: 'alice', on_call: false },
+        { name: 'bob', on_call: true },
+      ])
+    },
+  )
 
   test('40P01: the deadlock victim is retried and commits', async () => {
     const other = await h.admin.connect()
@@ -206,7 +217,9 @@ describe('a real serialization failure is retried in a fresh transaction', () =>
           await other.query('update accounts set balance = balance - 2 where id = 2')
           otherWaiting = other.query('update accounts set balance = balance + 2 where id = 1')
           await waitUntil(
-            async () => (await h.rows("select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'", [otherPid])).length === 1,
+            async () =>
+              (await h.rows("select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'", [otherPid]))
+                .length === 1,
             'the other session to wait for row 1',
           )
         }
@@ -225,67 +238,81 @@ describe('a real serialization failure is retried in a fresh transaction', () =>
     expect(attempt).toBe(2)
     expect(await balances()).toEqual([101, 99])
     expect(retries).toEqual([expect.objectContaining({ attempt: 1, code: '40P01', error: failure, delayMs: 0 })])
-    expect(h.statements.filter((s) => s === 'BEGIN' || s === 'COMMIT' || s === 'ROLLBACK')).toEqual(['BEGIN', 'ROLLBACK', 'BEGIN', 'COMMIT'])
-  })
-
-  test('a 40001 inside a nested block retries the whole transaction from the outermost block, never the savepoint alone', async () => {
-    const calls: string[] = []
-    let attempt = 0
-    await atomic({ isolationLevel: 'repeatable read', retry: NOW }, async () => {
-      const n = ++attempt
-      await h.db.query('insert into t (x) values ($1)', [n])
-      onRollback(() => void calls.push(`outer onRollback ${n}`))
-      await atomic(async () => {
-        onCommit(() => void calls.push(`nested onCommit ${n}`))
-        onRollback(() => void calls.push(`nested onRollback ${n}`))
-        if (n === 1) throw await readModifyWriteAfterConcurrentUpdate()
-        await h.db.query('update accounts set balance = balance - 10 where id = 1')
-      })
-    })
-    expect(attempt).toBe(2)
-    expect(calls).toEqual(['nested onRollback 1', 'outer onRollback 1', 'nested onCommit 2'])
-    expect(await h.column('select x from t')).toEqual([2])
-    expect(await balances()).toEqual([91, 100])
-    const INSERT = 'insert into t (x) values ($1)'
-    expect(h.statements).toEqual([
-      BEGIN_RR,
-      INSERT,
-      'SAVEPOINT "pga_1"',
-      SELECT_1,
-      UPDATE_1,
-      // The nested block's savepoint is rolled back and released (on the next turn), then the whole transaction.
-      'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+    expect(h.statements.filter((s) => s === 'BEGIN' || s === 'COMMIT' || s === 'ROLLBACK')).toEqual([
+      'BEGIN',
       'ROLLBACK',
-      BEGIN_RR,
-      INSERT,
-      'SAVEPOINT "pga_1"',
-      'update accounts set balance = balance - 10 where id = 1',
+      'BEGIN',
       'COMMIT',
     ])
   })
 
-  test('a swallowed 40001 (the block rejects with TransactionManagementError, cause 40001) is retried too', async () => {
-    let attempt = 0
-    let swallowed: unknown
-    const result = await atomic({ isolationLevel: 'repeatable read', retry: NOW }, async () => {
-      attempt++
-      if (attempt === 1) {
-        swallowed = await readModifyWriteAfterConcurrentUpdate() // caught, not re-raised
-        return 'first'
-      }
-      await h.db.query('update accounts set balance = balance - 10 where id = 1')
-      return 'second'
-    })
-    expect(result).toBe('second')
-    expect(swallowed).toMatchObject({ code: '40001' })
-    expect(retries).toHaveLength(1)
-    const event = retries[0] as RetryEvent
-    expect(event).toMatchObject({ attempt: 1, code: '40001' })
-    expect(event.error).toBeInstanceOf(TransactionManagementError)
-    expect((event.error as Error).message).toMatch(/^The 'atomic' block finished normally, but an error inside it was caught and not re-raised/)
-    expect((event.error as Error).cause).toBe(swallowed)
-    expect(await balances()).toEqual([91, 100])
-  })
+  test(
+    'a 40001 inside a nested block retries the whole transaction from the outermost ' +
+      'block, never the savepoint alone',
+    async () => {
+      const calls: string[] = []
+      let attempt = 0
+      await atomic({ isolationLevel: 'repeatable read', retry: NOW }, async () => {
+        const n = ++attempt
+        await h.db.query('insert into t (x) values ($1)', [n])
+        onRollback(() => void calls.push(`outer onRollback ${n}`))
+        await atomic(async () => {
+          onCommit(() => void calls.push(`nested onCommit ${n}`))
+          onRollback(() => void calls.push(`nested onRollback ${n}`))
+          if (n === 1) throw await readModifyWriteAfterConcurrentUpdate()
+          await h.db.query('update accounts set balance = balance - 10 where id = 1')
+        })
+      })
+      expect(attempt).toBe(2)
+      expect(calls).toEqual(['nested onRollback 1', 'outer onRollback 1', 'nested onCommit 2'])
+      expect(await h.column('select x from t')).toEqual([2])
+      expect(await balances()).toEqual([91, 100])
+      const INSERT = 'insert into t (x) values ($1)'
+      expect(h.statements).toEqual([
+        BEGIN_RR,
+        INSERT,
+        'SAVEPOINT "pga_1"',
+        SELECT_1,
+        UPDATE_1,
+        // The nested block's savepoint is rolled back and released (on the next turn), then the whole transaction.
+        'ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"',
+        'ROLLBACK',
+        BEGIN_RR,
+        INSERT,
+        'SAVEPOINT "pga_1"',
+        'update accounts set balance = balance - 10 where id = 1',
+        'COMMIT',
+      ])
+    },
+  )
+
+  test(
+    'a swallowed 40001 (the block rejects with TransactionManagementError, cause ' + '40001) is retried too',
+    async () => {
+      let attempt = 0
+      let swallowed: unknown
+      const result = await atomic({ isolationLevel: 'repeatable read', retry: NOW }, async () => {
+        attempt++
+        if (attempt === 1) {
+          swallowed = await readModifyWriteAfterConcurrentUpdate() // caught, not re-raised
+          return 'first'
+        }
+        await h.db.query('update accounts set balance = balance - 10 where id = 1')
+        return 'second'
+      })
+      expect(result).toBe('second')
+      expect(swallowed).toMatchObject({ code: '40001' })
+      expect(retries).toHaveLength(1)
+      const event = retries[0] as RetryEvent
+      expect(event).toMatchObject({ attempt: 1, code: '40001' })
+      expect(event.error).toBeInstanceOf(TransactionManagementError)
+      expect((event.error as Error).message).toMatch(
+        /^The 'atomic' block finished normally, but an error inside it was caught and not re-raised/,
+      )
+      expect((event.error as Error).cause).toBe(swallowed)
+      expect(await balances()).toEqual([91, 100])
+    },
+  )
 })
 
 describe('after the last attempt', () => {
@@ -300,21 +327,34 @@ describe('after the last attempt', () => {
     expect(body).toHaveBeenCalledTimes(3)
     expect(error).toBeInstanceOf(pg.DatabaseError)
     expect(error).toBe(failures[2])
-    expect(error).toMatchObject({ code: '40001', attempts: 3, message: 'could not serialize access due to concurrent update' })
+    expect(error).toMatchObject({
+      code: '40001',
+      attempts: 3,
+      message: 'could not serialize access due to concurrent update',
+    })
     expect(isRetryable(error)).toBe(true)
     expect(retries.map((r) => [r.attempt, r.maxAttempts, r.code, r.error])).toEqual([
       [1, 3, '40001', failures[0]],
       [2, 3, '40001', failures[1]],
     ])
-    expect(h.statements.filter((s) => s.startsWith('BEGIN') || s === 'ROLLBACK' || s === 'COMMIT')).toEqual([BEGIN_RR, 'ROLLBACK', BEGIN_RR, 'ROLLBACK', BEGIN_RR, 'ROLLBACK'])
+    expect(h.statements.filter((s) => s.startsWith('BEGIN') || s === 'ROLLBACK' || s === 'COMMIT')).toEqual([
+      BEGIN_RR,
+      'ROLLBACK',
+      BEGIN_RR,
+      'ROLLBACK',
+      BEGIN_RR,
+      'ROLLBACK',
+    ])
     // Each attempt read the value the previous concurrent update left.
     expect(await balances()).toEqual([103, 100])
   })
 
   test('a swallowed 40001 on every attempt: TransactionManagementError (cause 40001) with attempts', async () => {
-    const error = await rejection(atomic({ isolationLevel: 'repeatable read', retry: { maxAttempts: 2, baseDelayMs: 0 } }, async () => {
-      await readModifyWriteAfterConcurrentUpdate()
-    }))
+    const error = await rejection(
+      atomic({ isolationLevel: 'repeatable read', retry: { maxAttempts: 2, baseDelayMs: 0 } }, async () => {
+        await readModifyWriteAfterConcurrentUpdate()
+      }),
+    )
     expect(error).toBeInstanceOf(TransactionManagementError)
     expect(error).toMatchObject({ attempts: 2, cause: expect.objectContaining({ code: '40001' }) })
     expect(retries).toHaveLength(1)
@@ -335,23 +375,29 @@ describe('after the last attempt', () => {
 describe('retry events and backoff', () => {
   /** Fails every attempt with a 40001 (raised on the server) and returns the events. */
   async function failEveryAttempt(retry: RetryOptions): Promise<RetryEvent[]> {
-    const error = await rejection(atomic({ retry, name: 'backoff' }, () => h.db.query("select raise_sqlstate('40001')")))
+    const error = await rejection(
+      atomic({ retry, name: 'backoff' }, () => h.db.query("select raise_sqlstate('40001')")),
+    )
     expect(error).toMatchObject({ code: '40001', attempts: retry.maxAttempts })
     return retries.slice()
   }
 
-  test('one event per retry, with attempt, code, error, and a whole-number delay in [0, min(maxDelayMs, baseDelayMs·2^(attempt−1))]', async () => {
-    const events = await failEveryAttempt({ maxAttempts: 6, baseDelayMs: 3, maxDelayMs: 10 })
-    expect(events.map((e) => e.attempt)).toEqual([1, 2, 3, 4, 5])
-    const ceilings = [3, 6, 10, 10, 10]
-    for (const [i, e] of events.entries()) {
-      expect(e).toMatchObject({ maxAttempts: 6, code: '40001', database: 'default', name: 'backoff' })
-      expect(e.error).toBeInstanceOf(pg.DatabaseError)
-      expect(Number.isInteger(e.delayMs)).toBe(true)
-      expect(e.delayMs).toBeGreaterThanOrEqual(0)
-      expect(e.delayMs).toBeLessThanOrEqual(ceilings[i] as number)
-    }
-  })
+  test(
+    'one event per retry, with attempt, code, error, and a whole-number delay in [0, ' +
+      'min(maxDelayMs, baseDelayMs·2^(attempt−1))]',
+    async () => {
+      const events = await failEveryAttempt({ maxAttempts: 6, baseDelayMs: 3, maxDelayMs: 10 })
+      expect(events.map((e) => e.attempt)).toEqual([1, 2, 3, 4, 5])
+      const ceilings = [3, 6, 10, 10, 10]
+      for (const [i, e] of events.entries()) {
+        expect(e).toMatchObject({ maxAttempts: 6, code: '40001', database: 'default', name: 'backoff' })
+        expect(e.error).toBeInstanceOf(pg.DatabaseError)
+        expect(Number.isInteger(e.delayMs)).toBe(true)
+        expect(e.delayMs).toBeGreaterThanOrEqual(0)
+        expect(e.delayMs).toBeLessThanOrEqual(ceilings[i] as number)
+      }
+    },
+  )
 
   test('maxDelayMs bounds every delay, however large baseDelayMs is', async () => {
     const events = await failEveryAttempt({ maxAttempts: 5, baseDelayMs: 60_000, maxDelayMs: 5 })
@@ -419,7 +465,11 @@ describe('retryOn', () => {
     expect(await h.column('select x from t')).toEqual([2])
 
     seen.length = 0
-    const error = await rejection(atomic({ retry: { maxAttempts: 3, baseDelayMs: 0, retryOn } }, () => h.db.query("select raise_sqlstate('40001')")))
+    const error = await rejection(
+      atomic({ retry: { maxAttempts: 3, baseDelayMs: 0, retryOn } }, () =>
+        h.db.query("select raise_sqlstate('40001')"),
+      ),
+    )
     expect(error).toMatchObject({ code: '40001' })
     expect(seen).toEqual([error])
     expect(error).not.toHaveProperty('attempts')
@@ -455,10 +505,12 @@ describe('what is not retried', () => {
   test('a non-retryable error on a later attempt ends the retries and carries the attempts made', async () => {
     const boom = new Boom('second attempt')
     let attempt = 0
-    const error = await rejection(atomic({ retry: { maxAttempts: 5, baseDelayMs: 0 } }, async () => {
-      if (++attempt === 1) await h.db.query("select raise_sqlstate('40001')")
-      throw boom
-    }))
+    const error = await rejection(
+      atomic({ retry: { maxAttempts: 5, baseDelayMs: 0 } }, async () => {
+        if (++attempt === 1) await h.db.query("select raise_sqlstate('40001')")
+        throw boom
+      }),
+    )
     expect(error).toBe(boom)
     expect(error).toMatchObject({ attempts: 2 })
     expect(retries).toHaveLength(1)
@@ -466,10 +518,12 @@ describe('what is not retried', () => {
 
   test('a thrown primitive on a later attempt is rethrown as it is (nothing can be attached to it)', async () => {
     let attempt = 0
-    const error = await rejection(atomic({ retry: { maxAttempts: 5, baseDelayMs: 0 } }, async () => {
-      if (++attempt === 1) await h.db.query("select raise_sqlstate('40P01')")
-      throw 'plain string'
-    }))
+    const error = await rejection(
+      atomic({ retry: { maxAttempts: 5, baseDelayMs: 0 } }, async () => {
+        if (++attempt === 1) await h.db.query("select raise_sqlstate('40P01')")
+        throw 'plain string'
+      }),
+    )
     expect(error).toBe('plain string')
     expect(attempt).toBe(2)
   })
@@ -480,22 +534,28 @@ describe('retry and nesting', () => {
     ['retry: 3', 3],
     ['retry: 1', 1],
     ['retry: { maxAttempts: 2 }', { maxAttempts: 2 }],
-  ])('%s on a nested block is a TransactionManagementError at entry; nothing is sent and the outer block goes on', async (_label, retry) => {
-    const body = jest.fn()
-    await atomic(async () => {
-      await h.db.query('insert into t (x) values (1)')
-      h.reset()
-      const error = await rejection(atomic({ retry, name: 'inner' }, body))
-      expect(error).toBeInstanceOf(TransactionManagementError)
-      expect((error as Error).message).toBe(
-        'The retry option is only allowed on the outermost atomic() block, but this block is nested: PostgreSQL can only retry whole transactions (a savepoint retry keeps the old snapshot and its locks). Put retry on the outermost block. (block "inner")',
-      )
-      expect(h.statements).toEqual([])
-      await h.db.query('insert into t (x) values (2)')
-    })
-    expect(body).not.toHaveBeenCalled()
-    expect(await h.column('select x from t order by x')).toEqual([1, 2])
-  })
+  ])(
+    '%s on a nested block is a TransactionManagementError at entry; nothing is sent and the outer block goes on',
+    async (_label, retry) => {
+      const body = jest.fn()
+      await atomic(async () => {
+        await h.db.query('insert into t (x) values (1)')
+        h.reset()
+        const error = await rejection(atomic({ retry, name: 'inner' }, body))
+        expect(error).toBeInstanceOf(TransactionManagementError)
+        expect((error as Error).message).toBe(
+          'The retry option is only allowed on the outermost atomic() block, but this ' +
+            'block is nested: PostgreSQL can only retry whole transactions (a savepoint ' +
+            'retry keeps the old snapshot and its locks). Put retry on the outermost block. ' +
+            '(block "inner")',
+        )
+        expect(h.statements).toEqual([])
+        await h.db.query('insert into t (x) values (2)')
+      })
+      expect(body).not.toHaveBeenCalled()
+      expect(await h.column('select x from t order by x')).toEqual([1, 2])
+    },
+  )
 
   describe('a database-level default', () => {
     let db: Database
@@ -504,22 +564,27 @@ describe('retry and nesting', () => {
     })
     afterAll(() => db.close())
 
-    test('applies to outermost blocks; a nested block inside is fine and the whole transaction is retried', async () => {
-      let attempt = 0
-      const depths: number[] = []
-      await atomic({ using: 'retry_default' }, async () => {
-        const n = ++attempt
-        await db.query('insert into t (x) values ($1)', [n])
-        await atomic({ using: 'retry_default' }, async (inner) => {
-          depths.push(inner.depth)
-          if (n === 1) await db.query("select raise_sqlstate('40001')")
+    test(
+      'applies to outermost blocks; a nested block inside is fine and the whole ' + 'transaction is retried',
+      async () => {
+        let attempt = 0
+        const depths: number[] = []
+        await atomic({ using: 'retry_default' }, async () => {
+          const n = ++attempt
+          await db.query('insert into t (x) values ($1)', [n])
+          await atomic({ using: 'retry_default' }, async (inner) => {
+            depths.push(inner.depth)
+            if (n === 1) await db.query("select raise_sqlstate('40001')")
+          })
         })
-      })
-      expect(attempt).toBe(2)
-      expect(depths).toEqual([2, 2])
-      expect(retries).toEqual([expect.objectContaining({ attempt: 1, maxAttempts: 3, code: '40001', database: 'retry_default' })])
-      expect(await h.column('select x from t')).toEqual([2])
-    })
+        expect(attempt).toBe(2)
+        expect(depths).toEqual([2, 2])
+        expect(retries).toEqual([
+          expect.objectContaining({ attempt: 1, maxAttempts: 3, code: '40001', database: 'retry_default' }),
+        ])
+        expect(await h.column('select x from t')).toEqual([2])
+      },
+    )
 
     test('the exhausted default carries attempts like an explicit retry', async () => {
       const body = jest.fn(() => db.query("select raise_sqlstate('40P01')"))
@@ -551,28 +616,36 @@ describe('an ambiguous COMMIT is never retried', () => {
   beforeAll(async () => {
     // Between pg-atomic and the server itself, also in CI's PgBouncer run.
     proxy = await startFaultProxy(targetOf(h.testDb.directUrl))
-    db = createDatabase({ connectionString: proxy.urlFor(h.testDb.directUrl), alias: 'retry_proxied', max: 2, logger: { error: (message) => logged.push(message) } })
+    db = createDatabase({
+      connectionString: proxy.urlFor(h.testDb.directUrl),
+      alias: 'retry_proxied',
+      max: 2,
+      logger: { error: (message) => logged.push(message) },
+    })
   })
   afterAll(async () => {
     await db.close()
     await proxy.close()
   })
 
-  test('CommitOutcomeUnknownError, even with retry: 5 and a retryOn that accepts everything; the data is committed', async () => {
-    const body = jest.fn(async () => {
-      await db.query('insert into t (x) values (7)')
-    })
-    const lost = proxy.armCommitFault('response-lost')
-    const error = await rejection(db.atomic({ retry: { maxAttempts: 5, baseDelayMs: 0, retryOn: () => true } }, body))
-    expect(await lost).toBe('COMMIT')
-    expect(error).toBeInstanceOf(CommitOutcomeUnknownError)
-    expect(error).not.toHaveProperty('attempts')
-    expect(body).toHaveBeenCalledTimes(1)
-    expect(retries).toEqual([])
-    expect(isRetryable(error)).toBe(false)
-    // The COMMIT reached the server before the answer was lost: the work is there.
-    expect(await h.column('select x from t')).toEqual([7])
-    await waitUntil(() => db.pool.totalCount === db.pool.idleCount, 'the proxied pool to be idle')
-    expect(logged).toEqual([])
-  })
+  test(
+    'CommitOutcomeUnknownError, even with retry: 5 and a retryOn that accepts ' + 'everything; the data is committed',
+    async () => {
+      const body = jest.fn(async () => {
+        await db.query('insert into t (x) values (7)')
+      })
+      const lost = proxy.armCommitFault('response-lost')
+      const error = await rejection(db.atomic({ retry: { maxAttempts: 5, baseDelayMs: 0, retryOn: () => true } }, body))
+      expect(await lost).toBe('COMMIT')
+      expect(error).toBeInstanceOf(CommitOutcomeUnknownError)
+      expect(error).not.toHaveProperty('attempts')
+      expect(body).toHaveBeenCalledTimes(1)
+      expect(retries).toEqual([])
+      expect(isRetryable(error)).toBe(false)
+      // The COMMIT reached the server before the answer was lost: the work is there.
+      expect(await h.column('select x from t')).toEqual([7])
+      await waitUntil(() => db.pool.totalCount === db.pool.idleCount, 'the proxied pool to be idle')
+      expect(logged).toEqual([])
+    },
+  )
 })

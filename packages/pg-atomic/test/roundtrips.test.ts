@@ -76,10 +76,15 @@ describe("pgbench's TPC-B transaction", () => {
   const tpcb = (aid: number, tid: number, bid: number, delta: number) =>
     atomic(async () => {
       await h.db.query('UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2', [delta, aid])
-      const { rows } = await h.db.query<{ abalance: number }>('SELECT abalance FROM pgbench_accounts WHERE aid = $1', [aid])
+      const { rows } = await h.db.query<{ abalance: number }>('SELECT abalance FROM pgbench_accounts WHERE aid = $1', [
+        aid,
+      ])
       await h.db.query('UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2', [delta, tid])
       await h.db.query('UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2', [delta, bid])
-      await h.db.query('INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)', [tid, bid, aid, delta])
+      await h.db.query(
+        'INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)',
+        [tid, bid, aid, delta],
+      )
       return rows[0]?.abalance
     })
 
@@ -119,10 +124,12 @@ test('1 insert and 3 nested blocks of 1 insert each, the third throwing and caug
     await insert(1)
     await atomic(() => insert(2))
     await atomic(() => insert(3))
-    const error = await rejection(atomic(async () => {
-      await insert(4)
-      throw boom
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(4)
+        throw boom
+      }),
+    )
     expect(error).toBe(boom)
   })
   expect(h.batches).toEqual([
@@ -136,19 +143,23 @@ test('1 insert and 3 nested blocks of 1 insert each, the third throwing and caug
   expect(await inserted()).toEqual([1, 2, 3])
 })
 
-test('a COMMIT that fails (deferred unique constraint) costs 2 round trips: the server already ended the transaction, no ROLLBACK follows', async () => {
-  // Repeated: whether ReadyForQuery arrives in the same TCP read as the error varies from run to run.
-  for (let i = 0; i < 100; i++) {
-    h.reset()
-    const error = await rejection(atomic(() => h.db.query('insert into deferred (x) values (1), (1)')))
-    expect(error).toBeInstanceOf(pg.DatabaseError)
-    expect(error).toMatchObject({ code: '23505' })
-    expect(h.batches).toEqual([['BEGIN', 'insert into deferred (x) values (1), (1)'], ['COMMIT']])
-    expect(h.roundTrips()).toBe(2)
-  }
-  expect(await h.column('select count(*)::int from deferred')).toEqual([0])
-  expect(h.pool.totalCount).toBe(h.pool.idleCount)
-})
+test(
+  'a COMMIT that fails (deferred unique constraint) costs 2 round trips: the ' +
+    'server already ended the transaction, no ROLLBACK follows',
+  async () => {
+    // Repeated: whether ReadyForQuery arrives in the same TCP read as the error varies from run to run.
+    for (let i = 0; i < 100; i++) {
+      h.reset()
+      const error = await rejection(atomic(() => h.db.query('insert into deferred (x) values (1), (1)')))
+      expect(error).toBeInstanceOf(pg.DatabaseError)
+      expect(error).toMatchObject({ code: '23505' })
+      expect(h.batches).toEqual([['BEGIN', 'insert into deferred (x) values (1), (1)'], ['COMMIT']])
+      expect(h.roundTrips()).toBe(2)
+    }
+    expect(await h.column('select count(*)::int from deferred')).toEqual([0])
+    expect(h.pool.totalCount).toBe(h.pool.idleCount)
+  },
+)
 
 test('a serializable transfer (select + 2 updates): 4 round trips', async () => {
   await atomic({ isolationLevel: 'serializable' }, async () => {
@@ -174,11 +185,13 @@ test('a serializable transfer (select + 2 updates): 4 round trips', async () => 
 describe('blocks that run no query send nothing', () => {
   test('an empty block: no round trip, no connection checked out', async () => {
     const totalBefore = h.pool.totalCount
-    await expect(atomic(async (tx) => {
-      expect(tx.depth).toBe(1)
-      expect(h.pool.idleCount).toBe(h.pool.totalCount)
-      return 'empty'
-    })).resolves.toBe('empty')
+    await expect(
+      atomic(async (tx) => {
+        expect(tx.depth).toBe(1)
+        expect(h.pool.idleCount).toBe(h.pool.totalCount)
+        return 'empty'
+      }),
+    ).resolves.toBe('empty')
     expect(h.statements).toEqual([])
     expect(h.roundTrips()).toBe(0)
     expect(acquired).toBe(0)
@@ -199,10 +212,12 @@ describe('blocks that run no query send nothing', () => {
 
   test('a failing block that ran no query sends nothing', async () => {
     const boom = new Boom('before any query')
-    await expect(atomic(async () => {
-      await atomic(async () => undefined)
-      throw boom
-    })).rejects.toBe(boom)
+    await expect(
+      atomic(async () => {
+        await atomic(async () => undefined)
+        throw boom
+      }),
+    ).rejects.toBe(boom)
     expect(h.statements).toEqual([])
     expect(h.roundTrips()).toBe(0)
     expect(acquired).toBe(0)
@@ -212,9 +227,11 @@ describe('blocks that run no query send nothing', () => {
     await atomic(async () => {
       await h.db.query('select 1')
       await atomic(async () => undefined)
-      await expect(atomic(async () => {
-        throw new Boom('nested, no query')
-      })).rejects.toThrow('nested, no query')
+      await expect(
+        atomic(async () => {
+          throw new Boom('nested, no query')
+        }),
+      ).rejects.toThrow('nested, no query')
       await h.db.query('select 2')
     })
     expect(h.batches).toEqual([['BEGIN', 'select 1'], ['select 2'], ['COMMIT']])
@@ -223,7 +240,7 @@ describe('blocks that run no query send nothing', () => {
 })
 
 describe('BEGIN, its SET LOCALs and early SAVEPOINTs share the round trip of the first statement', () => {
-  test('a nested block entered before the outer block\'s first query', async () => {
+  test("a nested block entered before the outer block's first query", async () => {
     await atomic({ lockTimeout: 1000 }, () => atomic(() => h.db.query('select 1')))
     expect(h.batches).toEqual([['BEGIN', 'SET LOCAL lock_timeout = 1000', 'SAVEPOINT "pga_1"', 'select 1'], ['COMMIT']])
     expect(h.roundTrips()).toBe(2)
@@ -258,16 +275,20 @@ describe('the ROLLBACK TO of a failed nested block', () => {
     try {
       await atomic(async () => {
         await h.db.query('select * from t where id = 1 for update')
-        await expect(atomic(async () => {
-          await h.db.query('update t set x = 99 where id = 2')
-          throw boom
-        })).rejects.toBe(boom)
+        await expect(
+          atomic(async () => {
+            await h.db.query('update t set x = 99 where id = 2')
+            throw boom
+          }),
+        ).rejects.toBe(boom)
         expect(h.statements.at(-1)).toBe('update t set x = 99 where id = 2')
         await sleep(20)
         expect(h.statements.at(-1)).toBe('ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"')
         await until(() => h.roundTrips() === 3, 'the ROLLBACK TO round trip')
         // Row 2, locked only by the failed block, is free for another session; row 1 is still held.
-        await expect(other.query('select id from t where id = 2 for update nowait')).resolves.toMatchObject({ rows: [{ id: 2 }] })
+        await expect(other.query('select id from t where id = 2 for update nowait')).resolves.toMatchObject({
+          rows: [{ id: 2 }],
+        })
         const held = await rejection(other.query('select id from t where id = 1 for update nowait'))
         expect(held).toBeInstanceOf(pg.DatabaseError)
         expect(held).toMatchObject({ code: '55P03' })
@@ -294,10 +315,12 @@ describe('the ROLLBACK TO of a failed nested block', () => {
   test('rides with the next statement of the same turn; the same rows are committed', async () => {
     await atomic(async () => {
       await h.db.query('select * from t where id = 1 for update')
-      await expect(atomic(async () => {
-        await h.db.query('update t set x = 99 where id = 2')
-        throw new Boom('nested')
-      })).rejects.toThrow('nested')
+      await expect(
+        atomic(async () => {
+          await h.db.query('update t set x = 99 where id = 2')
+          throw new Boom('nested')
+        }),
+      ).rejects.toThrow('nested')
       await h.db.query('update t set x = 1 where id = 3')
     })
     expect(h.batches).toEqual([
@@ -317,13 +340,20 @@ describe('the ROLLBACK TO of a failed nested block', () => {
   test('sent on the next turn, it is not sent again with the COMMIT', async () => {
     await atomic(async () => {
       await insert(1)
-      await expect(atomic(async () => {
-        await insert(2)
-        throw new Boom('nested')
-      })).rejects.toThrow('nested')
+      await expect(
+        atomic(async () => {
+          await insert(2)
+          throw new Boom('nested')
+        }),
+      ).rejects.toThrow('nested')
       await sleep(20)
     })
-    expect(h.batches).toEqual([['BEGIN', INSERT], ['SAVEPOINT "pga_1"', INSERT], ['ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"'], ['COMMIT']])
+    expect(h.batches).toEqual([
+      ['BEGIN', INSERT],
+      ['SAVEPOINT "pga_1"', INSERT],
+      ['ROLLBACK TO SAVEPOINT "pga_1"; RELEASE SAVEPOINT "pga_1"'],
+      ['COMMIT'],
+    ])
     expect(h.roundTrips()).toBe(4)
     expect(await inserted()).toEqual([1])
   })
@@ -335,10 +365,12 @@ describe('the ROLLBACK TO of a failed nested block', () => {
       await sleep(20)
       // Nothing was sent on the next turn for a successful block.
       expect(h.statements.at(-1)).toBe(INSERT)
-      await expect(atomic(async () => {
-        await insert(12)
-        throw new Boom('second')
-      })).rejects.toThrow('second')
+      await expect(
+        atomic(async () => {
+          await insert(12)
+          throw new Boom('second')
+        }),
+      ).rejects.toThrow('second')
     })
     expect(h.batches).toEqual([
       ['BEGIN', INSERT],

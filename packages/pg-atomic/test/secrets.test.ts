@@ -54,7 +54,8 @@ beforeAll(async () => {
     },
   })
   for (const channel of [STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL]) {
-    const listener = (message: unknown): void => void events.push({ channel, payload: message as Record<string, unknown> })
+    const listener = (message: unknown): void =>
+      void events.push({ channel, payload: message as Record<string, unknown> })
     listeners.set(channel, listener)
     diagnostics_channel.subscribe(channel, listener)
   }
@@ -76,7 +77,11 @@ function strings(value: unknown, seen = new Set<unknown>()): string[] {
 
 function carriesSecret(error: unknown): boolean {
   for (let e: unknown = error; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
-    if (e instanceof Error && (e.message.includes(SECRET) || String((e as { detail?: unknown }).detail).includes(SECRET))) return true
+    if (
+      e instanceof Error &&
+      (e.message.includes(SECRET) || String((e as { detail?: unknown }).detail).includes(SECRET))
+    )
+      return true
   }
   return false
 }
@@ -85,75 +90,88 @@ async function capture(promise: Promise<unknown>): Promise<void> {
   raised.push(await rejection(promise))
 }
 
-test('hooks: robust onCommit, onRollback, and onCommit outside a block, each failing with the secret in its statement', async () => {
-  const failing = async (): Promise<void> => {
-    await db.query(BAD_INT, [SECRET])
-  }
-  await db.atomic(async () => {
-    await db.query('insert into t (x) values ($1)', ['a'])
-    onCommit(failing, { robust: true })
-  })
-  await capture(
-    db.atomic(async () => {
-      await db.query('insert into t (x) values ($1)', ['b'])
-      onRollback(failing)
-      throw new Error('roll back')
-    }),
-  )
-  onCommit(failing, { robust: true, using: 'secrets' })
-  await waitUntil(() => lines.length === 3, 'the failing hook run outside a block to be logged')
-  expect(lines).toHaveLength(3)
-})
-
-test('statements: a failing statement dooms the block, a swallowed one is reported, a nested one rolls back', async () => {
-  await capture(
-    db.atomic(async () => {
-      await rejection(db.query(BAD_INT, [SECRET]))
-      await db.query('select 1')
-    }),
-  )
-  await capture(
-    db.atomic(async () => {
-      await rejection(db.query(BAD_INT, [SECRET]))
-    }),
-  )
-  await db.atomic(async () => {
-    await capture(db.atomic(() => db.query(BAD_INT, [SECRET])))
-  })
-  const library = raised.filter((e) => e instanceof TransactionManagementError)
-  expect(library.length).toBeGreaterThanOrEqual(2)
-})
-
-test('COMMIT: a deferred unique violation naming the secret in its detail, and a serialization failure retried', async () => {
-  await db.query('insert into t (x) values ($1)', [SECRET])
-  await capture(db.atomic(() => db.query('insert into t (x) values ($1)', [SECRET])))
-  let attempt = 0
-  await db.atomic({ retry: 2, isolationLevel: 'serializable' }, async () => {
-    attempt++
-    if (attempt === 1) {
-      const error = Object.assign(new Error(`could not serialize access (${SECRET})`), { code: '40001' })
-      throw error
+test(
+  'hooks: robust onCommit, onRollback, and onCommit outside a block, each failing ' +
+    'with the secret in its statement',
+  async () => {
+    const failing = async (): Promise<void> => {
+      await db.query(BAD_INT, [SECRET])
     }
-  })
-  expect(events.some((e) => e.channel === RETRY_CHANNEL)).toBe(true)
-})
+    await db.atomic(async () => {
+      await db.query('insert into t (x) values ($1)', ['a'])
+      onCommit(failing, { robust: true })
+    })
+    await capture(
+      db.atomic(async () => {
+        await db.query('insert into t (x) values ($1)', ['b'])
+        onRollback(failing)
+        throw new Error('roll back')
+      }),
+    )
+    onCommit(failing, { robust: true, using: 'secrets' })
+    await waitUntil(() => lines.length === 3, 'the failing hook run outside a block to be logged')
+    expect(lines).toHaveLength(3)
+  },
+)
 
-testDirect('faults: the connection is terminated after a statement with the secret, and an idle pooled connection dies', async () => {
-  await capture(
-    db.atomic(async () => {
-      await db.query('select $1::text as s', [SECRET])
-      const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid')
-      await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
-      await db.query('select $1::text as s', [SECRET])
-    }),
-  )
-  expect(raised[raised.length - 1]).toBeInstanceOf(ConnectionLostError)
-  const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid, $1::text as s', [SECRET])
-  const before = lines.length
-  await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
-  await waitUntil(() => lines.length > before, 'the pool to notice the dead idle connection and log it')
-  expect(lines.length).toBe(before + 1)
-})
+test(
+  'statements: a failing statement dooms the block, a swallowed one is reported, a ' + 'nested one rolls back',
+  async () => {
+    await capture(
+      db.atomic(async () => {
+        await rejection(db.query(BAD_INT, [SECRET]))
+        await db.query('select 1')
+      }),
+    )
+    await capture(
+      db.atomic(async () => {
+        await rejection(db.query(BAD_INT, [SECRET]))
+      }),
+    )
+    await db.atomic(async () => {
+      await capture(db.atomic(() => db.query(BAD_INT, [SECRET])))
+    })
+    const library = raised.filter((e) => e instanceof TransactionManagementError)
+    expect(library.length).toBeGreaterThanOrEqual(2)
+  },
+)
+
+test(
+  'COMMIT: a deferred unique violation naming the secret in its detail, and a ' + 'serialization failure retried',
+  async () => {
+    await db.query('insert into t (x) values ($1)', [SECRET])
+    await capture(db.atomic(() => db.query('insert into t (x) values ($1)', [SECRET])))
+    let attempt = 0
+    await db.atomic({ retry: 2, isolationLevel: 'serializable' }, async () => {
+      attempt++
+      if (attempt === 1) {
+        const error = Object.assign(new Error(`could not serialize access (${SECRET})`), { code: '40001' })
+        throw error
+      }
+    })
+    expect(events.some((e) => e.channel === RETRY_CHANNEL)).toBe(true)
+  },
+)
+
+testDirect(
+  'faults: the connection is terminated after a statement with the secret, and an idle pooled connection dies',
+  async () => {
+    await capture(
+      db.atomic(async () => {
+        await db.query('select $1::text as s', [SECRET])
+        const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid')
+        await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
+        await db.query('select $1::text as s', [SECRET])
+      }),
+    )
+    expect(raised[raised.length - 1]).toBeInstanceOf(ConnectionLostError)
+    const { rows } = await db.query<{ pid: number }>('select pg_backend_pid() as pid, $1::text as s', [SECRET])
+    const before = lines.length
+    await h.admin.query('select pg_terminate_backend($1)', [rows[0]?.pid])
+    await waitUntil(() => lines.length > before, 'the pool to notice the dead idle connection and log it')
+    expect(lines.length).toBe(before + 1)
+  },
+)
 
 test('no log line, no event field and no message of a library error carries the secret; the attached errors do', () => {
   for (const line of lines) expect(line).not.toContain(SECRET)

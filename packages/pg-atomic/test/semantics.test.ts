@@ -57,20 +57,29 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
         expect(await visible()).toEqual([1])
       })
       expect(await h.column('select x from t')).toEqual([1])
-      if (standalone) expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'COMMIT', 'select x from t order by x'])
+      if (standalone)
+        expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'COMMIT', 'select x from t order by x'])
     })
 
     test('rollback rethrows the same value', async () => {
       const boom = new Boom('oops')
       await around(async () => {
-        const error = await rejection(run(async () => {
-          await insert(1)
-          throw boom
-        }))
+        const error = await rejection(
+          run(async () => {
+            await insert(1)
+            throw boom
+          }),
+        )
         expect(error).toBe(boom)
         expect(await visible()).toEqual([])
       })
-      if (standalone) expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'ROLLBACK', 'select x from t order by x'])
+      if (standalone)
+        expect(h.statements).toEqual([
+          'BEGIN',
+          'insert into t (x) values ($1)',
+          'ROLLBACK',
+          'select x from t order by x',
+        ])
     })
 
     test('nested commit, commit', async () => {
@@ -82,7 +91,14 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
         expect(await visible()).toEqual([1, 2])
       })
       if (standalone) {
-        expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'SAVEPOINT "pga_1"', 'insert into t (x) values ($1)', 'COMMIT', 'select x from t order by x'])
+        expect(h.statements).toEqual([
+          'BEGIN',
+          'insert into t (x) values ($1)',
+          'SAVEPOINT "pga_1"',
+          'insert into t (x) values ($1)',
+          'COMMIT',
+          'select x from t order by x',
+        ])
       }
     })
 
@@ -90,10 +106,12 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
       await around(async () => {
         await run(async () => {
           await insert(1)
-          await expect(run(async () => {
-            await insert(2)
-            throw new Boom('inner')
-          })).rejects.toThrow(Boom)
+          await expect(
+            run(async () => {
+              await insert(2)
+              throw new Boom('inner')
+            }),
+          ).rejects.toThrow(Boom)
         })
         expect(await visible()).toEqual([1])
       })
@@ -111,28 +129,41 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
 
     test('nested rollback, commit', async () => {
       await around(async () => {
-        await expect(run(async () => {
-          await insert(1)
-          await run(() => insert(2))
-          throw new Boom('outer')
-        })).rejects.toThrow(Boom)
+        await expect(
+          run(async () => {
+            await insert(1)
+            await run(() => insert(2))
+            throw new Boom('outer')
+          }),
+        ).rejects.toThrow(Boom)
         expect(await visible()).toEqual([])
       })
       if (standalone) {
-        expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'SAVEPOINT "pga_1"', 'insert into t (x) values ($1)', 'ROLLBACK', 'select x from t order by x'])
+        expect(h.statements).toEqual([
+          'BEGIN',
+          'insert into t (x) values ($1)',
+          'SAVEPOINT "pga_1"',
+          'insert into t (x) values ($1)',
+          'ROLLBACK',
+          'select x from t order by x',
+        ])
       }
     })
 
     test('nested rollback, rollback', async () => {
       await around(async () => {
-        await expect(run(async () => {
-          await insert(1)
-          await expect(run(async () => {
-            await insert(2)
-            throw new Boom('inner')
-          })).rejects.toThrow('inner')
-          throw new Boom('outer')
-        })).rejects.toThrow('outer')
+        await expect(
+          run(async () => {
+            await insert(1)
+            await expect(
+              run(async () => {
+                await insert(2)
+                throw new Boom('inner')
+              }),
+            ).rejects.toThrow('inner')
+            throw new Boom('outer')
+          }),
+        ).rejects.toThrow('outer')
         expect(await visible()).toEqual([])
       })
       if (standalone) {
@@ -156,56 +187,93 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
         })
         expect(await visible()).toEqual([1, 2])
       })
-      if (standalone) expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'insert into t (x) values ($1)', 'COMMIT', 'select x from t order by x'])
+      if (standalone)
+        expect(h.statements).toEqual([
+          'BEGIN',
+          'insert into t (x) values ($1)',
+          'insert into t (x) values ($1)',
+          'COMMIT',
+          'select x from t order by x',
+        ])
     })
 
-    test('merged commit, rollback: the caught error dooms the enclosing block, which rejects (difference 2)', async () => {
-      const inner = new Boom('inner')
-      await around(async () => {
-        const error = await rejection(run(async () => {
-          await insert(1)
-          const caught = await rejection(run(async () => {
-            await insert(2)
-            throw inner
-          }, { savepoint: false }))
-          expect(caught).toBe(inner)
-          // Poisoned: every query is refused until the block ends (Django's words, cause chained).
-          const refused = await rejection(insert(3))
-          expect(refused).toBeInstanceOf(TransactionManagementError)
-          expect(refused).toMatchObject({
-            message: "An error occurred in the current transaction. You can't execute queries until the end of the 'atomic' block.",
-            cause: inner,
-          })
-        }))
-        expect(error).toBeInstanceOf(TransactionManagementError)
-        expect((error as Error).message).toMatch(/^The 'atomic' block finished normally, but an error inside it was caught/)
-        expect((error as Error).cause).toBe(inner)
-        expect(await visible()).toEqual([])
-      })
-      if (standalone) expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'insert into t (x) values ($1)', 'ROLLBACK', 'select x from t order by x'])
-    })
+    test(
+      'merged commit, rollback: the caught error dooms the enclosing block, which ' + 'rejects (difference 2)',
+      async () => {
+        const inner = new Boom('inner')
+        await around(async () => {
+          const error = await rejection(
+            run(async () => {
+              await insert(1)
+              const caught = await rejection(
+                run(
+                  async () => {
+                    await insert(2)
+                    throw inner
+                  },
+                  { savepoint: false },
+                ),
+              )
+              expect(caught).toBe(inner)
+              // Poisoned: every query is refused until the block ends (Django's words, cause chained).
+              const refused = await rejection(insert(3))
+              expect(refused).toBeInstanceOf(TransactionManagementError)
+              expect(refused).toMatchObject({
+                message:
+                  "An error occurred in the current transaction. You can't execute queries until " +
+                  "the end of the 'atomic' block.",
+                cause: inner,
+              })
+            }),
+          )
+          expect(error).toBeInstanceOf(TransactionManagementError)
+          expect((error as Error).message).toMatch(
+            /^The 'atomic' block finished normally, but an error inside it was caught/,
+          )
+          expect((error as Error).cause).toBe(inner)
+          expect(await visible()).toEqual([])
+        })
+        if (standalone)
+          expect(h.statements).toEqual([
+            'BEGIN',
+            'insert into t (x) values ($1)',
+            'insert into t (x) values ($1)',
+            'ROLLBACK',
+            'select x from t order by x',
+          ])
+      },
+    )
 
     test('merged rollback, commit', async () => {
       await around(async () => {
-        await expect(run(async () => {
-          await insert(1)
-          await run(() => insert(2), { savepoint: false })
-          throw new Boom('outer')
-        })).rejects.toThrow('outer')
+        await expect(
+          run(async () => {
+            await insert(1)
+            await run(() => insert(2), { savepoint: false })
+            throw new Boom('outer')
+          }),
+        ).rejects.toThrow('outer')
         expect(await visible()).toEqual([])
       })
     })
 
     test('merged rollback, rollback', async () => {
       await around(async () => {
-        await expect(run(async () => {
-          await insert(1)
-          await expect(run(async () => {
-            await insert(2)
-            throw new Boom('inner')
-          }, { savepoint: false })).rejects.toThrow('inner')
-          throw new Boom('outer')
-        })).rejects.toThrow('outer')
+        await expect(
+          run(async () => {
+            await insert(1)
+            await expect(
+              run(
+                async () => {
+                  await insert(2)
+                  throw new Boom('inner')
+                },
+                { savepoint: false },
+              ),
+            ).rejects.toThrow('inner')
+            throw new Boom('outer')
+          }),
+        ).rejects.toThrow('outer')
         expect(await visible()).toEqual([])
       })
     })
@@ -231,7 +299,13 @@ describe.each(settings)('Django matrix, %s', (setting, around) => {
         expect(value).toBe('kept')
         expect(await visible()).toEqual([])
       })
-      if (standalone) expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'ROLLBACK', 'select x from t order by x'])
+      if (standalone)
+        expect(h.statements).toEqual([
+          'BEGIN',
+          'insert into t (x) values ($1)',
+          'ROLLBACK',
+          'select x from t order by x',
+        ])
     })
   })
 })
@@ -241,15 +315,19 @@ describe('merged blocks climb to the nearest savepoint', () => {
     const inner = new Boom('deep')
     await atomic(async () => {
       await insert(1)
-      const error = await rejection(atomic(async () => {
-        await insert(2)
-        await atomic({ savepoint: false }, async () => {
-          await expect(atomic({ savepoint: false }, async () => {
-            await insert(3)
-            throw inner
-          })).rejects.toBe(inner)
-        })
-      }))
+      const error = await rejection(
+        atomic(async () => {
+          await insert(2)
+          await atomic({ savepoint: false }, async () => {
+            await expect(
+              atomic({ savepoint: false }, async () => {
+                await insert(3)
+                throw inner
+              }),
+            ).rejects.toBe(inner)
+          })
+        }),
+      )
       // The savepoint block finished normally with a swallowed error: it rolled back and rejected.
       expect(error).toBeInstanceOf(TransactionManagementError)
       expect((error as Error).cause).toBe(inner)
@@ -262,7 +340,8 @@ describe('merged blocks climb to the nearest savepoint', () => {
       'SAVEPOINT "pga_1"',
       'insert into t (x) values ($1)',
       'insert into t (x) values ($1)',
-      'ROLLBACK TO SAVEPOINT "pga_1"', 'RELEASE SAVEPOINT "pga_1"',
+      'ROLLBACK TO SAVEPOINT "pga_1"',
+      'RELEASE SAVEPOINT "pga_1"',
       'insert into t (x) values ($1)',
       'COMMIT',
     ])
@@ -292,10 +371,12 @@ describe('what is thrown', () => {
     ['a number', 42],
     ['an object', { reason: 'custom' }],
   ])('throwing %s rolls back and rethrows it unchanged', async (_label, value) => {
-    const error = await rejection(atomic(async () => {
-      await insert(1)
-      throw value
-    }))
+    const error = await rejection(
+      atomic(async () => {
+        await insert(1)
+        throw value
+      }),
+    )
     expect(error).toBe(value)
     expect(await h.column('select count(*)::int from t')).toEqual([0])
     expect(h.statements).toEqual(['BEGIN', 'insert into t (x) values ($1)', 'ROLLBACK'])

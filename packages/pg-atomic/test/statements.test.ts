@@ -57,7 +57,11 @@ describe('findTransactionControl: leading keywords', () => {
     ['a block comment without spaces', '/*x*/begin', 'BEGIN'],
     ['a nested block comment', '/* outer /* inner */ still comment */ rollback', 'ROLLBACK'],
     ['comments between set and transaction', 'set /* a */ -- b\n transaction read only', 'SET TRANSACTION'],
-    ['comments between set, session and characteristics', 'set -- x\n session /* y */ characteristics as transaction read write', 'SET SESSION CHARACTERISTICS'],
+    [
+      'comments between set, session and characteristics',
+      'set -- x\n session /* y */ characteristics as transaction read write',
+      'SET SESSION CHARACTERISTICS',
+    ],
     ['a form feed and vertical tab', '\f\v savepoint a', 'SAVEPOINT'],
   ])('after %s', (_label, sql, expected) => {
     expect(findTransactionControl(sql)).toBe(expected)
@@ -119,12 +123,12 @@ describe('findTransactionControl: no false positives', () => {
     ['select "x"""; select 1'],
     ['select 1 as "a;commit"'],
     ['select $$; commit$$'],
-    ['select $$ it\'s; commit $$'],
+    ["select $$ it's; commit $$"],
     ['select $tag$; commit; $$ ; rollback $tag$'],
     ['select $a$ $b$ ; commit $b$ ; begin $a$'],
     ['select $_x1$; commit$_x1$'],
-    ["do $$ begin perform 1; end $$"],
-    ["create function f() returns int language sql as $fn$ select 1; $fn$"],
+    ['do $$ begin perform 1; end $$'],
+    ['create function f() returns int language sql as $fn$ select 1; $fn$'],
     ['select 1 -- ; commit'],
     ['select 1 -- ; commit\n, 2'],
     ['select 1; beginning'],
@@ -187,7 +191,7 @@ describe('findTransactionControl: properties', () => {
         expect(findTransactionControl("select '" + s.replace(/'/g, "''") + "'")).toBeUndefined()
       }),
       // The first example is the shrunk counterexample fast-check finds: a backslash before a quote.
-      { numRuns: 2000, examples: [["\\';commit"], ["x"]] },
+      { numRuns: 2000, examples: [["\\';commit"], ['x']] },
     )
   })
 
@@ -244,7 +248,16 @@ describe('findTransactionControl: properties', () => {
   })
 
   test('a control keyword after a semicolon is found whatever harmless statement precedes it', () => {
-    const keywords = fc.constantFrom('begin', 'COMMIT', 'Rollback', 'savepoint x', 'release x', 'end', 'abort', 'start transaction')
+    const keywords = fc.constantFrom(
+      'begin',
+      'COMMIT',
+      'Rollback',
+      'savepoint x',
+      'release x',
+      'end',
+      'abort',
+      'start transaction',
+    )
     fc.assert(
       fc.property(fc.string({ unit: 'grapheme-ascii', maxLength: 40 }), keywords, (s, keyword) => {
         const literal = s.replace(/\\/g, '').replace(/'/g, "''")
@@ -275,10 +288,16 @@ describe('beginStatement', () => {
     [false, ' NOT DEFERRABLE'],
   ]
   const cases: Array<[IsolationLevel | undefined, boolean | undefined, boolean | undefined, string]> = []
-  for (const [l, ls] of levels) for (const [r, rs] of readOnly) for (const [d, ds] of deferrable) cases.push([l, r, d, `BEGIN${ls}${rs}${ds}`])
+  for (const [l, ls] of levels)
+    for (const [r, rs] of readOnly) for (const [d, ds] of deferrable) cases.push([l, r, d, `BEGIN${ls}${rs}${ds}`])
 
   test('covers every isolation level the library accepts', () => {
-    expect(levels.map(([l]) => l).filter((l) => l !== undefined).sort()).toEqual([...ISOLATION_LEVELS].sort())
+    expect(
+      levels
+        .map(([l]) => l)
+        .filter((l) => l !== undefined)
+        .sort(),
+    ).toEqual([...ISOLATION_LEVELS].sort())
   })
 
   test.each(cases)('isolationLevel %j, readOnly %j, deferrable %j → %s', (isolationLevel, ro, def, expected) => {
@@ -286,7 +305,8 @@ describe('beginStatement', () => {
   })
 
   test('the statement the library sends is itself recognised as transaction control', () => {
-    for (const [l, r, d] of cases) expect(findTransactionControl(beginStatement({ isolationLevel: l, readOnly: r, deferrable: d }))).toBe('BEGIN')
+    for (const [l, r, d] of cases)
+      expect(findTransactionControl(beginStatement({ isolationLevel: l, readOnly: r, deferrable: d }))).toBe('BEGIN')
   })
 })
 
@@ -303,7 +323,9 @@ describe('the other statement builders', () => {
   test('SET LOCAL statements for each timeout option', () => {
     expect(setLocalStatement('statementTimeout', 150)).toBe('SET LOCAL statement_timeout = 150')
     expect(setLocalStatement('lockTimeout', 0)).toBe('SET LOCAL lock_timeout = 0')
-    expect(setLocalStatement('idleInTransactionSessionTimeout', 2147483647)).toBe('SET LOCAL idle_in_transaction_session_timeout = 2147483647')
+    expect(setLocalStatement('idleInTransactionSessionTimeout', 2147483647)).toBe(
+      'SET LOCAL idle_in_transaction_session_timeout = 2147483647',
+    )
     expect(resetLocalStatement('lockTimeout')).toBe('SET LOCAL lock_timeout TO DEFAULT')
     expect(resetLocalStatement('statementTimeout')).toBe('SET LOCAL statement_timeout TO DEFAULT')
   })

@@ -16,9 +16,23 @@
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { currentBlock, storage } from '../context'
 import type { Frame } from '../context'
-import { AtomicError, CommitOutcomeUnknownError, DURABLE_NESTED_MESSAGE, InvalidOptionError, TransactionManagementError, isConnectionLoss, lockNotAvailableFrom } from '../errors'
+import {
+  AtomicError,
+  CommitOutcomeUnknownError,
+  DURABLE_NESTED_MESSAGE,
+  InvalidOptionError,
+  TransactionManagementError,
+  isConnectionLoss,
+  lockNotAvailableFrom,
+} from '../errors'
 import type { ResolvedOptions } from '../options'
-import { releaseStatement, resetLocalStatement, rollbackToStatement, savepointName, setLocalStatement } from '../sql/transaction'
+import {
+  releaseStatement,
+  resetLocalStatement,
+  rollbackToStatement,
+  savepointName,
+  setLocalStatement,
+} from '../sql/transaction'
 import { TIMEOUT_OPTIONS } from '../vocabulary'
 import type { IsolationLevel, TimeoutOption } from '../vocabulary'
 import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from '../types'
@@ -43,7 +57,8 @@ export type BlockBody<T> = (tx: TransactionHandle) => T | Promise<T>
  * @internal
  */
 export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>): Promise<T> {
-  if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'atomic() expects a function to run inside the block.')
+  if (typeof fn !== 'function')
+    throw new InvalidOptionError('fn', 'atomic() expects a function to run inside the block.')
   const outer = storage.getStore()
   const found = currentBlock(db)
   // A block entered from a context whose block has ended (a timer, an event handler) does not join it.
@@ -52,12 +67,16 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
     if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
-    return runWithRetry(policy, { database: db.alias, name: options.name }, () => runTransaction(db, options, fn, outer))
+    return runWithRetry(policy, { database: db.alias, name: options.name }, () =>
+      runTransaction(db, options, fn, outer),
+    )
   }
   if (options.retry !== undefined) {
     throw new TransactionManagementError(
       withName(
-        'The retry option is only allowed on the outermost atomic() block, but this block is nested: PostgreSQL can only retry whole transactions (a savepoint retry keeps the old snapshot and its locks). Put retry on the outermost block.',
+        'The retry option is only allowed on the outermost atomic() block, but this ' +
+          'block is nested: PostgreSQL can only retry whole transactions (a savepoint ' +
+          'retry keeps the old snapshot and its locks). Put retry on the outermost block.',
         options.name,
       ),
     )
@@ -70,7 +89,10 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
     const wanted = options[key]
     if (wanted !== undefined && wanted !== tx.characteristics[key]) {
       throw new TransactionManagementError(
-        `${key} can only be chosen by the outermost atomic() block: this block is nested in a transaction whose ${key} is ${describeValue(tx.characteristics[key])}, not ${describeValue(wanted)}. Set it on the outermost block, or make this block durable so that it must be outermost.`,
+        `${key} can only be chosen by the outermost atomic() block: this block is nested ` +
+          `in a transaction whose ${key} is ${describeValue(tx.characteristics[key])}, not ` +
+          `${describeValue(wanted)}. Set it on the outermost block, or make this block ` +
+          `durable so that it must be outermost.`,
       )
     }
   }
@@ -88,7 +110,12 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
   }
 }
 
-function runTransaction<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+function runTransaction<T>(
+  db: DatabaseCore,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+): Promise<T> {
   db.assertOpen()
   const tx = new Transaction(db, options, outer)
   const block = new Block(tx, undefined, options)
@@ -138,7 +165,8 @@ export class Block implements TransactionHandle {
     }
     this.depth = parent.depth + 1
     // Django: no savepoint inside an already-doomed transaction, so the doom cannot be undone.
-    this.savepointName = options.savepoint && tx.state.kind !== 'doomed' ? savepointName(++tx.savepointCounter) : undefined
+    this.savepointName =
+      options.savepoint && tx.state.kind !== 'doomed' ? savepointName(++tx.savepointCounter) : undefined
     this.rollbackOwner = this.savepointName === undefined ? parent.rollbackOwner : this
     let own: Partial<Record<TimeoutOption, number>> | undefined
     for (const option of TIMEOUT_OPTIONS) {
@@ -149,8 +177,10 @@ export class Block implements TransactionHandle {
       // A nested block's SET LOCAL is undone by restoring it at exit, which needs the savepoint.
       throw new TransactionManagementError(
         options.savepoint
-          ? 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards, and this block gets none because the transaction is already marked for rollback.'
-          : 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards: remove savepoint: false, or set the timeouts on the enclosing block.',
+          ? 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards, ' +
+              'and this block gets none because the transaction is already marked for rollback.'
+          : 'Timeouts on a nested atomic() block need a savepoint to be undone afterwards: ' +
+              'remove savepoint: false, or set the timeouts on the enclosing block.',
       )
     }
     this.ownTimeouts = own === undefined ? undefined : Object.freeze(own)
@@ -191,7 +221,14 @@ export class Block implements TransactionHandle {
    */
   private route(): Block {
     const current = currentBlock(this.tx.db)
-    if (current !== undefined && current !== this && !current.ended && current.tx === this.tx && isWithin(current, this)) return current
+    if (
+      current !== undefined &&
+      current !== this &&
+      !current.ended &&
+      current.tx === this.tx &&
+      isWithin(current, this)
+    )
+      return current
     return this
   }
 
@@ -199,12 +236,18 @@ export class Block implements TransactionHandle {
 
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
   query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
-  query<R extends QueryResultRow = QueryResultRow>(textOrConfig: string | QueryConfig, values?: readonly unknown[]): Promise<QueryResult<R>> {
+  query<R extends QueryResultRow = QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values?: readonly unknown[],
+  ): Promise<QueryResult<R>> {
     return this.route().run<R>(textOrConfig, values)
   }
 
   /** Runs a user statement in this block. @internal */
-  async run<R extends QueryResultRow>(textOrConfig: string | QueryConfig, values: readonly unknown[] | undefined): Promise<QueryResult<R>> {
+  async run<R extends QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values: readonly unknown[] | undefined,
+  ): Promise<QueryResult<R>> {
     const config = normalizeQuery(textOrConfig, values)
     const tx = this.tx
     const early = tx.unusableError(this)
@@ -240,7 +283,11 @@ export class Block implements TransactionHandle {
     }
   }
 
-  cursor<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[], options?: CursorOptions): AsyncIterable<R> {
+  cursor<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values?: readonly unknown[],
+    options?: CursorOptions,
+  ): AsyncIterable<R> {
     return cursorRows<R>(this.route(), text, values, resolveBatchSize(options))
   }
 
@@ -318,7 +365,9 @@ export class Block implements TransactionHandle {
     try {
       await closeCursorOf(this)
       this.ended = true
-      return await (this.parent === undefined ? this.exitOutermost(threw, thrown, result as T) : this.exitNested(threw, thrown, result as T))
+      return await (this.parent === undefined
+        ? this.exitOutermost(threw, thrown, result as T)
+        : this.exitNested(threw, thrown, result as T))
     } finally {
       this.release()
     }
@@ -357,7 +406,8 @@ export class Block implements TransactionHandle {
         tx.blockFailed(thrown)
         throw thrown
       }
-      if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+      if (state.kind === 'doomed' && state.byError)
+        throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
       return result
     }
 
@@ -395,7 +445,8 @@ export class Block implements TransactionHandle {
     await tx.hooks.savepointRolledBack(this)
     if (threw) throw thrown
     if (lostWork) throw new TransactionManagementError(withName(ABORTED_MESSAGE, this.name), { cause: state.cause })
-    if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+    if (state.kind === 'doomed' && state.byError)
+      throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
     // setRollback(true): rolled back silently.
     return result
   }
@@ -441,11 +492,13 @@ export class Block implements TransactionHandle {
       await tx.hooks.runRollbackHooks()
       if (threw) throw thrown
       if (state.kind === 'failed') throw fatalError(state.cause)
-      if (state.kind === 'doomed' && state.byError) throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
+      if (state.kind === 'doomed' && state.byError)
+        throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
       return result
     } finally {
       tx.ended = true
-      if (tx.client !== undefined) tx.wire.release(new Error('pg-atomic released a connection after an unexpected exit path'))
+      if (tx.client !== undefined)
+        tx.wire.release(new Error('pg-atomic released a connection after an unexpected exit path'))
       tx.db.transactionEnded(tx)
     }
   }

@@ -111,7 +111,9 @@ export class Hooks {
       } catch (error) {
         if (!h.robust) {
           throw new OnCommitHookError(
-            `The transaction was committed, but the onCommit hook ${hookName(h.fn)} failed, so the hooks registered after it were not run. Do not retry the transaction: its data is committed.`,
+            `The transaction was committed, but the onCommit hook ${hookName(h.fn)} failed, ` +
+              `so the hooks registered after it were not run. Do not retry the transaction: ` +
+              `its data is committed.`,
             { cause: error },
           )
         }
@@ -140,8 +142,18 @@ export class Hooks {
  * as it sees fit (its message may carry bind values).
  * @internal
  */
-export function reportHookError(db: HookReporter, kind: 'commit' | 'rollback', transactionId: number | undefined, fn: Hook, error: unknown): void {
+export function reportHookError(
+  db: HookReporter,
+  kind: 'commit' | 'rollback',
+  transactionId: number | undefined,
+  fn: Hook,
+  error: unknown,
+): void {
   const where = transactionId === undefined ? '' : ` during transaction ${transactionId}`
-  db.logger.error(`Error calling ${hookName(fn)} in ${kind === 'commit' ? 'onCommit' : 'onRollback'}()${where}; the error is attached.`, error)
+  db.logger.error(
+    `Error calling ${hookName(fn)} in ` +
+      `${kind === 'commit' ? 'onCommit' : 'onRollback'}()${where}; the error is attached.`,
+    error,
+  )
   if (hookErrorChannel.hasSubscribers) hookErrorChannel.publish({ kind, transactionId, database: db.alias, error })
 }

@@ -9,19 +9,29 @@ import { ConnectionLostError, TransactionManagementError } from '../errors'
 
 /** @internal */
 export const ENDED_MESSAGE =
-  "This 'atomic' block has already ended, so its transaction can no longer be used and the statement was not run. Await all work of a block inside that block."
+  "This 'atomic' block has already ended, so its transaction can no longer be used " +
+  'and the statement was not run. Await all work of a block inside that block.'
 /** @internal */
 export const SWALLOWED_MESSAGE =
-  "The 'atomic' block finished normally, but an error inside it was caught and not re-raised, so its work was rolled back. Let the error propagate, or wrap the failing part in a nested atomic() block so that only that part is rolled back."
+  "The 'atomic' block finished normally, but an error inside it was caught and not " +
+  're-raised, so its work was rolled back. Let the error propagate, or wrap the ' +
+  'failing part in a nested atomic() block so that only that part is rolled back.'
 /** @internal */
 export const ABORTED_MESSAGE =
-  "The 'atomic' block finished normally, but a statement inside it failed and the transaction was aborted on the server; setRollback(false) cleared the rollback flag but cannot undo that, so the block's work was lost and it was rolled back. Let the error propagate, or wrap the failing part in a nested atomic() block so that only that part is rolled back."
+  "The 'atomic' block finished normally, but a statement inside it failed and the " +
+  'transaction was aborted on the server; setRollback(false) cleared the rollback ' +
+  "flag but cannot undo that, so the block's work was lost and it was rolled back. " +
+  'Let the error propagate, or wrap the failing part in a nested atomic() block so ' +
+  'that only that part is rolled back.'
 /** @internal */
 export const CURSOR_OPEN_MESSAGE =
-  "A cursor is open on this transaction's connection: read it to the end or break out of its loop before running other statements in the same transaction."
+  "A cursor is open on this transaction's connection: read it to the end or break " +
+  'out of its loop before running other statements in the same transaction.'
 /** @internal */
 export const COMMIT_UNKNOWN_MESSAGE =
-  'The connection was lost while COMMIT was in flight: the transaction may or may not have been committed. It was not retried, and neither onCommit nor onRollback hooks were run; check the data before doing the work again.'
+  'The connection was lost while COMMIT was in flight: the transaction may or may ' +
+  'not have been committed. It was not retried, and neither onCommit nor ' +
+  'onRollback hooks were run; check the data before doing the work again.'
 /** @internal */
 export const COMMIT_ANSWERED_ROLLBACK_MESSAGE =
   'COMMIT was answered with ROLLBACK: the transaction had failed on the server, so nothing was committed.'
@@ -29,7 +39,8 @@ export const COMMIT_ANSWERED_ROLLBACK_MESSAGE =
 /** The connection is gone: nothing of the transaction was committed. @internal */
 export function lostError(cause: unknown): ConnectionLostError {
   return new ConnectionLostError(
-    'The connection to PostgreSQL was lost during the transaction: the server rolled it back and nothing of it was committed. The connection was destroyed.',
+    'The connection to PostgreSQL was lost during the transaction: the server rolled ' +
+      'it back and nothing of it was committed. The connection was destroyed.',
     { cause },
   )
 }
@@ -37,7 +48,8 @@ export function lostError(cause: unknown): ConnectionLostError {
 /** A control statement failed: only ROLLBACK is safe. @internal */
 export function fatalError(cause: unknown): TransactionManagementError {
   return new TransactionManagementError(
-    'A transaction control statement failed, so the state of the transaction is unknown; it will be rolled back and no further statements can run in it.',
+    'A transaction control statement failed, so the state of the transaction is ' +
+      'unknown; it will be rolled back and no further statements can run in it.',
     { cause },
   )
 }

@@ -41,7 +41,11 @@ interface QueryInternals {
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { prepareValue } = require('pg/lib/utils') as { prepareValue(value: unknown): unknown }
 
-const BaseQuery = pg.Query as unknown as new (config: QueryConfig & { queryMode: 'extended' }, values: undefined, callback: (error: Error | undefined, result: unknown) => void) => QueryInternals
+const BaseQuery = pg.Query as unknown as new (
+  config: QueryConfig & { queryMode: 'extended' },
+  values: undefined,
+  callback: (error: Error | undefined, result: unknown) => void,
+) => QueryInternals
 
 /**
  * Whether `config` can share a round trip with control statements: one statement (the extended

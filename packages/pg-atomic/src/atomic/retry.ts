@@ -52,7 +52,15 @@ export async function runWithRetry<T>(policy: RetryPolicy, label: RetryLabel, at
       const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (n - 1))
       const delayMs = Math.floor(Math.random() * (ceiling + 1))
       if (retryChannel.hasSubscribers) {
-        retryChannel.publish({ attempt: n, maxAttempts: policy.maxAttempts, code: retryCode(error), error, delayMs, database: label.database, name: label.name })
+        retryChannel.publish({
+          attempt: n,
+          maxAttempts: policy.maxAttempts,
+          code: retryCode(error),
+          error,
+          delayMs,
+          database: label.database,
+          name: label.name,
+        })
       }
       if (delayMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, delayMs))
     }

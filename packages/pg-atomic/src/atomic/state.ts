@@ -79,7 +79,8 @@ export function afterStatementError(state: TransactionState, cause: unknown, ser
       return state
     case 'doomed':
       // The first error is the one reported at exit; a later one can only add the server's abort.
-      if (state.byError) return state.serverAbort !== undefined || abort === undefined ? state : { ...state, serverAbort: abort }
+      if (state.byError)
+        return state.serverAbort !== undefined || abort === undefined ? state : { ...state, serverAbort: abort }
       return { kind: 'doomed', byError: true, cause, serverAbort: state.serverAbort ?? abort }
     case 'aborted':
       // Statements sent to an aborted transaction fail (25P02); the abort keeps its first cause.

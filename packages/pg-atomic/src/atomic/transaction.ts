@@ -135,7 +135,9 @@ export class Transaction implements WireOwner {
 
   /** A control statement failed: nothing but ROLLBACK is safe. */
   controlFailed(error: unknown): void {
-    this.current = isConnectionLoss(error) ? afterConnectionLoss(this.current, error) : afterControlError(this.current, error)
+    this.current = isConnectionLoss(error)
+      ? afterConnectionLoss(this.current, error)
+      : afterControlError(this.current, error)
   }
 
   /** The connection is gone. */
@@ -217,10 +219,27 @@ export class Transaction implements WireOwner {
     if (!this.begun) {
       // Lazy BEGIN: a block that runs no statement sends nothing at all.
       const name = this.outermostName
-      preamble = [{ kind: 'begin', sql: beginStatement(this.characteristics), depth: 1, savepoint: undefined, droppable: false, name }]
+      preamble = [
+        {
+          kind: 'begin',
+          sql: beginStatement(this.characteristics),
+          depth: 1,
+          savepoint: undefined,
+          droppable: false,
+          name,
+        },
+      ]
       for (const option of TIMEOUT_OPTIONS) {
         const value = this.timeouts[option]
-        if (value !== undefined) preamble.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: 1, savepoint: undefined, droppable: false, name })
+        if (value !== undefined)
+          preamble.push({
+            kind: 'set-local',
+            sql: setLocalStatement(option, value),
+            depth: 1,
+            savepoint: undefined,
+            droppable: false,
+            name,
+          })
       }
       this.begun = true
     } else if (this.wire.mustFlushPending || this.materializedUpTo < this.stack.length) {
@@ -232,11 +251,26 @@ export class Transaction implements WireOwner {
       const b = stack[i] as Block
       if (b.savepointName === undefined) continue
       const name = b.options.name
-      preamble.push({ kind: 'savepoint', sql: savepointStatement(b.savepointName), depth: b.depth, savepoint: b.savepointName, droppable: false, name })
+      preamble.push({
+        kind: 'savepoint',
+        sql: savepointStatement(b.savepointName),
+        depth: b.depth,
+        savepoint: b.savepointName,
+        droppable: false,
+        name,
+      })
       if (b.ownTimeouts !== undefined) {
         for (const option of TIMEOUT_OPTIONS) {
           const value = b.ownTimeouts[option]
-          if (value !== undefined) preamble.push({ kind: 'set-local', sql: setLocalStatement(option, value), depth: b.depth, savepoint: b.savepointName, droppable: false, name })
+          if (value !== undefined)
+            preamble.push({
+              kind: 'set-local',
+              sql: setLocalStatement(option, value),
+              depth: b.depth,
+              savepoint: b.savepointName,
+              droppable: false,
+              name,
+            })
         }
       }
     }

@@ -289,7 +289,13 @@ export class Wire {
    * Publishes one event per control statement of a round trip. `error` is the round trip's error,
    * given to the statements from index `failedAt` on (the failed one and those the server skipped).
    */
-  private publish(statements: readonly ControlStatement[], durationMs: number, error: unknown, failedAt: number, withStatement: boolean): void {
+  private publish(
+    statements: readonly ControlStatement[],
+    durationMs: number,
+    error: unknown,
+    failedAt: number,
+    withStatement: boolean,
+  ): void {
     for (let i = 0; i < statements.length; i++) {
       const s = statements[i] as ControlStatement
       statementChannel.publish({
@@ -309,7 +315,14 @@ export class Wire {
   }
 
   private terminal(kind: 'commit' | 'rollback'): ControlStatement {
-    return { kind, sql: kind === 'commit' ? COMMIT : ROLLBACK, depth: 1, savepoint: undefined, droppable: false, name: this.owner.outermostName }
+    return {
+      kind,
+      sql: kind === 'commit' ? COMMIT : ROLLBACK,
+      depth: 1,
+      savepoint: undefined,
+      droppable: false,
+      name: this.owner.outermostName,
+    }
   }
 
   /**
@@ -356,7 +369,9 @@ export class Wire {
     if (last?.command === 'ROLLBACK') {
       this.release()
       const s = this.owner.state
-      throw new TransactionManagementError(COMMIT_ANSWERED_ROLLBACK_MESSAGE, { cause: s.kind === 'ok' ? undefined : s.cause })
+      throw new TransactionManagementError(COMMIT_ANSWERED_ROLLBACK_MESSAGE, {
+        cause: s.kind === 'ok' ? undefined : s.cause,
+      })
     }
     this.release()
   }
@@ -417,7 +432,11 @@ export class Wire {
     this.client = undefined
     if (destroyReason !== undefined || this.owner.state.kind === 'lost') {
       // Keep our 'error' listener: the socket may still report errors while it is being torn down.
-      client.release(destroyReason instanceof Error ? destroyReason : new Error('pg-atomic destroyed a connection in an unknown state'))
+      client.release(
+        destroyReason instanceof Error
+          ? destroyReason
+          : new Error('pg-atomic destroyed a connection in an unknown state'),
+      )
       return
     }
     const status = client.getTransactionStatus?.()

@@ -335,16 +335,23 @@ export function renderProgram(program: Program): string {
         case 'insert':
         case 'dup':
           lines.push(
-            `${indent}await ${target(o.via, 'db.', inOutermost)}query('${INSERT_SQL}', [${o.value}])${o.op === 'dup' ? ' // dup' : ''}`,
+            `${indent}await ${target(o.via, 'db.', inOutermost)}query('${INSERT_SQL}', ` +
+              `[${o.value}])${o.op === 'dup' ? ' // dup' : ''}`,
           )
           break
         case 'fail':
           lines.push(`${indent}await ${target(o.via, 'db.', inOutermost)}query('${FAILING_SQL[o.sql]}')`)
           break
         case 'throw':
-          lines.push(
-            `${indent}throw ${o.as === 'error' ? `new ProgramError(${o.id})` : o.as === 'object' ? `{ thrownId: ${o.id} }` : `'thrown ${o.id}'`}`,
-          )
+          {
+            const value =
+              o.as === 'error'
+                ? `new ProgramError(${o.id})`
+                : o.as === 'object'
+                  ? `{ thrownId: ${o.id} }`
+                  : `'thrown ${o.id}'`
+            lines.push(`${indent}throw ${value}`)
+          }
           break
         case 'setRollback':
           lines.push(`${indent}${target(o.via, '', inOutermost)}setRollback(${o.flag})`)
@@ -352,7 +359,9 @@ export function renderProgram(program: Program): string {
         case 'onCommit':
         case 'onRollback':
           {
-            const run = `log('${o.op === 'onCommit' ? 'commit' : 'rollback'}:${o.label}')${o.throws ? `; throw new HookError('${o.label}')` : ''}`
+            const kind = o.op === 'onCommit' ? 'commit' : 'rollback'
+            const rethrow = o.throws ? `; throw new HookError('${o.label}')` : ''
+            const run = `log('${kind}:${o.label}')${rethrow}`
             const options = o.op === 'onCommit' && o.robust ? ', { robust: true }' : ''
             lines.push(`${indent}${target(o.via, '', inOutermost)}${o.op}(() => { ${run} }${options})`)
             break
