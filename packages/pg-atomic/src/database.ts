@@ -50,12 +50,14 @@ export interface Database {
   readonly pool: Pool
   /** Runs `fn` in a block of this database (see the module-level {@link atomic}). */
   atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  /** Runs `fn` in a block of this database with `options` (validated before any SQL; no `using`). */
   atomic<T>(options: Omit<AtomicOptions, 'using'>, fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
   /**
    * Runs a statement: inside a block of this database on the block's connection, outside on a
    * pooled connection in autocommit mode. Returns pg's `QueryResult`.
    */
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  /** Runs a statement given as a pg `QueryConfig` (`{ text, values, rowMode, types, ... }`), as above. */
   query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
   /**
    * Streams rows through `pg-cursor`. Inside a block it reads on the block's connection (in its

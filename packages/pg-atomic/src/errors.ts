@@ -23,6 +23,7 @@ export const DURABLE_NESTED_MESSAGE = 'A durable atomic block cannot be nested w
  * separates library-detected problems from PostgreSQL errors.
  */
 export class AtomicError extends Error {
+  /** Always `'AtomicError'`. */
   override name = 'AtomicError'
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options)
@@ -37,6 +38,7 @@ export class AtomicError extends Error {
  * `cause` carries the original error when there is one (for example the error that doomed the block).
  */
 export class TransactionManagementError extends AtomicError {
+  /** Always `'TransactionManagementError'`. */
   override name = 'TransactionManagementError'
 }
 
@@ -45,6 +47,7 @@ export class TransactionManagementError extends AtomicError {
  * `field` names the offending option (dotted path for nested fields).
  */
 export class InvalidOptionError extends AtomicError {
+  /** Always `'InvalidOptionError'`. */
   override name = 'InvalidOptionError'
   /** The option that is invalid, e.g. `'isolationLevel'` or `'lockTimeout'`. */
   readonly field: string
@@ -61,6 +64,7 @@ export class InvalidOptionError extends AtomicError {
  * `cause` is the error node-postgres reported.
  */
 export class ConnectionLostError extends AtomicError {
+  /** Always `'ConnectionLostError'`. */
   override name = 'ConnectionLostError'
 }
 
@@ -69,6 +73,7 @@ export class ConnectionLostError extends AtomicError {
  * committed. Never retry automatically; check the data (or make the work idempotent) first.
  */
 export class CommitOutcomeUnknownError extends AtomicError {
+  /** Always `'CommitOutcomeUnknownError'`. */
   override name = 'CommitOutcomeUnknownError'
 }
 
@@ -78,6 +83,7 @@ export class CommitOutcomeUnknownError extends AtomicError {
  * the failing one did not run. `cause` is the hook's error.
  */
 export class OnCommitHookError extends AtomicError {
+  /** Always `'OnCommitHookError'`. */
   override name = 'OnCommitHookError'
   /** Always `true`: the transaction this hook belonged to was committed. */
   readonly committed = true as const
@@ -88,6 +94,7 @@ export class OnCommitHookError extends AtomicError {
  * The fields say how the pool was used at that moment.
  */
 export class AcquireTimeoutError extends AtomicError {
+  /** Always `'AcquireTimeoutError'`. */
   override name = 'AcquireTimeoutError'
   /** The pool's `max`. */
   readonly poolSize: number
@@ -245,6 +252,7 @@ export type LockNotAvailableReason = 'nowait' | 'lock_timeout'
  * Inside an `atomic()` block the failed statement dooms the block, as every failed statement does.
  */
 export class LockNotAvailableError extends AtomicError {
+  /** Always `'LockNotAvailableError'`. */
   override name = 'LockNotAvailableError'
   /** SQLSTATE `55P03` (lock_not_available). */
   readonly code = '55P03' as const

@@ -43,6 +43,7 @@ export interface TransactionHandle {
    * transaction). Rejects with `TransactionManagementError` once this block has ended.
    */
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  /** Runs a statement given as a pg `QueryConfig` (`{ text, values, rowMode, types, ... }`), as above. */
   query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
   /** Streams the rows of a query through `pg-cursor`, in this transaction's snapshot. */
   cursor<R extends QueryResultRow = QueryResultRow>(

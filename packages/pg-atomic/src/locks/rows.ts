@@ -37,7 +37,7 @@ export interface ForUpdateOptions {
   skipLocked?: boolean
 }
 
-/** Options of {@link selectForUpdate}. */
+/** Options of `selectForUpdate()`. */
 export interface SelectForUpdateOptions extends ForUpdateOptions {
   /**
    * Alias of the database whose current block runs the statement (it must be registered).
@@ -92,7 +92,7 @@ function clause(o: z.output<typeof forUpdateSchema>, subject: string): string {
  * options are an `InvalidOptionError` naming the field; `nowait` with `skipLocked` is refused.
  *
  * The lock only means something inside a transaction: run the statement inside an `atomic()`
- * block (or use {@link selectForUpdate}, which checks that for you).
+ * block (or use `selectForUpdate()`, which checks that for you).
  *
  * @example
  * ```ts
