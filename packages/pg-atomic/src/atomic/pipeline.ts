@@ -74,7 +74,7 @@ class PipelinedQuery extends BaseQuery {
 
   constructor(
     config: QueryConfig,
-    private readonly controls: readonly string[],
+    private readonly controls: readonly { readonly sql: string }[],
     callback: (error: Error | undefined, result: unknown) => void,
   ) {
     super({ ...config, queryMode: 'extended' }, undefined, callback)
@@ -84,8 +84,8 @@ class PipelinedQuery extends BaseQuery {
     const stream = connection.stream
     stream.cork?.()
     try {
-      for (const sql of this.controls) {
-        connection.parse({ text: sql })
+      for (const control of this.controls) {
+        connection.parse({ text: control.sql })
         connection.bind()
         connection.execute()
       }
@@ -132,7 +132,7 @@ interface SubmittingClient {
  */
 export function runPipelined<R extends QueryResultRow>(
   client: SubmittingClient,
-  controls: readonly string[],
+  controls: readonly { readonly sql: string }[],
   config: QueryConfig,
 ): Promise<PipelineOutcome<R>> {
   return new Promise((resolve) => {

@@ -52,6 +52,16 @@ const NO_TIMEOUTS: TimeoutMap = Object.freeze({})
 
 let nextTransactionId = 1
 
+/** `BEGIN` of an unnamed block with the server's characteristics: the common case, allocated once. */
+const PLAIN_BEGIN: ControlStatement = Object.freeze({
+  kind: 'begin',
+  sql: beginStatement({ isolationLevel: undefined, readOnly: undefined, deferrable: undefined }),
+  depth: 1,
+  savepoint: undefined,
+  droppable: false,
+  name: undefined,
+})
+
 /** One transaction. @internal */
 export class Transaction implements WireOwner {
   readonly id = nextTransactionId++
@@ -219,15 +229,13 @@ export class Transaction implements WireOwner {
     if (!this.begun) {
       // Lazy BEGIN: a block that runs no statement sends nothing at all.
       const name = this.outermostName
+      const c = this.characteristics
+      const plain =
+        name === undefined && c.isolationLevel === undefined && c.readOnly === undefined && c.deferrable === undefined
       preamble = [
-        {
-          kind: 'begin',
-          sql: beginStatement(this.characteristics),
-          depth: 1,
-          savepoint: undefined,
-          droppable: false,
-          name,
-        },
+        plain
+          ? PLAIN_BEGIN
+          : { kind: 'begin', sql: beginStatement(c), depth: 1, savepoint: undefined, droppable: false, name },
       ]
       for (const option of TIMEOUT_OPTIONS) {
         const value = this.timeouts[option]

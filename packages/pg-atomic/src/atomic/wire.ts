@@ -192,7 +192,7 @@ export class Wire {
     if (statements.length === 0) return client.query<R>(config)
     const publishing = statementChannel.hasSubscribers
     const start = publishing ? performance.now() : 0
-    const outcome = await runPipelined<R>(client, statements.map(sqlOf), config)
+    const outcome = await runPipelined<R>(client, statements, config)
     if (outcome.ok) {
       if (publishing) this.publish(statements, performance.now() - start, undefined, statements.length, true)
       return outcome.result
@@ -315,6 +315,7 @@ export class Wire {
   }
 
   private terminal(kind: 'commit' | 'rollback'): ControlStatement {
+    if (this.owner.outermostName === undefined) return kind === 'commit' ? PLAIN_COMMIT : PLAIN_ROLLBACK
     return {
       kind,
       sql: kind === 'commit' ? COMMIT : ROLLBACK,
@@ -448,6 +449,24 @@ export class Wire {
     client.release()
   }
 }
+
+/** COMMIT and ROLLBACK of an unnamed block: the common case, allocated once. */
+const PLAIN_COMMIT: ControlStatement = Object.freeze({
+  kind: 'commit',
+  sql: COMMIT,
+  depth: 1,
+  savepoint: undefined,
+  droppable: false,
+  name: undefined,
+})
+const PLAIN_ROLLBACK: ControlStatement = Object.freeze({
+  kind: 'rollback',
+  sql: ROLLBACK,
+  depth: 1,
+  savepoint: undefined,
+  droppable: false,
+  name: undefined,
+})
 
 function sqlOf(statement: ControlStatement): string {
   return statement.sql
