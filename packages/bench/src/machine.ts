@@ -34,7 +34,13 @@ function installedVersion(name: string, under?: string): string {
   return (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
 }
 
+/**
+ * The commit measured, from git; `PG_ATOMIC_BENCH_COMMIT` names it for a run from an exported tree
+ * (`git archive <commit>`), which has no repository.
+ */
 function commit(): string {
+  const named = process.env.PG_ATOMIC_BENCH_COMMIT
+  if (named !== undefined && named !== '') return named
   const root = path.join(__dirname, '..', '..', '..')
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim()

@@ -70,7 +70,11 @@ async function main(): Promise<number> {
         .join('')}`,
       machine,
       options: recorded,
-      harness: { cpuUsPerOp: round(harness.cpuUs, 2), bytesPerOp: Math.round(harness.bytes) },
+      harness: {
+        cpuUsPerOp: round(harness.mainCpuUs, 2),
+        processCpuUsPerOp: round(harness.cpuUs, 2),
+        bytesPerOp: Math.round(harness.bytes),
+      },
       roundTrips,
       settings,
       checks,

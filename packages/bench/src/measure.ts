@@ -2,8 +2,11 @@
  * Runs a batch of planned operations and measures it: wall time, per-operation latency
  * (sequential), client CPU and bytes allocated.
  *
- * - **Client CPU**: `process.cpuUsage()` before and after (user + system, all threads of this
- *   process: the library, the driver, V8's GC). The server and the proxy are other processes.
+ * - **Client CPU**, two figures. The main thread's: its run time from the scheduler
+ *   (`/proc/self/task/<pid>/schedstat`, nanoseconds; Linux), which is where the library, the driver
+ *   and their system calls run. The whole process's: `process.cpuUsage()` (user + system of every
+ *   thread, V8's GC and compiler helpers included), which moves more from round to round. The
+ *   server and the proxy are other processes. Elsewhere than Linux both are `process.cpuUsage()`.
  * - **Bytes allocated**: Node 20 has no allocation counter (`total_allocated_bytes` came later in
  *   V8), so the batch runs under a `v8.GCProfiler`: allocated = growth of the used heap over the
  *   batch + what every GC during it freed (used heap before − after, per GC). Between GCs the used
@@ -15,21 +18,27 @@
  *
  * @module
  */
+import { existsSync, readFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import v8 from 'node:v8'
 import type { Contestant } from './contestants'
+import { RETRYABLE, sqlState } from './contestants/retry'
 import type { Operation } from './workloads'
 
 /** What one batch measured. */
 export interface Batch {
   readonly ops: number
-  /** Operations that rejected (every one is a correctness failure). */
+  /** Operations that rejected. */
   readonly errors: number
+  /** Of which rejected with a serialization failure or deadlock after every attempt their retry allowed. */
+  readonly retriesExhausted: number
   readonly firstError: string | undefined
   /** Transaction attempts (retries are attempts − successful operations). */
   readonly attempts: number
   readonly wallMs: number
-  /** Client CPU, user + system, µs for the whole batch. */
+  /** Client CPU of the main thread, µs for the whole batch. */
+  readonly mainCpuUs: number
+  /** Client CPU of the whole process (user + system, every thread), µs for the whole batch. */
   readonly cpuUs: number
   /** Bytes allocated on the V8 heap during the batch. */
   readonly allocatedBytes: number
@@ -40,6 +49,7 @@ export interface Batch {
 
 interface Counters {
   errors: number
+  retriesExhausted: number
   firstError: string | undefined
   attempts: number
 }
@@ -53,14 +63,16 @@ function describe(error: unknown): string {
 }
 
 async function measured(run: (counters: Counters) => Promise<number[] | undefined>, ops: number): Promise<Batch> {
-  const counters: Counters = { errors: 0, firstError: undefined, attempts: 0 }
+  const counters: Counters = { errors: 0, retriesExhausted: 0, firstError: undefined, attempts: 0 }
   const profiler = new v8.GCProfiler()
   const heapBefore = v8.getHeapStatistics().used_heap_size
   profiler.start()
   const cpuBefore = process.cpuUsage()
+  const mainBefore = mainThreadCpuUs()
   const start = performance.now()
   const latenciesMs = await run(counters)
   const wallMs = performance.now() - start
+  const main = mainThreadCpuUs()
   const cpu = process.cpuUsage(cpuBefore)
   const heapAfter = v8.getHeapStatistics().used_heap_size
   const gc = profiler.stop()
@@ -69,9 +81,11 @@ async function measured(run: (counters: Counters) => Promise<number[] | undefine
   return {
     ops,
     errors: counters.errors,
+    retriesExhausted: counters.retriesExhausted,
     firstError: counters.firstError,
     attempts: counters.attempts,
     wallMs,
+    mainCpuUs: main === undefined || mainBefore === undefined ? cpu.user + cpu.system : main - mainBefore,
     cpuUs: cpu.user + cpu.system,
     allocatedBytes: heapAfter - heapBefore + freed,
     gcs: gc.statistics.length,
@@ -84,7 +98,22 @@ async function runOne(op: Operation, c: Contestant, counters: Counters, onAttemp
     await op(c, onAttempt)
   } catch (error) {
     counters.errors++
+    if (RETRYABLE.has(sqlState(error) ?? '')) counters.retriesExhausted++
     counters.firstError ??= describe(error)
+  }
+}
+
+const SCHEDSTAT = `/proc/self/task/${process.pid}/schedstat`
+let schedstat = existsSync(SCHEDSTAT)
+
+/** The main thread's time on a CPU in µs (Linux), or undefined. */
+function mainThreadCpuUs(): number | undefined {
+  if (!schedstat) return undefined
+  try {
+    return Number(readFileSync(SCHEDSTAT, 'utf8').split(' ')[0]) / 1000
+  } catch {
+    schedstat = false
+    return undefined
   }
 }
 
@@ -123,7 +152,7 @@ export function concurrent(c: Contestant, ops: readonly Operation[], workers: nu
  * The harness's own cost per operation (an operation that does nothing but await), to read the
  * CPU and allocation figures against.
  */
-export async function harnessOverhead(): Promise<{ cpuUs: number; bytes: number }> {
+export async function harnessOverhead(): Promise<{ cpuUs: number; mainCpuUs: number; bytes: number }> {
   const nothing: Contestant = {
     id: 'pg',
     select1: () => Promise.resolve(1),
@@ -139,5 +168,9 @@ export async function harnessOverhead(): Promise<{ cpuUs: number; bytes: number 
   const ops = Array.from({ length: 20_000 }, () => op)
   await sequential(nothing, ops)
   const batch = await sequential(nothing, ops)
-  return { cpuUs: batch.cpuUs / ops.length, bytes: batch.allocatedBytes / ops.length }
+  return {
+    cpuUs: batch.cpuUs / ops.length,
+    mainCpuUs: batch.mainCpuUs / ops.length,
+    bytes: batch.allocatedBytes / ops.length,
+  }
 }

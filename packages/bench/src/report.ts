@@ -51,7 +51,9 @@ function workloadTable(results: Results, w: WorkloadResult): string {
     (id) => w.summary.concurrent?.[id] !== undefined || w.summary.sequential?.[id] !== undefined,
   )
   if (w.workload === 'contention') {
-    const rows = [['', 'RT/commit', 'goodput/s', '×pg (min–max)', 'retries/commit', 'CPU µs/op', 'KB/op', 'failed']]
+    const rows = [
+      ['', 'RT/commit', 'goodput/s', '×pg (min–max)', 'retries/commit', 'CPU µs/op', 'KB/op', 'gave up', 'failed'],
+    ]
     for (const id of ids) {
       const s = w.summary.concurrent?.[id] as ContestantSummary
       rows.push([
@@ -62,7 +64,8 @@ function workloadTable(results: Results, w: WorkloadResult): string {
         f(s.retriesPerCommit),
         f(s.cpuUsPerOp.median, 0),
         kb(s.bytesPerOp.median),
-        String(s.errors),
+        String(s.retriesExhausted),
+        String(s.errors - s.retriesExhausted),
       ])
     }
     return `(${info.letter}) ${info.title}, ${results.options.workers} workers on ${results.options.hotAccounts} accounts\n${table(rows)}`
@@ -77,6 +80,8 @@ function workloadTable(results: Results, w: WorkloadResult): string {
       'ops/s',
       '×pg ops/s (min–max)',
       'CPU µs/op',
+      '±pg µs',
+      'proc µs',
       '±pg µs',
       'KB/op',
       'failed',
@@ -95,6 +100,8 @@ function workloadTable(results: Results, w: WorkloadResult): string {
       ratio(c?.ratio),
       f(s?.cpuUsPerOp.median, 0),
       id === 'pg' || s === undefined ? '' : signed(s.cpuDeltaUs.median),
+      f(s?.processCpuUsPerOp.median, 0),
+      id === 'pg' || s === undefined ? '' : signed(s.processCpuDeltaUs.median),
       kb(s?.bytesPerOp.median),
       String((s?.errors ?? 0) + (c?.errors ?? 0)),
     ])
@@ -152,7 +159,8 @@ export function printReport(results: Results, print: (text: string) => void): vo
         .join(', ')}; commit ${m.commit}\n` +
       `${results.options.rounds} interleaved rounds (order rotated each round), ${results.options.ops} ops per sequential batch, ` +
       `${results.options.workers} workers; pgbench scale ${results.options.scale}. ` +
-      `Harness cost included in CPU/KB figures: ${f(results.harness.cpuUsPerOp, 1)} µs, ${results.harness.bytesPerOp.toFixed(0)} B per op.`,
+      `Harness cost included in CPU/KB figures: ${f(results.harness.cpuUsPerOp, 1)} µs, ` +
+      `${results.harness.bytesPerOp.toFixed(0)} B per op.`,
   )
   print('\nRound trips per transaction (ReadyForQuery messages on the wire, counted by a proxy):')
   print(roundTripTable(results, false))
@@ -162,8 +170,10 @@ export function printReport(results: Results, print: (text: string) => void): vo
   }
   print(
     '\nColumns: round = round trips per transaction; ×pg = per round, the contestant over hand-written pg in the same round ' +
-      '(latency: lower is better; ops/s: higher is better), median and min–max of the rounds; CPU and KB are client-side, ' +
-      'per operation, sequential. Retries are whole-transaction attempts after the first.',
+      '(latency: lower is better; ops/s: higher is better), median and min–max of the rounds; CPU µs/op = the client main ' +
+      "thread's CPU per operation, proc µs = the whole client process's (GC and compiler threads too), ±pg = the median " +
+      "of the per-round differences from pg's; KB = allocated on the client's V8 heap per operation; all sequential. " +
+      'Retries are whole-transaction attempts after the first; gave up = still failing after the last attempt.',
   )
   const failed = results.checks.filter((c) => !c.ok)
   print(`\nCorrectness checks: ${results.checks.length - failed.length} passed, ${failed.length} failed.`)
@@ -248,15 +258,18 @@ export function markdownReport(results: Results): string {
   const loopback = results.settings.find((s) => s.delayMs === 0) ?? results.settings[0]
   if (loopback !== undefined) {
     out.push(
-      `\n**Client CPU and allocation per transaction** (${loopback.name}, sequential; µs of CPU, KB allocated):\n`,
+      `\n**Client cost per transaction** (${loopback.name}, sequential, median of the rounds): CPU µs of the main thread ` +
+        '(difference from hand-written pg, median of the per-round differences), KB allocated on the V8 heap:\n',
     )
     const rows = loopback.workloads
       .filter((w) => w.summary.sequential !== undefined)
       .map((w) => [
-        `(${WORKLOADS[w.workload].letter}) ${w.workload}`,
+        `(${WORKLOADS[w.workload].letter}) ${WORKLOADS[w.workload].short}`,
         ...ids.map((id) => {
           const s = w.summary.sequential?.[id]
-          return s === undefined ? '–' : `${f(s.cpuUsPerOp.median, 0)} µs, ${kb(s.bytesPerOp.median)} KB`
+          if (s === undefined) return '–'
+          const delta = id === 'pg' ? '' : ` (${signed(s.cpuDeltaUs.median)})`
+          return `${f(s.cpuUsPerOp.median, 0)} µs${delta}, ${kb(s.bytesPerOp.median)} KB`
         }),
       ])
     out.push(markdownTable(['workload', ...ids.map((id) => LABEL[id])], rows))

@@ -28,13 +28,18 @@ export interface WireFigures {
 export interface BatchFigures {
   readonly ops: number
   readonly errors: number
+  /** Of which gave up after their last attempt on a serialization failure or deadlock. */
+  readonly retriesExhausted: number
   readonly firstError?: string
   readonly attempts: number
   readonly wallMs: number
   readonly opsPerSec: number
   readonly p50Ms?: number
   readonly p99Ms?: number
+  /** Main thread CPU µs per operation. */
   readonly cpuUsPerOp: number
+  /** Whole-process CPU µs per operation (GC and compiler threads included). */
+  readonly processCpuUsPerOp: number
   readonly bytesPerOp: number
   readonly gcs: number
   readonly wire?: WireFigures
@@ -45,6 +50,7 @@ export function batchFigures(batch: Batch, wire?: ProxyStats): BatchFigures {
   return {
     ops: batch.ops,
     errors: batch.errors,
+    retriesExhausted: batch.retriesExhausted,
     ...(batch.firstError === undefined ? {} : { firstError: batch.firstError }),
     attempts: batch.attempts,
     wallMs: round(batch.wallMs, 1),
@@ -52,7 +58,8 @@ export function batchFigures(batch: Batch, wire?: ProxyStats): BatchFigures {
     ...(batch.latenciesMs === undefined
       ? {}
       : { p50Ms: round(quantile(batch.latenciesMs, 0.5), 3), p99Ms: round(quantile(batch.latenciesMs, 0.99), 3) }),
-    cpuUsPerOp: round(batch.cpuUs / batch.ops, 1),
+    cpuUsPerOp: round(batch.mainCpuUs / batch.ops, 1),
+    processCpuUsPerOp: round(batch.cpuUs / batch.ops, 1),
     bytesPerOp: Math.round(batch.allocatedBytes / batch.ops),
     gcs: batch.gcs,
     ...(wire === undefined || wire.transactions === 0
@@ -73,6 +80,7 @@ export interface ContestantSummary {
   readonly rounds: number
   readonly ops: number
   readonly errors: number
+  readonly retriesExhausted: number
   /** Sequential: p50 latency per round. */
   readonly p50Ms?: Spread
   /** Sequential: p99 over every operation of every round. */
@@ -84,9 +92,14 @@ export interface ContestantSummary {
    * sequential batches (lower is better), throughput for concurrent ones (higher is better).
    */
   readonly ratio: Spread
+  /** Main-thread CPU µs per operation. */
   readonly cpuUsPerOp: Spread
-  /** Client CPU per operation minus pg's, per round. */
+  /** Main-thread CPU per operation minus pg's, per round. */
   readonly cpuDeltaUs: Spread
+  /** Whole-process CPU µs per operation (GC and compiler threads included). */
+  readonly processCpuUsPerOp: Spread
+  /** Whole-process CPU per operation minus pg's, per round. */
+  readonly processCpuDeltaUs: Spread
   readonly bytesPerOp: Spread
   /** (attempts − committed operations) / committed operations, over all rounds. */
   readonly retriesPerCommit: number
@@ -143,7 +156,7 @@ export interface Results {
   readonly machine: MachineInfo
   readonly options: Omit<BenchOptions, 'jsonPath'>
   /** The harness's own cost per operation, included in every CPU and allocation figure. */
-  readonly harness: { readonly cpuUsPerOp: number; readonly bytesPerOp: number }
+  readonly harness: { readonly cpuUsPerOp: number; readonly processCpuUsPerOp: number; readonly bytesPerOp: number }
   readonly roundTrips: readonly RoundTripResult[]
   readonly settings: readonly SettingResult[]
   readonly checks: readonly Check[]
@@ -185,6 +198,7 @@ export function summarise(
     rounds: mine.length,
     ops: mine.reduce((s, b) => s + b.ops, 0),
     errors: mine.reduce((s, b) => s + b.errors, 0),
+    retriesExhausted: mine.reduce((s, b) => s + b.retriesExhausted, 0),
     ...(mode === 'sequential'
       ? { p50Ms: roundSpread(spread(mine.map((b) => b.p50Ms ?? NaN)), 3), p99Ms: round(quantile(latenciesMs, 0.99), 3) }
       : {}),
@@ -192,6 +206,11 @@ export function summarise(
     ratio: roundSpread(spread(ratios), 3),
     cpuUsPerOp: roundSpread(spread(mine.map((b) => b.cpuUsPerOp)), 1),
     cpuDeltaUs: roundSpread(spread(mine.map((b, i) => b.cpuUsPerOp - (base[i] as BatchFigures).cpuUsPerOp)), 1),
+    processCpuUsPerOp: roundSpread(spread(mine.map((b) => b.processCpuUsPerOp)), 1),
+    processCpuDeltaUs: roundSpread(
+      spread(mine.map((b, i) => b.processCpuUsPerOp - (base[i] as BatchFigures).processCpuUsPerOp)),
+      1,
+    ),
     bytesPerOp: roundSpread(spread(mine.map((b) => b.bytesPerOp)), 0),
     retriesPerCommit: committed === 0 ? NaN : round((attempts - committed) / committed, 3),
     ...(wire.length === 0

@@ -6,7 +6,8 @@
  */
 import { MAX_ATTEMPTS } from './types'
 
-const RETRYABLE = new Set(['40001', '40P01'])
+/** Serialization failure and deadlock. */
+export const RETRYABLE: ReadonlySet<string> = new Set(['40001', '40P01'])
 
 /** The SQLSTATE of a driver error (pg, postgres.js and the libraries above them all use `code`). */
 export function sqlState(error: unknown): string | undefined {
