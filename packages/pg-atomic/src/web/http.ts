@@ -58,7 +58,11 @@ export class HttpExchange implements HoldListener {
 
   /** Runs `fn` in the async context the exchange was created in, outside the request blocks. */
   outside<R>(fn: () => R): R {
-    return this.outsideContext.runInAsyncScope(fn)
+    // In a resource of its own: AsyncLocalStorage.run() sets its store on the resource it runs in
+    // until it returns, so a block entered by `fn` must not mark the captured context itself (a
+    // marker calling outside() again while that block's callback is still on the stack would
+    // see it).
+    return this.outsideContext.runInAsyncScope(() => new AsyncResource('pg-atomic.request').runInAsyncScope(fn))
   }
 
   /** The request was handed to other handlers: never run the handler again. */

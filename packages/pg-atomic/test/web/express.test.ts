@@ -4,6 +4,7 @@
  * each way a request can end.
  */
 import diagnostics_channel from 'node:diagnostics_channel'
+import { Readable } from 'node:stream'
 import express from 'express'
 import type { ErrorRequestHandler, Express } from 'express'
 import {
@@ -258,6 +259,214 @@ describe('no success before COMMIT', () => {
     } finally {
       await db.close({ timeoutMs: 0 })
       await proxy.close()
+    }
+  })
+})
+
+describe('streaming: COMMIT at the first byte, then the stream', () => {
+  test('res.write() commits first; the bytes follow; a statement after that point is refused', async () => {
+    const seenAtFirstByte = gate<number[]>()
+    const url = await start((app) =>
+      app.get('/stream', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        res.setHeader('content-type', 'text/plain')
+        // The write's callback runs once the bytes are out: after COMMIT.
+        await new Promise<void>((resolve) => res.write('first\n', () => resolve()))
+        const refused = await rejection(h.db.query(INSERT, [2, 'b']))
+        res.end(`${(refused as Error).name}\n`)
+      }),
+    )
+    const response = await fetch(`${url}/stream`)
+    seenAtFirstByte.open(await items())
+    expect(response.status).toBe(200)
+    expect(await response.text()).toBe('first\nTransactionManagementError\n')
+    expect(await seenAtFirstByte.wait).toEqual([1])
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
+    expect(await items()).toEqual([1])
+  })
+
+  test('flushHeaders() (server-sent events) commits first', async () => {
+    const url = await start((app) =>
+      app.get('/events', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
+        res.flushHeaders()
+        for (const n of [1, 2, 3]) res.write(`data: ${n}\n\n`)
+        res.end()
+      }),
+    )
+    const response = await fetch(`${url}/events`)
+    expect(await items()).toEqual([1]) // committed before the headers left
+    expect(response.headers.get('content-type')).toBe('text/event-stream')
+    expect(await response.text()).toBe('data: 1\n\ndata: 2\n\ndata: 3\n\n')
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
+  })
+
+  test('a piped stream larger than bufferLimitBytes: COMMIT first, then every byte, in order', async () => {
+    const chunk = Buffer.alloc(64 * 1024, 'x')
+    const chunks = 48 // 3 MiB: the pipe is paused past the limit while COMMIT is in flight
+    const url = await start((app) =>
+      app.get('/file', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        res.setHeader('content-type', 'application/octet-stream')
+        Readable.from(
+          (function* () {
+            for (let i = 0; i < chunks; i++) yield chunk
+          })(),
+        ).pipe(res)
+      }),
+    )
+    const response = await fetch(`${url}/file`)
+    expect(await items()).toEqual([1])
+    expect((await response.arrayBuffer()).byteLength).toBe(chunk.length * chunks)
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
+  })
+
+  test('an early COMMIT that fails: nothing was sent, so the request gets a 500 instead', async () => {
+    await h.admin.query("insert into tokens values ('taken')")
+    const url = await start((app) =>
+      app.get('/stream', async (_req, res) => {
+        await h.db.query("insert into tokens values ('taken')")
+        res.write('never sent\n')
+        await new Promise((resolve) => setTimeout(resolve, 20))
+        res.write('nor this\n')
+        res.end()
+      }),
+    )
+    const response = await fetch(`${url}/stream`)
+    expect(response.status).toBe(500)
+    expect(await response.json()).toMatchObject({ code: '23505' })
+    expect(h.statements).toEqual(['BEGIN', "insert into tokens values ('taken')", 'COMMIT'])
+  })
+})
+
+describe('opting out and per-route options', () => {
+  test('nonAtomic(): the route runs in autocommit, so its insert stays although it then fails', async () => {
+    const url = await start((app) =>
+      app.post('/log', nonAtomic(), async () => {
+        await h.db.query(INSERT, [1, 'kept'])
+        throw new Error('after the insert')
+      }),
+    )
+    expect(await post(`${url}/log`)).toMatchObject({ status: 500 })
+    expect(h.statements).toEqual([INSERT])
+    expect(await items()).toEqual([1])
+  })
+
+  test("atomicRoute(options) as a marker: the route's BEGIN carries its characteristics and SET LOCALs", async () => {
+    const url = await start((app) =>
+      app.get(
+        '/report',
+        atomicRoute({ isolationLevel: 'repeatable read', readOnly: true, statementTimeout: 5_000 }),
+        async (_req, res) => {
+          res.json((await h.db.query<{ n: number }>('select count(*)::int as n from items')).rows[0])
+        },
+      ),
+    )
+    const response = await fetch(`${url}/report`)
+    expect(await response.json()).toEqual({ n: 0 })
+    expect(h.statements).toEqual([
+      'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+      'SET LOCAL statement_timeout = 5000',
+      'select count(*)::int as n from items',
+      'COMMIT',
+    ])
+  })
+
+  test('atomicRoute(options) without atomicRequests(): the route gets request blocks of its own', async () => {
+    const url = await start(
+      (app) =>
+        app.post('/items', atomicRoute({ name: 'create-item' }), async (_req, res) => {
+          await h.db.query(INSERT, [1, 'a'])
+          res.status(500).json({ failed: true })
+        }),
+      { bare: true },
+    )
+    expect(await post(`${url}/items`)).toMatchObject({ status: 500, body: { failed: true } })
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
+    expect(statementEvents.map((e) => [e.kind, e.name])).toEqual([
+      ['begin', 'create-item'],
+      ['rollback', 'create-item'],
+    ])
+  })
+
+  test('a marker after a statement already ran in the request: TransactionManagementError, ROLLBACK', async () => {
+    const url = await start((app) => {
+      app.use(async (_req, _res, next) => {
+        await h.db.query('select 1')
+        next()
+      })
+      app.get('/late', atomicRoute({ readOnly: true }), (_req, res) => void res.json({ reached: true }))
+      app.get('/late-opt-out', nonAtomic(), (_req, res) => void res.json({ reached: true }))
+    })
+    for (const path of ['/late', '/late-opt-out']) {
+      const response = await fetch(`${url}${path}`)
+      const marker = path === '/late' ? 'atomicRoute()' : 'nonAtomic()'
+      expect({ status: response.status, body: await response.json() }).toEqual({
+        status: 500,
+        body: {
+          error: 'TransactionManagementError',
+          message:
+            `${marker} must run before the first statement of the request: a middleware before it ` +
+            "already ran a statement in the request's transaction, which was begun with the " +
+            `application's options. Put ${marker} before that middleware, or give its options to ` +
+            'the application-wide middleware.',
+        },
+      })
+    }
+    expect(h.statements).toEqual(['BEGIN', 'select 1', 'ROLLBACK', 'BEGIN', 'select 1', 'ROLLBACK'])
+  })
+
+  test('options are validated when the middleware is created, before any request', () => {
+    const cases: Array<[() => unknown, string, string]> = [
+      [
+        () => atomicRoute({ durable: true } as never),
+        'durable',
+        'Option "durable" is not accepted by atomicRoute(). durable is meaningless for a request block: it ' +
+          'is always the outermost block of its database, so leaving it always commits. Remove the option.',
+      ],
+      [
+        () => atomicRoute({ using: 'reports' } as never),
+        'using',
+        'Option "using" is not accepted by atomicRoute(). List the databases that get a request block ' +
+          'with the databases option, e.g. databases: ["reports"].',
+      ],
+      [
+        () => atomicRoute({ isolation: 'serializable' } as never),
+        'isolation',
+        'Unknown option "isolation" for atomicRoute(). The accepted options are: databases, rollbackOn, ' +
+          'bufferLimitBytes, isolationLevel, readOnly, deferrable, statementTimeout, lockTimeout, ' +
+          'idleInTransactionSessionTimeout, retry, name.',
+      ],
+      [
+        () => atomicRequests({ isolationLevel: 'snapshot' as never }),
+        'isolationLevel',
+        'Invalid option "isolationLevel" for atomicRequests(): it must be one of \'read committed\', ' +
+          "'repeatable read', 'serializable', 'read uncommitted'.",
+      ],
+      [
+        () => atomicRequests({ databases: [] }),
+        'databases',
+        'Invalid option "databases" for atomicRequests(): it must be a non-empty list of distinct database ' +
+          'aliases such as ["default", "reports"].',
+      ],
+      [
+        () => atomicRequests({ retry: 3 } as never),
+        'retry',
+        'retry is not accepted by atomicRequests(): a middleware cannot run a route handler again. Give ' +
+          'the routes that may be retried their handler through atomicRoute({ retry: 3 }, handler).',
+      ],
+      [
+        () => atomicRoute({ retry: 3 }),
+        'retry',
+        'retry needs the handler, which a route marker cannot run again: pass the handler to ' +
+          'atomicRoute({ retry: 3 }, handler) instead of listing it after atomicRoute(options).',
+      ],
+    ]
+    for (const [create, field, message] of cases) {
+      const error = thrown(create)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
     }
   })
 })
