@@ -345,7 +345,9 @@ class RequestRun {
     const flagged = scope.handles.some((handle) => handle.getRollback())
     if (byStatus || flagged) {
       scope.intended = byStatus ? 'status' : 'set-rollback'
-      for (const handle of scope.handles) handle.setRollback(true)
+      // A block already marked keeps its mark: a doom by a failed statement must stay one (the
+      // block then rejects with it, so a swallowed error is reported and a 40001 retried).
+      for (const handle of scope.handles) if (!handle.getRollback()) handle.setRollback(true)
     }
   }
 

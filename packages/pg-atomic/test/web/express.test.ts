@@ -146,7 +146,7 @@ describe('the request blocks commit or roll back with the request', () => {
     expect(await items()).toEqual([])
   })
 
-  test("a 5xx answered by the handler itself rolls back, and that response is sent as it is", async () => {
+  test('a 5xx answered by the handler itself rolls back, and that response is sent as it is', async () => {
     const url = await start((app) =>
       app.post('/items', async (_req, res) => {
         await h.db.query(INSERT, [1, 'a'])
@@ -210,18 +210,21 @@ describe('no success before COMMIT', () => {
       'error reaches the error handler (500), nothing is committed',
     async () => {
       await h.admin.query("insert into tokens values ('taken')")
-      const url = await start((app) => {
-        app.use((_req, res, next) => {
-          res.setHeader('x-request-id', 'r-1') // set before the request blocks: kept
-          next()
-        })
-        app.use(atomicRequests())
-        app.post('/tokens', async (_req, res) => {
-          await h.db.query("insert into tokens values ('taken')")
-          res.cookie('session', 'granted')
-          res.status(201).json({ created: true })
-        })
-      }, { bare: true })
+      const url = await start(
+        (app) => {
+          app.use((_req, res, next) => {
+            res.setHeader('x-request-id', 'r-1') // set before the request blocks: kept
+            next()
+          })
+          app.use(atomicRequests())
+          app.post('/tokens', async (_req, res) => {
+            await h.db.query("insert into tokens values ('taken')")
+            res.cookie('session', 'granted')
+            res.status(201).json({ created: true })
+          })
+        },
+        { bare: true },
+      )
       const response = await post(`${url}/tokens`)
       // pg's DatabaseError, as COMMIT raised it (its name is 'error').
       expect(response).toMatchObject({ status: 500, body: { code: '23505' } })
@@ -254,7 +257,10 @@ describe('no success before COMMIT', () => {
       const response = await post(`${served.url}/items`)
       expect(response).toMatchObject({
         status: 500,
-        body: { error: 'CommitOutcomeUnknownError', message: expect.stringContaining('may or may not have been committed') },
+        body: {
+          error: 'CommitOutcomeUnknownError',
+          message: expect.stringContaining('may or may not have been committed'),
+        },
       })
     } finally {
       await db.close({ timeoutMs: 0 })
@@ -468,5 +474,265 @@ describe('opting out and per-route options', () => {
       expect(error).toBeInstanceOf(InvalidOptionError)
       expect(error).toMatchObject({ name: 'InvalidOptionError', field, message })
     }
+  })
+})
+
+describe('serialization failures, with and without route retry', () => {
+  const SELECT_1 = 'select balance from accounts where id = 1'
+  const UPDATE_1 = 'update accounts set balance = $1 where id = 1'
+  const BEGIN_RR = 'BEGIN ISOLATION LEVEL REPEATABLE READ'
+
+  /**
+   * A debit in a repeatable-read request: reads account 1; on the first run another session
+   * changes it and commits; the write then fails with a real 40001.
+   */
+  function debit(runs: string[], emails: number[]) {
+    return async (req: express.Request, res: express.Response): Promise<void> => {
+      const run = runs.length + 1
+      runs.push(`run ${run}`)
+      res.setHeader('x-run', String(run))
+      if (run === 1) res.cookie('first-run', 'only') // discarded with the first run's response
+      const { rows } = await h.db.query<{ balance: number }>(SELECT_1)
+      if (run === 1) await h.admin.query('update accounts set balance = balance + 1 where id = 1')
+      const balance = (rows[0] as { balance: number }).balance - (req.body as { cents: number }).cents
+      await h.db.query(UPDATE_1, [balance])
+      onCommit(() => void emails.push(balance))
+      res.json({ balance })
+    }
+  }
+
+  test('without retry: the 40001 reaches the error handler, the request rolls back (500)', async () => {
+    const runs: string[] = []
+    const emails: number[] = []
+    const url = await start((app) =>
+      app.post('/debit', atomicRoute({ isolationLevel: 'repeatable read' }), debit(runs, emails)),
+    )
+    const response = await post(`${url}/debit`, { cents: 10 })
+    expect(response).toMatchObject({ status: 500, body: { code: '40001' } })
+    expect(runs).toEqual(['run 1'])
+    expect(emails).toEqual([])
+    expect(h.statements).toEqual([BEGIN_RR, SELECT_1, UPDATE_1, 'ROLLBACK'])
+    expect(await h.column('select balance from accounts')).toEqual([101])
+  })
+
+  test(
+    'atomicRoute({ retry }, handler): the handler runs again with the same body; the first ' +
+      "run's headers and cookie never leave; one email, after the COMMIT that succeeded",
+    async () => {
+      const runs: string[] = []
+      const emails: number[] = []
+      const route = atomicRoute(
+        { isolationLevel: 'repeatable read', retry: { maxAttempts: 3, baseDelayMs: 0 } },
+        debit(runs, emails),
+      )
+      const url = await start((app) => app.post('/debit', route))
+      const response = await post(`${url}/debit`, { cents: 10 })
+      expect(response).toMatchObject({ status: 200, body: { balance: 91 } })
+      expect(response.headers.get('x-run')).toBe('2')
+      expect(response.headers.get('set-cookie')).toBeNull()
+      expect(runs).toEqual(['run 1', 'run 2'])
+      expect(emails).toEqual([91])
+      expect(h.statements).toEqual([BEGIN_RR, SELECT_1, UPDATE_1, 'ROLLBACK', BEGIN_RR, SELECT_1, UPDATE_1, 'COMMIT'])
+      expect(await h.column('select balance from accounts')).toEqual([91])
+    },
+  )
+
+  test('a 40001 raised by COMMIT (write skew): the held 200 of the first run is discarded, the retry commits', async () => {
+    await h.admin.query('create table if not exists doctors (name text primary key, on_call boolean not null)')
+    await h.admin.query("truncate doctors; insert into doctors values ('alice', true), ('bob', true)")
+    const other = await h.admin.connect()
+    const SELECT = 'select count(*)::int as n from doctors where on_call'
+    const UPDATE = "update doctors set on_call = false where name = 'bob'"
+    let run = 0
+    try {
+      await other.query('begin isolation level serializable')
+      await other.query(SELECT)
+      const route = atomicRoute({ isolationLevel: 'serializable', retry: 2 }, async (_req, res) => {
+        const n = ++run
+        const count = ((await h.db.query<{ n: number }>(SELECT)).rows[0] as { n: number }).n
+        if (n === 1) await other.query("update doctors set on_call = false where name = 'alice'")
+        if (count >= 2) await h.db.query(UPDATE)
+        if (n === 1) await other.query('commit')
+        res.json({ run: n, onCall: count })
+      })
+      const url = await start((app) => app.post('/off-call', route))
+      expect(await post(`${url}/off-call`)).toMatchObject({ status: 200, body: { run: 2, onCall: 1 } })
+    } finally {
+      other.release()
+    }
+    const BEGIN_SER = 'BEGIN ISOLATION LEVEL SERIALIZABLE'
+    expect(h.statements).toEqual([BEGIN_SER, SELECT, UPDATE, 'COMMIT', BEGIN_SER, SELECT, 'COMMIT'])
+  })
+
+  test('retry stops once the handler passed the request on with next()', async () => {
+    let runs = 0
+    const route = atomicRoute({ isolationLevel: 'repeatable read', retry: 3 }, async (_req, _res, next) => {
+      runs++
+      await h.db.query('select raise_sqlstate($1)', ['40001']).catch(() => undefined)
+      next()
+    })
+    await h.admin.query(`
+      create or replace function raise_sqlstate(code text) returns void language plpgsql as
+        $$ begin raise exception 'raised %', code using errcode = code; end $$`)
+    const url = await start((app) => {
+      app.post('/passed-on', route, (_req, res) => void res.json({ answered: 'by the next handler' }))
+    })
+    // The swallowed 40001 dooms the block: its 200 cannot be sent, and the request is not run again.
+    expect(await post(`${url}/passed-on`)).toMatchObject({ status: 500, body: { error: 'TransactionManagementError' } })
+    expect(runs).toBe(1)
+  })
+})
+
+describe('the client goes away, hooks, several databases', () => {
+  test('a client that disconnects mid-request: ROLLBACK at once, nothing idle in transaction', async () => {
+    const inserted = gate()
+    const resume = gate()
+    const later = gate<unknown>()
+    const url = await start((app) =>
+      app.post('/slow', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        inserted.open()
+        await resume.wait
+        later.open(await rejection(h.db.query(INSERT, [2, 'b'])))
+        res.json({ unreachable: true })
+      }),
+    )
+    const controller = new AbortController()
+    const request = fetch(`${url}/slow`, { method: 'POST', signal: controller.signal })
+    await inserted.wait
+    controller.abort()
+    await expect(request).rejects.toMatchObject({ name: 'AbortError' })
+    await waitUntil(() => h.statements.includes('ROLLBACK'), 'the request to roll back')
+    expect(await idleInTransaction()).toEqual([])
+    resume.open()
+    expect(await later.wait).toMatchObject({ name: 'TransactionManagementError' })
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
+    expect(await items()).toEqual([])
+  })
+
+  test('onCommit hooks run after COMMIT; the response does not wait for them', async () => {
+    const hookMayFinish = gate()
+    const sent: string[] = []
+    const url = await start((app) =>
+      app.post('/items', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        onCommit(async () => {
+          await hookMayFinish.wait
+          sent.push('welcome email')
+        })
+        res.status(201).json({ id: 1 })
+      }),
+    )
+    expect(await post(`${url}/items`)).toMatchObject({ status: 201 })
+    expect(sent).toEqual([]) // the response arrived while the hook was still running
+    hookMayFinish.open()
+    await waitUntil(() => sent.length === 1, 'the hook to finish')
+    expect(sent).toEqual(['welcome email'])
+  })
+
+  test('a failing onCommit hook never changes the committed response: it is logged', async () => {
+    const url = await start((app) =>
+      app.post('/items', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'a'])
+        onCommit(function sendEmail() {
+          throw new Error('mail server down')
+        })
+        res.status(201).json({ id: 1 })
+      }),
+    )
+    expect(await post(`${url}/items`)).toMatchObject({ status: 201, body: { id: 1 } })
+    await waitUntil(() => logged.length === 1, 'the hook failure to be logged')
+    expect(logged[0]?.message).toBe(
+      "The request's transaction was committed and its response released, but an onCommit hook " +
+        'failed and the hooks after it were not run; the error is attached. The response was not ' +
+        'changed and the request was not retried: its data is committed.',
+    )
+    expect(logged[0]?.error).toMatchObject({ name: 'OnCommitHookError', committed: true })
+    expect(await items()).toEqual([1])
+  })
+
+  describe('two databases', () => {
+    let reports: ReturnType<typeof createDatabase>
+    beforeAll(() => {
+      reports = createDatabase({ connectionString: h.testDb.url, alias: 'web_reports', max: 2 })
+    })
+    afterAll(() => reports.close())
+
+    const events = () => statementEvents.filter((e) => e.kind !== 'set-local').map((e) => `${e.database}: ${e.kind}`)
+
+    test('each commits with the request, in the order listed (the first is innermost)', async () => {
+      const app = express()
+      app.use(atomicRequests({ databases: ['default', 'web_reports'] }))
+      app.post('/both', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'main'])
+        await reports.query(INSERT, [2, 'report'])
+        res.status(201).json({ ok: true })
+      })
+      served = await serve(app)
+      expect(await post(`${served.url}/both`)).toMatchObject({ status: 201 })
+      expect(events()).toEqual(['default: begin', 'web_reports: begin', 'default: commit', 'web_reports: commit'])
+      expect(await items()).toEqual([1, 2])
+    })
+
+    test('setRollback(true) (which marks the innermost block) rolls back every database of the request', async () => {
+      const app = express()
+      app.use(atomicRequests({ databases: ['default', 'web_reports'] }))
+      app.post('/both', async (_req, res) => {
+        await h.db.query(INSERT, [1, 'main'])
+        await reports.query(INSERT, [2, 'report'])
+        setRollback(true)
+        res.json({ dryRun: true })
+      })
+      served = await serve(app)
+      expect(await post(`${served.url}/both`)).toMatchObject({ status: 200, body: { dryRun: true } })
+      expect(events()).toEqual(['default: begin', 'web_reports: begin', 'default: rollback', 'web_reports: rollback'])
+      expect(await items()).toEqual([])
+    })
+  })
+})
+
+describe('200 requests, 8 at a time, with a mix of outcomes', () => {
+  test('committed rows, sent emails and 2xx responses match exactly', async () => {
+    const KINDS = ['commit', 'throw', 'commit fails', 'answers 503', 'no statement'] as const
+    const kindOf = (id: number) => KINDS[id % KINDS.length] as (typeof KINDS)[number]
+    const ids = Array.from({ length: 200 }, (_, i) => i + 1)
+    for (const id of ids)
+      if (kindOf(id) === 'commit fails') await h.admin.query('insert into tokens values ($1)', [`t${id}`])
+    const emails: number[] = []
+    const url = await start((app) =>
+      app.post('/orders/:id', async (req, res) => {
+        const id = Number(req.params['id'])
+        const kind = kindOf(id)
+        if (kind === 'no statement') {
+          res.status(200).json({ id, kind })
+          return
+        }
+        await h.db.query(INSERT, [id, kind])
+        onCommit(() => void emails.push(id))
+        if (kind === 'throw') throw new Error('the handler failed')
+        if (kind === 'commit fails') await h.db.query('insert into tokens values ($1)', [`t${id}`])
+        res.status(kind === 'answers 503' ? 503 : 201).json({ id, kind })
+      }),
+    )
+    const statuses = new Map<number, number>()
+    const queue = [...ids]
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+          const response = await post(`${url}/orders/${id}`)
+          statuses.set(id, response.status)
+        }
+      }),
+    )
+    const succeeded = ids.filter((id) => (statuses.get(id) as number) < 300 && kindOf(id) !== 'no statement')
+    expect(succeeded).toEqual(ids.filter((id) => kindOf(id) === 'commit'))
+    expect(await items()).toEqual(succeeded)
+    expect([...emails].sort((a, b) => a - b)).toEqual(succeeded)
+    expect(ids.filter((id) => kindOf(id) === 'no statement').every((id) => statuses.get(id) === 200)).toBe(true)
+    expect(
+      ids
+        .filter((id) => kindOf(id) !== 'commit' && kindOf(id) !== 'no statement')
+        .every((id) => (statuses.get(id) as number) >= 500),
+    ).toBe(true)
   })
 })
