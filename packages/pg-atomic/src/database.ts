@@ -353,7 +353,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
   ): AsyncIterable<R> {
     const batchSize = resolveBatchSize(options)
     const block = this.activeBlock()
-    if (block !== undefined) return cursorRows<R>(block, text, values, batchSize)
+    if (block !== undefined) return cursorRows<R>(block.builderTail(), text, values, batchSize)
     refuseTransactionControl(text, false)
     return this.cursorOutside<R>(text, values, batchSize)
   }

@@ -11,7 +11,13 @@ import pg from 'pg'
 import type { Pool, PoolClient, QueryConfig, QueryResult } from 'pg'
 import type { Block } from './atomic/block'
 import type { DatabaseImpl } from './database'
+import { submitInBlock } from './atomic/cursor'
+import type { Submittable } from './atomic/cursor'
 import { TransactionManagementError } from './errors'
+import { DEFAULT_OPTIONS } from './options'
+import type { ResolvedOptions } from './options'
+import { parseBuilderControl } from './sql/builder-control'
+import type { BuilderControl, TransactionModes } from './sql/builder-control'
 
 /** The 'error' listener kept on a connection while it is checked out outside a block. @internal */
 export function onCheckedOutClientError(): void {
@@ -137,7 +143,8 @@ class PoolFacade extends EventEmitter {
 
   private async connectClient(): Promise<PoolClient> {
     const block = this.db.activeBlock()
-    if (block !== undefined) return new BlockClient(block) as unknown as PoolClient
+    // Inside a query builder's transaction callback, a new client belongs to that transaction.
+    if (block !== undefined) return new BlockClient(block.builderTail()) as unknown as PoolClient
     this.db.assertNotClosed()
     const client = await this.db.connect()
     client.on('error', onCheckedOutClientError)
@@ -183,40 +190,54 @@ Object.setPrototypeOf(PoolFacade.prototype, pg.Pool.prototype)
 
 /**
  * The client `db.pool.connect()` returns inside a block: every query goes through the block
- * (queued, doom-checked, transaction control refused); `release()` does not return the connection.
+ * (queued, doom-checked); `release()` does not return the connection.
+ *
+ * Query builders run their own transactions on such a client (Kysely's `db.transaction()`,
+ * Drizzle's `db.transaction()` and nested `tx.transaction()`). Inside a block their transaction
+ * control maps onto nested blocks, so their work commits and rolls back with the block:
+ *
+ * 1. `BEGIN` / `START TRANSACTION` opens a nested block with a savepoint. Modes the transaction
+ *    already has are accepted; a different isolation level, access mode or deferrable mode is
+ *    refused (a nested block cannot change them).
+ * 2. `COMMIT` / `END` exits it normally (its RELEASE deferred as usual); it rejects, like any
+ *    block, when the block had to roll back (an error inside was caught).
+ * 3. `ROLLBACK` / `ABORT` rolls it back to its savepoint, silently.
+ * 4. `SAVEPOINT x` opens a nested block named `x` for this client; `RELEASE [SAVEPOINT] x` exits it
+ *    (and those opened after it) normally; `ROLLBACK TO [SAVEPOINT] x` rolls back the blocks opened
+ *    since `x` and `x` itself, then opens `x` again — as PostgreSQL keeps `x` after ROLLBACK TO.
+ * 5. `release()` with a builder block still open rolls it back (a builder that lost track of its
+ *    transaction must not commit half of it).
+ *
+ * Code in the builder's transaction callback that uses `db.query`, `atomic()` or the ambient
+ * helpers joins the builder's transaction (see `Block.builderTail`).
  * @internal
  */
 class BlockClient extends EventEmitter {
   private readonly block: Block
+  /** Builder blocks opened on this client, outermost first, with the builder's savepoint name. */
+  private readonly opened: Array<{ readonly block: Block; readonly name: string | undefined }> = []
 
   constructor(block: Block) {
     super()
     this.block = block
   }
 
+  /** Where this client's statements run: its innermost builder block, else the block it was obtained in. */
+  private get target(): Block {
+    return this.opened.at(-1)?.block ?? this.block
+  }
+
   query(
-    textOrConfig: string | QueryConfig,
+    textOrConfig: string | QueryConfig | Submittable,
     valuesOrCallback?: readonly unknown[] | QueryCallback,
     callback?: QueryCallback,
-  ): Promise<QueryResult> | undefined {
+  ): Promise<QueryResult> | Submittable | undefined {
+    if (isSubmittable(textOrConfig)) return submitInBlock(this.target, textOrConfig)
     const cb = typeof valuesOrCallback === 'function' ? valuesOrCallback : callback
     const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
-    if (
-      typeof textOrConfig === 'object' &&
-      textOrConfig !== null &&
-      typeof (textOrConfig as { submit?: unknown }).submit === 'function'
-    ) {
-      const error = new TransactionManagementError(
-        'Submittable queries (cursors, streams) cannot be passed to a client obtained ' +
-          'from db.pool inside an atomic() block; use db.cursor() instead.',
-      )
-      if (cb !== undefined) {
-        cb(error)
-        return undefined
-      }
-      return Promise.reject(error)
-    }
-    const promise = this.block.query(textOrConfig as string, values)
+    const text = typeof textOrConfig === 'string' ? textOrConfig : (textOrConfig as { text?: unknown } | null)?.text
+    const control = typeof text === 'string' ? parseBuilderControl(text) : undefined
+    const promise = control === undefined ? this.target.query(textOrConfig as string, values) : this.control(control)
     if (cb === undefined) return promise
     promise.then(
       (result) => cb(null, result),
@@ -225,8 +246,75 @@ class BlockClient extends EventEmitter {
     return undefined
   }
 
-  /** Does nothing: the connection belongs to the atomic() block and is returned when it ends. */
-  release(): void {}
+  /** Maps a builder's transaction control onto nested blocks; resolves like pg's result of it. */
+  private async control(control: BuilderControl): Promise<QueryResult> {
+    switch (control.kind) {
+      case 'begin':
+        refuseModes(this.target, control.modes)
+        await this.open(undefined)
+        return emptyResult('BEGIN')
+      case 'savepoint':
+        await this.open(control.name)
+        return emptyResult('SAVEPOINT')
+      case 'commit':
+        await this.closeFrom(this.beginIndex('COMMIT'), 'commit')
+        return emptyResult('COMMIT')
+      case 'rollback':
+        await this.closeFrom(this.beginIndex('ROLLBACK'), 'rollback')
+        return emptyResult('ROLLBACK')
+      case 'release':
+        await this.closeFrom(this.savepointIndex(control.name, 'RELEASE'), 'commit')
+        return emptyResult('RELEASE')
+      case 'rollback-to':
+        await this.closeFrom(this.savepointIndex(control.name, 'ROLLBACK TO'), 'rollback')
+        await this.open(control.name)
+        return emptyResult('ROLLBACK')
+    }
+  }
+
+  private async open(name: string | undefined): Promise<void> {
+    const block = await this.target.routed().openBuilderBlock(builderOptions(name))
+    this.opened.push({ block, name })
+  }
+
+  /** Closes the builder blocks from index `from` on, innermost first. */
+  private async closeFrom(from: number, outcome: 'commit' | 'rollback'): Promise<void> {
+    const entry = this.opened[from] as { readonly block: Block }
+    this.opened.length = from
+    await entry.block.closeBuilderBlock(outcome)
+  }
+
+  /** The builder's transaction (opened by BEGIN): the first block of this client that has no savepoint name. */
+  private beginIndex(command: string): number {
+    const index = this.opened.findIndex((o) => o.name === undefined)
+    if (index === -1) {
+      throw new TransactionManagementError(
+        `${command} was sent on a client of db.pool inside an atomic() block, but no transaction was begun on ` +
+          'this client: nest atomic() blocks for savepoints and let the outermost block commit or roll back.',
+      )
+    }
+    return index
+  }
+
+  private savepointIndex(name: string, command: string): number {
+    for (let i = this.opened.length - 1; i >= 0; i--) if (this.opened[i]?.name === name) return i
+    throw new TransactionManagementError(
+      `${command} names a savepoint that was not created on this client of db.pool (${quoteName(name)}); ` +
+        'nothing was sent. Create it with SAVEPOINT on the same client first.',
+    )
+  }
+
+  /**
+   * Does not return the connection: it belongs to the atomic() block and is returned when the block
+   * ends. A builder transaction still open on this client is rolled back.
+   */
+  release(): void {
+    if (this.opened.length === 0) return
+    const first = this.opened[0] as { readonly block: Block }
+    this.opened.length = 0
+    // Reported to nobody: the builder released its client without ending its transaction.
+    first.block.closeBuilderBlock('rollback').then(undefined, () => undefined)
+  }
 
   escapeIdentifier(str: string): string {
     return pg.escapeIdentifier(str)
@@ -235,4 +323,45 @@ class BlockClient extends EventEmitter {
   escapeLiteral(str: string): string {
     return pg.escapeLiteral(str)
   }
+}
+
+function isSubmittable(value: unknown): value is Submittable {
+  return typeof value === 'object' && value !== null && typeof (value as { submit?: unknown }).submit === 'function'
+}
+
+/** A savepoint name as the builder wrote it, for messages (library-made text, no bind values). */
+function quoteName(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`
+}
+
+const NO_NAME_OPTIONS = new Map<string | undefined, ResolvedOptions>()
+
+/** The options of a builder block: a savepoint, named after the builder's savepoint for diagnostics. */
+function builderOptions(name: string | undefined): ResolvedOptions {
+  let options = NO_NAME_OPTIONS.get(name)
+  if (options === undefined) {
+    options = Object.freeze({ ...DEFAULT_OPTIONS, name })
+    if (NO_NAME_OPTIONS.size < 100) NO_NAME_OPTIONS.set(name, options)
+  }
+  return options
+}
+
+/** Refuses modes a nested block cannot honour: those of BEGIN must match the running transaction's. */
+function refuseModes(block: Block, modes: TransactionModes): void {
+  const have = block.tx.characteristics
+  for (const key of ['isolationLevel', 'readOnly', 'deferrable'] as const) {
+    const wanted = modes[key]
+    if (wanted === undefined || wanted === have[key]) continue
+    throw new TransactionManagementError(
+      `A query builder's transaction asked for ${key} ${String(wanted)}, but it runs inside an atomic() block ` +
+        `whose transaction has ${have[key] === undefined ? "the server's default" : String(have[key])}: a nested ` +
+        'block cannot change it. Set it on the outermost atomic() block (or drop it from the builder), or run the ' +
+        "builder's transaction outside atomic().",
+    )
+  }
+}
+
+/** What pg resolves for a statement that returns no rows. */
+function emptyResult(command: string): QueryResult {
+  return { command, rowCount: null, oid: 0, rows: [], fields: [] } as unknown as QueryResult
 }

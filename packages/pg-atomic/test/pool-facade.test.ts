@@ -170,25 +170,30 @@ describe('db.pool.connect', () => {
     expect(h.statements).toEqual(['BEGIN', INSERT, 'ROLLBACK'])
   })
 
-  test('inside a block: BEGIN (and COMMIT) through the client are refused, nothing is sent', async () => {
-    await atomic(async () => {
-      await h.db.query(INSERT, [1])
-      const client = await h.db.pool.connect()
-      h.reset()
-      const begin = await rejection(client.query('BEGIN'))
-      expect(begin).toBeInstanceOf(TransactionManagementError)
-      expect((begin as Error).message).toMatch(FORBIDDEN)
-      const commit = await rejection(client.query({ text: 'commit' }))
-      expect(commit).toBeInstanceOf(TransactionManagementError)
-      expect((commit as Error).message).toMatch(
-        /^This is forbidden when an 'atomic' block is active\. COMMIT cannot be sent/,
-      )
-      expect(h.statements).toEqual([])
-      client.release()
-    })
-    expect(h.statements).toEqual(['COMMIT'])
-    expect(await committed()).toEqual([1])
-  })
+  test(
+    'inside a block: BEGIN and COMMIT through the client map onto a nested block; a ' + 'stray COMMIT is refused',
+    async () => {
+      await atomic(async () => {
+        await h.db.query(INSERT, [1])
+        const client = await h.db.pool.connect()
+        h.reset()
+        const stray = await rejection(client.query({ text: 'commit' }))
+        expect(stray).toBeInstanceOf(TransactionManagementError)
+        expect((stray as Error).message).toBe(
+          'COMMIT was sent on a client of db.pool inside an atomic() block, but no transaction was begun on this ' +
+            'client: nest atomic() blocks for savepoints and let the outermost block commit or roll back.',
+        )
+        expect(h.statements).toEqual([])
+        await expect(client.query('BEGIN')).resolves.toMatchObject({ command: 'BEGIN', rows: [] })
+        await client.query(INSERT, [2])
+        await expect(client.query('COMMIT')).resolves.toMatchObject({ command: 'COMMIT', rows: [] })
+        client.release()
+      })
+      // The client's COMMIT is the savepoint's RELEASE, deferred and then made unnecessary by COMMIT.
+      expect(h.statements).toEqual(['SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
+      expect(await committed()).toEqual([1, 2])
+    },
+  )
 
   test('inside a block: the callback form of connect() and query() works', async () => {
     await atomic(async () => {
@@ -203,17 +208,24 @@ describe('db.pool.connect', () => {
     expect(h.statements).toEqual(['BEGIN', INSERT, 'COMMIT'])
   })
 
-  test('inside a block: a submittable (cursor) on the client is refused', async () => {
+  test('inside a block: a submittable (pg-cursor) on the client runs in the block, as on a pg client', async () => {
     await atomic(async () => {
+      await h.db.query(INSERT, [1])
+      await h.db.query(INSERT, [2])
       const client = await h.db.pool.connect()
-      const error = await rejection(Promise.resolve().then(() => client.query(new Cursor('select 1'))))
-      expect(error).toBeInstanceOf(TransactionManagementError)
-      expect((error as Error).message).toMatch(
-        /^Submittable queries \(cursors, streams\) cannot be passed .* use db\.cursor\(\) instead\.$/,
-      )
+      const cursor = client.query(new Cursor<{ x: number }>('select x from t order by x'))
+      expect(cursor).toBeInstanceOf(Cursor)
+      expect(await cursor.read(1)).toEqual([{ x: 1 }])
+      // The cursor holds the connection: other statements are refused until it is closed.
+      const busy = await rejection(h.db.query('select 1'))
+      expect(busy).toBeInstanceOf(TransactionManagementError)
+      expect(await cursor.read(10)).toEqual([{ x: 2 }])
+      await cursor.close()
+      await h.db.query(INSERT, [3])
       client.release()
     })
-    expect(h.statements).toEqual([])
+    expect(await committed()).toEqual([1, 2, 3])
+    expect(h.statements).toEqual(['BEGIN', INSERT, INSERT, 'select x from t order by x', INSERT, 'COMMIT'])
   })
 
   test('inside a block: the client is unusable once the block has ended', async () => {
@@ -568,18 +580,17 @@ describe('query builders that take a pool join atomic() blocks', () => {
     expect(h.statements).toEqual(['BEGIN', INSERT, INSERT, 'SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
   })
 
-  test("Kysely's own transaction: refused inside a block, a normal pg transaction outside", async () => {
+  test("Kysely's own transaction: a savepoint inside a block, a normal pg transaction outside", async () => {
     const kysely = new KyselyLikeDriver(h.db.pool)
     await atomic(async () => {
       await h.db.query(INSERT, [1])
-      const error = await rejection(kysely.transaction((c) => c.executeQuery(INSERT, [2])))
-      expect(error).toBeInstanceOf(TransactionManagementError)
-      expect((error as Error).message).toMatch(FORBIDDEN)
+      await kysely.transaction((c) => c.executeQuery(INSERT, [2]))
     })
-    expect(await committed()).toEqual([1])
+    expect(await committed()).toEqual([1, 2])
+    expect(h.statements).toEqual(['BEGIN', INSERT, 'SAVEPOINT "pga_1"', INSERT, 'COMMIT'])
     h.reset()
     await kysely.transaction((c) => c.executeQuery(INSERT, [3]))
-    expect(await committed()).toEqual([1, 3])
+    expect(await committed()).toEqual([1, 2, 3])
     expect(h.statements).toEqual(['begin', INSERT, 'commit'])
   })
 

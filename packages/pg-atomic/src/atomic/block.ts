@@ -38,7 +38,15 @@ import type { IsolationLevel, TimeoutOption } from '../vocabulary'
 import type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from '../types'
 import { closeCursorOf, cursorRows } from './cursor'
 import { isWithin } from './hooks'
-import { ABORTED_MESSAGE, ENDED_MESSAGE, SWALLOWED_MESSAGE, fatalError, lostError, withName } from './messages'
+import {
+  ABORTED_MESSAGE,
+  BUILDER_OPEN_MESSAGE,
+  ENDED_MESSAGE,
+  SWALLOWED_MESSAGE,
+  fatalError,
+  lostError,
+  withName,
+} from './messages'
 import { canPipeline, withSerializedValues } from './pipeline'
 import { runWithRetry } from './retry'
 import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './statement'
@@ -62,7 +70,9 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
   const outer = storage.getStore()
   const found = currentBlock(db)
   // A block entered from a context whose block has ended (a timer, an event handler) does not join it.
-  const parent = found !== undefined && !found.ended && !found.tx.ended ? found : undefined
+  // A query builder's transaction open inside it (BEGIN on a db.pool client) holds its turn: code in
+  // the builder's callback runs in the enclosing block's context and must join that transaction.
+  const parent = found !== undefined && !found.ended && !found.tx.ended ? found.builderTail() : undefined
   if (parent === undefined) {
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
@@ -228,8 +238,84 @@ export class Block implements TransactionHandle {
       current.tx === this.tx &&
       isWithin(current, this)
     )
-      return current
-    return this
+      return current.builderTail()
+    return this.builderTail()
+  }
+
+  /** {@link Block.route} for the modules that run operations on behalf of a handle (db.pool clients). @internal */
+  routed(): Block {
+    return this.route()
+  }
+
+  // ---- query builders' transactions (BEGIN / SAVEPOINT sent on a db.pool client) ------------------
+
+  /**
+   * The block a query builder's `BEGIN` or `SAVEPOINT` opened inside this one (on a client of
+   * `db.pool`): it holds this block's turn until the builder's `COMMIT` / `RELEASE` / `ROLLBACK`.
+   */
+  builderChild: Block | undefined = undefined
+  /** {@link Block.closeBuilderBlock} has been called (by the builder, or by the enclosing block's exit). */
+  private builderClosing = false
+
+  /**
+   * This block, or the innermost builder block open inside it: where an operation requested on
+   * this block runs. Code inside a builder's transaction callback runs in this block's async
+   * context; it joins the builder's transaction instead of waiting for it (which would never end).
+   */
+  builderTail(): Block {
+    // A builder block being closed no longer takes operations: they wait for the enclosing block's turn.
+    const child = this.builderChild
+    return child === undefined || child.builderClosing ? this : child.builderTail()
+  }
+
+  /**
+   * Opens a nested block without a callback, for a query builder's `BEGIN` or `SAVEPOINT`: it
+   * takes this block's turn (as a nested block's lifetime does) and keeps it until
+   * {@link Block.closeBuilderBlock}. The caller has checked the characteristics.
+   */
+  async openBuilderBlock(options: ResolvedOptions): Promise<Block> {
+    const wait = this.acquire()
+    if (wait !== undefined) await wait
+    try {
+      const unusable = this.tx.closedError(this)
+      if (unusable !== undefined) throw unusable
+      const block = new Block(this.tx, this, options)
+      this.tx.stack.push(block)
+      this.builderChild = block
+      return block
+    } catch (error) {
+      this.release()
+      throw error
+    }
+  }
+
+  /**
+   * Closes a block opened by {@link Block.openBuilderBlock}, and first the builder blocks still open
+   * inside it. `'commit'` exits it normally (RELEASE deferred; like any block it rejects when it
+   * had to roll back, for example after a caught error); `'rollback'` rolls it back to its savepoint
+   * silently: the builder asked for it, and has reported its own error.
+   */
+  async closeBuilderBlock(outcome: 'commit' | 'rollback'): Promise<void> {
+    if (this.builderClosing) return
+    this.builderClosing = true
+    const parent = this.parent as Block
+    try {
+      if (this.builderChild !== undefined) await this.builderChild.closeBuilderBlock(outcome)
+      const wait = this.acquire()
+      if (wait !== undefined) await wait
+      try {
+        await closeCursorOf(this)
+        this.ended = true
+        // A builder's ROLLBACK is intentional: a silent rollback, whatever doomed the block.
+        if (outcome === 'rollback') this.tx.setRollback(true)
+        await this.exitNested(false, undefined, undefined)
+      } finally {
+        this.release()
+      }
+    } finally {
+      parent.builderChild = undefined
+      parent.release()
+    }
   }
 
   // ---- statements ------------------------------------------------------------------------------
@@ -248,6 +334,8 @@ export class Block implements TransactionHandle {
     textOrConfig: string | QueryConfig,
     values: readonly unknown[] | undefined,
   ): Promise<QueryResult<R>> {
+    const tail = this.builderChild === undefined ? this : this.builderTail()
+    if (tail !== this) return tail.run<R>(textOrConfig, values)
     const config = normalizeQuery(textOrConfig, values)
     const tx = this.tx
     const early = tx.unusableError(this)
@@ -358,6 +446,16 @@ export class Block implements TransactionHandle {
     } catch (error) {
       threw = true
       thrown = error
+    }
+    // A query builder's transaction still open in this block never committed: it is rolled back,
+    // and the block must not report success for its work.
+    const builder = this.builderChild
+    if (builder !== undefined) {
+      await builder.closeBuilderBlock('rollback').then(undefined, () => undefined)
+      if (!threw) {
+        threw = true
+        thrown = new TransactionManagementError(withName(BUILDER_OPEN_MESSAGE, this.name))
+      }
     }
     // Statements and child blocks queued when the body returned are settled before the exit.
     const wait = this.acquire()

@@ -37,8 +37,9 @@ export async function* cursorRows<R extends QueryResultRow>(
       tx.statementFailed(error)
       throw error
     }
-    cursor = (tx.client as PoolClient).query(new Cursor<R>(text, values as unknown[] | undefined))
-    tx.cursor = { cursor, block }
+    const opened = (tx.client as PoolClient).query(new Cursor<R>(text, values as unknown[] | undefined))
+    cursor = opened
+    tx.cursor = { portal: opened, block, close: () => opened.close() }
   } finally {
     tx.wire.busy = false
     block.release()
@@ -46,7 +47,7 @@ export async function* cursorRows<R extends QueryResultRow>(
   let failed = false
   try {
     for (;;) {
-      if (tx.cursor?.cursor !== cursor) throw new TransactionManagementError(ENDED_MESSAGE)
+      if (tx.cursor?.portal !== cursor) throw new TransactionManagementError(ENDED_MESSAGE)
       let rows: R[]
       try {
         tx.wire.roundTrips++
@@ -60,7 +61,7 @@ export async function* cursorRows<R extends QueryResultRow>(
       yield* rows
     }
   } finally {
-    if (tx.cursor?.cursor === cursor) {
+    if (tx.cursor?.portal === cursor) {
       tx.cursor = undefined
       if (!failed && tx.state.kind !== 'lost') await cursor.close()
     }
@@ -73,5 +74,90 @@ export async function closeCursorOf(block: Block): Promise<void> {
   const open = tx.cursor
   if (open === undefined || open.block !== block) return
   tx.cursor = undefined
-  if (tx.state.kind !== 'lost') await open.cursor.close()
+  if (tx.state.kind !== 'lost') await open.close()
+}
+
+/** A portal open on the transaction's connection (a cursor, a stream): other statements wait for its end. */
+export interface OpenPortal {
+  /** The cursor or stream object. */
+  readonly portal: object
+  /** The block it was opened in. */
+  readonly block: Block
+  /** Closes it; resolves once the connection is free again. */
+  close(): Promise<unknown>
+}
+
+/** A node-postgres submittable (pg-cursor, pg-query-stream, ...): it writes its own protocol messages. */
+export interface Submittable {
+  submit(connection: unknown): unknown
+  handleError?(error: unknown, connection?: unknown): void
+  on?(event: string, listener: (...args: unknown[]) => void): unknown
+  once?(event: string, listener: (...args: unknown[]) => void): unknown
+  close?(): unknown
+  destroy?(error?: Error): unknown
+}
+
+/** Closes a submittable's portal: pg-cursor's `close()`, or a stream's `destroy()` (waiting for 'close'). */
+function closeSubmittable(s: Submittable): Promise<unknown> {
+  if (typeof s.close === 'function') return Promise.resolve(s.close())
+  return new Promise<void>((resolve) => {
+    if (typeof s.once === 'function') s.once('close', () => resolve())
+    else resolve()
+    s.destroy?.()
+  })
+}
+
+/**
+ * Runs a submittable (pg-cursor, pg-query-stream — what Kysely's `.stream()` passes to its client)
+ * in `block`'s transaction, as pg's `client.query(submittable)` does on a connection: it is
+ * returned at once, and submitted once the block's turn comes and its control statements were
+ * sent. Until it ends (read to the end, closed, or failed) it holds the connection: other
+ * statements of the transaction are refused meanwhile, and the block's exit closes it. A failure
+ * dooms the block like a failed statement; it reaches the submittable through its `handleError`,
+ * as pg reports errors to submittables.
+ * @internal
+ */
+export function submitInBlock<S extends Submittable>(block: Block, submittable: S): S {
+  const target = block.routed()
+  const tx = target.tx
+  const fail = (error: unknown): void => {
+    if (typeof submittable.handleError === 'function') submittable.handleError(error)
+  }
+  const early = tx.unusableError(target)
+  if (early !== undefined) {
+    process.nextTick(fail, early)
+    return submittable
+  }
+  void (async () => {
+    const wait = target.acquire()
+    if (wait !== undefined) await wait
+    try {
+      const late = tx.unusableError(target)
+      if (late !== undefined) throw late
+      tx.wire.busy = true
+      try {
+        await tx.prepare()
+      } catch (error) {
+        tx.statementFailed(error)
+        throw error
+      }
+      const portal: OpenPortal = { portal: submittable, block: target, close: () => closeSubmittable(submittable) }
+      const done = (error?: unknown): void => {
+        if (tx.cursor === portal) tx.cursor = undefined
+        if (error !== undefined) tx.statementFailed(error)
+      }
+      submittable.once?.('end', () => done())
+      submittable.once?.('close', () => done())
+      submittable.on?.('error', (error) => done(error))
+      tx.cursor = portal
+      tx.wire.roundTrips++
+      ;(tx.client as unknown as { query(s: Submittable): unknown }).query(submittable)
+    } catch (error) {
+      fail(error)
+    } finally {
+      tx.wire.busy = false
+      target.release()
+    }
+  })()
+  return submittable
 }

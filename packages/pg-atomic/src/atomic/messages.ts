@@ -24,6 +24,11 @@ export const ABORTED_MESSAGE =
   'Let the error propagate, or wrap the failing part in a nested atomic() block so ' +
   'that only that part is rolled back.'
 /** @internal */
+export const BUILDER_OPEN_MESSAGE =
+  "A query builder's transaction begun on a db.pool client inside this 'atomic' block was still open when the " +
+  "block's function returned, so it never committed: it was rolled back, and so was the block. Await the " +
+  "builder's transaction (its COMMIT or ROLLBACK) inside the block."
+/** @internal */
 export const CURSOR_OPEN_MESSAGE =
   "A cursor is open on this transaction's connection: read it to the end or break " +
   'out of its loop before running other statements in the same transaction.'

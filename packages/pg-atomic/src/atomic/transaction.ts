@@ -8,7 +8,6 @@
  */
 import pg from 'pg'
 import type { PoolClient } from 'pg'
-import type Cursor from 'pg-cursor'
 import type { Frame } from '../context'
 import { AtomicError, DOOMED_MESSAGE, TransactionManagementError, isConnectionLoss } from '../errors'
 import type { AtomicLogger, ResolvedOptions, RetryPolicy, TransactionDefaults } from '../options'
@@ -17,6 +16,7 @@ import type { BeginCharacteristics } from '../sql/transaction'
 import { TIMEOUT_OPTIONS } from '../vocabulary'
 import type { TimeoutOption } from '../vocabulary'
 import type { Block } from './block'
+import type { OpenPortal } from './cursor'
 import { Hooks } from './hooks'
 import { CURSOR_OPEN_MESSAGE, ENDED_MESSAGE, fatalError, lostError } from './messages'
 import {
@@ -87,7 +87,7 @@ export class Transaction implements WireOwner {
   materializedUpTo = 0
   savepointCounter = 0
   /** The cursor open on the connection, if any, and the block that opened it. */
-  cursor: { readonly cursor: Cursor; readonly block: Block } | undefined = undefined
+  cursor: OpenPortal | undefined = undefined
   private current: TransactionState = OK
 
   constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {
