@@ -28,14 +28,14 @@ export type NextFunction = (error?: unknown) => void
 /** A middleware as `app.use()` and the route methods take it (Express's `req` and `res` fit). */
 export type Middleware = (req: IncomingMessage, res: ServerResponse, next: NextFunction) => void
 
-/** A route handler that {@link atomicRoute} wraps: Express's own handler type fits. */
+/** A route handler that `atomicRoute(options, handler)` wraps: Express's own handler type fits. */
 export type RouteHandler<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> = (
   req: Req,
   res: Res,
   next: NextFunction,
 ) => unknown
 
-/** Options of {@link atomicRequests}: the request options, without `retry` (see {@link atomicRoute}). */
+/** Options of {@link atomicRequests}: the request options, without `retry` (see `atomicRoute()`). */
 export type AtomicRequestsOptions = Omit<RequestOptions, 'retry'>
 
 /** The request state of a response: its exchange, and the application's options if the middleware ran. */
@@ -76,7 +76,7 @@ const RETRY_IN_MARKER =
  *
  * Error handlers registered after the routes run inside the request blocks (use
  * `atomicRoute(options, handler)` to run them outside). Options are validated here, before any
- * request (`InvalidOptionError`); `retry` is refused (see {@link atomicRoute}).
+ * request (`InvalidOptionError`); `retry` is refused (see `atomicRoute()`).
  *
  * @example
  * ```ts
@@ -163,11 +163,14 @@ export function nonAtomic(): Middleware {
  *   succeeded.
  *
  * `durable`, `using`, `savepoint` and `lock` are refused with an `InvalidOptionError`, as are
- * unknown options, when `atomicRoute()` is called.
+ * unknown options, when `atomicRoute()` is called. A wrapped handler gets its parameter types from
+ * its own annotations (this module does not depend on Express's types): annotate `req` and `res`
+ * with Express's `Request` and `Response`.
  *
  * @example
  * ```ts
  * import express from 'express'
+ * import type { Request, Response } from 'express'
  * const app = express()
  * app.use(express.json())
  * app.use(atomicRequests())
@@ -176,7 +179,7 @@ export function nonAtomic(): Middleware {
  * })
  * app.post(
  *   '/transfer',
- *   atomicRoute({ isolationLevel: 'serializable', retry: 3 }, async (req, res) => {
+ *   atomicRoute({ isolationLevel: 'serializable', retry: 3 }, async (req: Request, res: Response) => {
  *     const { from, to, cents } = req.body as { from: number; to: number; cents: number }
  *     await db.query('update accounts set balance = balance - $1 where id = $2', [cents, from])
  *     await db.query('update accounts set balance = balance + $1 where id = $2', [cents, to])
@@ -186,6 +189,11 @@ export function nonAtomic(): Middleware {
  * ```
  */
 export function atomicRoute(options: RequestOptions): Middleware
+/**
+ * Wraps a route handler so that it runs in request blocks with `options` (see the first overload):
+ * its errors roll the request back, and with `retry` it runs again after a serialization failure
+ * or deadlock.
+ */
 export function atomicRoute<Req extends IncomingMessage, Res extends ServerResponse>(
   options: RequestOptions,
   handler: RouteHandler<Req, Res>,

@@ -88,19 +88,10 @@ export class ResponseHold {
     }
     res.on('pipe', (source: Readable) => this.sources.add(source))
     res.on('unpipe', (source: Readable) => this.sources.delete(source))
-    const hold = this
-    res.writeHead = function writeHead(this: ServerResponse, ...args: unknown[]): ServerResponse {
-      return hold.writeHead(this, args)
-    } as ServerResponse['writeHead']
-    res.write = function write(this: ServerResponse, ...args: unknown[]): boolean {
-      return hold.write(this, args)
-    } as ServerResponse['write']
-    res.end = function end(this: ServerResponse, ...args: unknown[]): ServerResponse {
-      return hold.end(this, args)
-    } as ServerResponse['end']
-    res.flushHeaders = function flushHeaders(this: ServerResponse): void {
-      hold.flushHeaders(this)
-    }
+    res.writeHead = ((...args: unknown[]) => this.writeHead(args)) as ServerResponse['writeHead']
+    res.write = ((...args: unknown[]) => this.write(args)) as ServerResponse['write']
+    res.end = ((...args: unknown[]) => this.end(args)) as ServerResponse['end']
+    res.flushHeaders = () => this.flushHeaders()
   }
 
   /** Whether anything of the handler's response has been let through. */
@@ -163,7 +154,8 @@ export class ResponseHold {
     res.statusMessage = statusMessage
   }
 
-  private writeHead(res: ServerResponse, args: unknown[]): ServerResponse {
+  private writeHead(args: unknown[]): ServerResponse {
+    const res = this.res
     if (this.mode === 'passing' || this.mode === 'discarded') {
       return (this.original.writeHead as (...a: unknown[]) => ServerResponse).apply(res, args)
     }
@@ -189,7 +181,8 @@ export class ResponseHold {
     return res
   }
 
-  private flushHeaders(res: ServerResponse): void {
+  private flushHeaders(): void {
+    const res = this.res
     if (this.mode === 'passing' || this.mode === 'discarded') {
       this.original.flushHeaders.call(res)
       return
@@ -198,7 +191,8 @@ export class ResponseHold {
     this.streaming()
   }
 
-  private write(res: ServerResponse, args: unknown[]): boolean {
+  private write(args: unknown[]): boolean {
+    const res = this.res
     if (this.mode === 'passing') return (this.original.write as (...a: unknown[]) => boolean).apply(res, args)
     const held = normalize(args)
     if (this.mode === 'discarded' || this.ending !== undefined) {
@@ -213,7 +207,8 @@ export class ResponseHold {
     return false
   }
 
-  private end(res: ServerResponse, args: unknown[]): ServerResponse {
+  private end(args: unknown[]): ServerResponse {
+    const res = this.res
     if (this.mode === 'passing') return (this.original.end as (...a: unknown[]) => ServerResponse).apply(res, args)
     if (this.mode === 'discarded') {
       // Only an error response may replace a discarded one: never a 2xx or 3xx.

@@ -11,6 +11,7 @@ export type {
   RequestFailed,
   RequestHandler,
   RequestOutcome,
+  RequestOutcomeBase,
   RequestRolledBack,
   RequestScope,
 } from './request'

@@ -42,8 +42,7 @@ export interface RequestOptions extends TransactionDefaults {
   bufferLimitBytes?: number
   /**
    * Run the request again when its transaction fails with a serialization failure or a deadlock
-   * and nothing of its response was sent: a number of attempts, or the library's
-   * {@link RetryOptions}. Only where the integration can call the handler again (`runRequest()`,
+   * and nothing of its response was sent: a number of attempts, or the library's `RetryOptions`. Only where the integration can call the handler again (`runRequest()`,
    * `atomicListener()`, `atomicRoute(options, handler)` in Express); a database's default
    * `retry` never applies to request blocks. Side effects belong in `onCommit` hooks.
    * Default: no retry.

@@ -50,8 +50,8 @@ export interface RequestScope {
 /** The handler of a request: called once per attempt, inside the request blocks. */
 export type RequestHandler = (scope: RequestScope) => unknown
 
-/** What every outcome says. */
-interface OutcomeBase {
+/** What every {@link RequestOutcome} says. */
+export interface RequestOutcomeBase {
   /** Runs of the handler (0 when the request blocks could not be entered). */
   readonly attempts: number
   /**
@@ -63,7 +63,8 @@ interface OutcomeBase {
 }
 
 /** Every request block committed: send the held response unchanged. */
-export interface RequestCommitted extends OutcomeBase {
+export interface RequestCommitted extends RequestOutcomeBase {
+  /** Always `'committed'`. */
   readonly kind: 'committed'
 }
 
@@ -75,8 +76,10 @@ export interface RequestCommitted extends OutcomeBase {
  *   error handling.
  * - `'aborted'`: the client went away; there is nothing to send.
  */
-export interface RequestRolledBack extends OutcomeBase {
+export interface RequestRolledBack extends RequestOutcomeBase {
+  /** Always `'rolled-back'`. */
   readonly kind: 'rolled-back'
+  /** Why the request rolled back (see above). */
   readonly reason: 'status' | 'set-rollback' | 'error' | 'aborted'
   /** The handler's error (`'error'`), or what the rollback reported (`'status'`, `'aborted'`); else undefined. */
   readonly error: unknown
@@ -90,8 +93,10 @@ export interface RequestRolledBack extends OutcomeBase {
  * handling: a 5xx, never a 2xx or 3xx. Nothing was committed, except with several databases when a
  * later one fails after an earlier one committed (there is no two-phase commit).
  */
-export interface RequestFailed extends OutcomeBase {
+export interface RequestFailed extends RequestOutcomeBase {
+  /** Always `'failed'`. */
   readonly kind: 'failed'
+  /** What failed: the COMMIT's error, `CommitOutcomeUnknownError`, the block's `TransactionManagementError`, .... */
   readonly error: unknown
 }
 
