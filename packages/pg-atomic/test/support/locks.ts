@@ -17,10 +17,12 @@ export async function waitFor(condition: () => Promise<boolean>, what: string, t
 
 /**
  * A second, plain session on the test database (not recorded, not pg-atomic). Its `lock_timeout`
- * is bounded so that a test can never hang on it.
+ * is bounded so that a test can never hang on it. It connects directly, never through a pooler: its
+ * session-level SET would otherwise stay on a server connection that pg-atomic's transactions get
+ * next (PgBouncer in transaction mode shares them).
  */
 export async function openSession(h: Harness): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: h.testDb.url })
+  const client = new pg.Client({ connectionString: h.testDb.directUrl })
   await client.connect()
   await client.query("SET lock_timeout = '10s'")
   return client
