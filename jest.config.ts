@@ -26,7 +26,7 @@ const tests = '<rootDir>/packages/*/test/**'
  * server's URL from their environment, so one that tries to connect fails instead of passing
  * only in a full run.
  */
-const UNIT_TESTS = ['packages/pg-atomic/test/statements.test.ts']
+const UNIT_TESTS = ['packages/pg-atomic/test/statements.test.ts', 'packages/pg-atomic/test/builder-control.test.ts']
 
 const moduleNameMapper: Record<string, string> = {
   // Run the library from source, no build needed.
