@@ -42,10 +42,10 @@ export interface RequestOptions extends TransactionDefaults {
   bufferLimitBytes?: number
   /**
    * Run the request again when its transaction fails with a serialization failure or a deadlock
-   * and nothing of its response was sent: a number of attempts, or the library's `RetryOptions`. Only where the integration can call the handler again (`runRequest()`,
-   * `atomicListener()`, `atomicRoute(options, handler)` in Express); a database's default
-   * `retry` never applies to request blocks. Side effects belong in `onCommit` hooks.
-   * Default: no retry.
+   * and nothing of its response was sent: a number of attempts, or the library's `RetryOptions`.
+   * Only where the integration can call the handler again (`runRequest()`, `atomicListener()`,
+   * `atomicRoute(options, handler)` in Express); a database's default `retry` never applies to
+   * request blocks. Side effects belong in `onCommit` hooks. Default: no retry.
    */
   retry?: number | RetryOptions
   /** A label for the request blocks, carried in diagnostics events and error messages. Default: none. */
