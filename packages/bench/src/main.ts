@@ -22,7 +22,7 @@ import { harnessOverhead } from './measure'
 import { parseOptions } from './options'
 import { markdownReport, noise, printReport } from './report'
 import type { Results, SettingResult } from './results'
-import { round } from './results'
+import { formatJson, round } from './results'
 import { countRoundTrips } from './round-trips'
 import { runSetting } from './runner'
 import { Ledger } from './workloads'
@@ -64,10 +64,7 @@ async function main(): Promise<number> {
     const { jsonPath, ...recorded } = options
     const results: Results = {
       benchmark: 'pg-atomic side by side',
-      command: `npm run bench --${process.argv
-        .slice(2)
-        .map((a) => ` ${a}`)
-        .join('')}`,
+      command: ['node', path.relative(process.cwd(), process.argv[1] ?? 'main.js'), ...process.argv.slice(2)].join(' '),
       machine,
       options: recorded,
       harness: {
@@ -84,7 +81,7 @@ async function main(): Promise<number> {
     printReport(results, log)
     if (options.markdown) log(`\n---- Markdown (README Benchmarks section) ----\n\n${markdownReport(results)}\n`)
     mkdirSync(path.dirname(jsonPath), { recursive: true })
-    writeFileSync(jsonPath, `${JSON.stringify(results, null, 2)}\n`)
+    writeFileSync(jsonPath, `${formatJson(results)}\n`)
     log(`\nResults written to ${path.relative(process.cwd(), jsonPath)} (${results.durationS} s).`)
     return checks.every((c) => c.ok) ? 0 : 1
   } finally {

@@ -225,3 +225,16 @@ export function summarise(
 function roundSpread(s: Spread, digits: number): Spread {
   return { median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) }
 }
+
+/** JSON with indentation, but any value whose one-line form fits in `width` on one line: readable, and diffs stay small. */
+export function formatJson(value: unknown, width = 300, indent = ''): string {
+  const flat = JSON.stringify(value)
+  if (flat === undefined) return 'null'
+  if (value === null || typeof value !== 'object' || flat.length + indent.length <= width) return flat
+  const inner = `${indent}  `
+  if (Array.isArray(value)) {
+    return `[\n${value.map((v) => inner + formatJson(v, width, inner)).join(',\n')}\n${indent}]`
+  }
+  const entries = Object.entries(value).filter(([, v]) => v !== undefined)
+  return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${formatJson(v, width, inner)}`).join(',\n')}\n${indent}}`
+}
