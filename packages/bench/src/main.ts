@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import pg from 'pg'
@@ -34,6 +34,12 @@ async function main(): Promise<number> {
   if (options === undefined) return 0
   const started = performance.now()
   const log = (line: string): void => console.log(line)
+  if (options.reportFrom !== undefined) {
+    const earlier = JSON.parse(readFileSync(options.reportFrom, 'utf8')) as Results
+    printReport(earlier, log)
+    if (options.markdown) log(`\n---- Markdown (README Benchmarks section) ----\n\n${markdownReport(earlier)}\n`)
+    return 0
+  }
 
   const db = await openBenchDatabase()
   const checker = new pg.Client({ connectionString: db.url })
@@ -61,7 +67,7 @@ async function main(): Promise<number> {
         checks.push(...w.checks.map((c) => ({ ...c, name: `${setting.name}, ${c.name}` })))
     }
 
-    const { jsonPath, ...recorded } = options
+    const { jsonPath, reportFrom: _reportFrom, ...recorded } = options
     const results: Results = {
       benchmark: 'pg-atomic side by side',
       command: ['node', path.relative(process.cwd(), process.argv[1] ?? 'main.js'), ...process.argv.slice(2)].join(' '),

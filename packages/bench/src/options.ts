@@ -27,6 +27,8 @@ export interface BenchOptions {
   readonly jsonPath: string
   readonly markdown: boolean
   readonly smoke: boolean
+  /** Print the tables of an earlier results file instead of running. */
+  readonly reportFrom: string | undefined
 }
 
 export const HELP = `npm run bench -- [options]
@@ -50,6 +52,8 @@ It is a benchmark, not a test: timings never fail it; a failed correctness check
   --json <file>           where to write the results (default packages/bench/results/bench-results.json;
                           bench-smoke.json with --smoke)
   --markdown              also print the README's tables in Markdown
+  --report <file>         print the tables (and with --markdown the README's) of an earlier results
+                          file, without running anything
   --smoke                 a short pass of everything (rounds 1, ops 8, workers 2, scale 1), < 1 min
   --help
 `
@@ -93,6 +97,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
       seed: { type: 'string' },
       json: { type: 'string' },
       markdown: { type: 'boolean', default: false },
+      report: { type: 'string' },
       smoke: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -129,5 +134,6 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
     ),
     markdown: values.markdown,
     smoke,
+    reportFrom: values.report === undefined ? undefined : path.resolve(values.report),
   }
 }

@@ -154,7 +154,7 @@ export interface Results {
   readonly benchmark: 'pg-atomic side by side'
   readonly command: string
   readonly machine: MachineInfo
-  readonly options: Omit<BenchOptions, 'jsonPath'>
+  readonly options: Omit<BenchOptions, 'jsonPath' | 'reportFrom'>
   /** The harness's own cost per operation, included in every CPU and allocation figure. */
   readonly harness: { readonly cpuUsPerOp: number; readonly processCpuUsPerOp: number; readonly bytesPerOp: number }
   readonly roundTrips: readonly RoundTripResult[]
