@@ -106,7 +106,8 @@ export async function checkWorkload(client: pg.Client, workload: WorkloadId, led
   if (workload === 'transfer' || workload === 'contention') checks.push(...(await transferChecks(client, ledger)))
   const idle = await one<{ n: string }>(
     client,
-    `select count(*) as n from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'`,
+    'select count(*) as n from pg_stat_activity ' +
+      `where datname = current_database() and state like 'idle in transaction%'`,
   )
   checks.push(check('no session idle in transaction', idle.n === '0', `${idle.n} sessions`))
   return checks

@@ -46,7 +46,8 @@ async function main(): Promise<number> {
   try {
     await checker.connect()
     log(
-      `pg-atomic benchmark${options.smoke ? ' (smoke pass)' : ''}: PostgreSQL from ${db.server.source}, database ${new URL(db.url).pathname.slice(1)}`,
+      `pg-atomic benchmark${options.smoke ? ' (smoke pass)' : ''}: PostgreSQL from ${db.server.source}, ` +
+        `database ${new URL(db.url).pathname.slice(1)}`,
     )
     log(`creating the tables (pgbench scale ${options.scale}) …`)
     await createSchema(checker, { scale: options.scale })

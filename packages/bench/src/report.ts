@@ -68,7 +68,8 @@ function workloadTable(results: Results, w: WorkloadResult): string {
         String(s.errors - s.retriesExhausted),
       ])
     }
-    return `(${info.letter}) ${info.title}, ${results.options.workers} workers on ${results.options.hotAccounts} accounts\n${table(rows)}`
+    const on = `${results.options.workers} workers on ${results.options.hotAccounts} accounts`
+    return `(${info.letter}) ${info.title}, ${on}\n${table(rows)}`
   }
   const rows = [
     [
@@ -113,7 +114,8 @@ function settingHeader(s: SettingResult): string {
   const added =
     s.proxyDelay === undefined
       ? 'direct connection'
-      : `proxy in its own process adding ${s.proxyDelay.requestedMs} ms each way (measured ${f(s.proxyDelay.p50Ms)} ms p50, ${f(s.proxyDelay.p99Ms)} ms p99 per chunk)`
+      : `proxy in its own process adding ${s.proxyDelay.requestedMs} ms each way ` +
+        `(measured ${f(s.proxyDelay.p50Ms)} ms p50, ${f(s.proxyDelay.p99Ms)} ms p99 per chunk)`
   return `==== ${s.name}: ${added}; an autocommit select 1 takes ${f(s.pingMs.p50)} ms p50`
 }
 
@@ -141,8 +143,9 @@ export function noise(results: Pick<Results, 'settings'>): string[] {
     }
     widths.sort((a, b) => a - b)
     lines.push(
-      `${s.name}: hand-written pg's own p50 moved by up to ${(pgLatency * 100).toFixed(0)}% between rounds and its throughput by up to ` +
-        `${(pgThroughput * 100).toFixed(0)}%; the min–max range of a ratio is ${f(widths[widths.length >> 1])} wide at the median, ` +
+      `${s.name}: hand-written pg's own p50 moved by up to ${(pgLatency * 100).toFixed(0)}% between rounds ` +
+        `and its throughput by up to ${(pgThroughput * 100).toFixed(0)}%; ` +
+        `the min–max range of a ratio is ${f(widths[widths.length >> 1])} wide at the median, ` +
         `${f(widths.at(-1))} at the widest.`,
     )
   }
@@ -152,12 +155,14 @@ export function noise(results: Pick<Results, 'settings'>): string[] {
 export function printReport(results: Results, print: (text: string) => void): void {
   const m = results.machine
   print(
-    `\npg-atomic side by side — ${m.date}\n${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.platform}, load ${m.loadAverage.join(' ')}\n` +
+    `\npg-atomic side by side — ${m.date}\n` +
+      `${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.platform}, load ${m.loadAverage.join(' ')}\n` +
       `Node ${m.node}; ${m.postgres}\n` +
       `${Object.entries(m.libraries)
         .map(([name, v]) => `${name} ${v}`)
         .join(', ')}; commit ${m.commit}\n` +
-      `${results.options.rounds} interleaved rounds (order rotated each round), ${results.options.ops} ops per sequential batch, ` +
+      `${results.options.rounds} interleaved rounds (order rotated each round), ` +
+      `${results.options.ops} ops per sequential batch, ` +
       `${results.options.workers} workers; pgbench scale ${results.options.scale}. ` +
       `Harness cost included in CPU/KB figures: ${f(results.harness.cpuUsPerOp, 1)} µs, ` +
       `${results.harness.bytesPerOp.toFixed(0)} B per op.`,
@@ -169,9 +174,10 @@ export function printReport(results: Results, print: (text: string) => void): vo
     for (const w of s.workloads) print(`\n${workloadTable(results, w)}`)
   }
   print(
-    '\nColumns: round = round trips per transaction; ×pg = per round, the contestant over hand-written pg in the same round ' +
-      '(latency: lower is better; ops/s: higher is better), median and min–max of the rounds; CPU µs/op = the client main ' +
-      "thread's CPU per operation, proc µs = the whole client process's (GC and compiler threads too), ±pg = the median " +
+    '\nColumns: round = round trips per transaction; ×pg = per round, the contestant over hand-written pg ' +
+      'in the same round (latency: lower is better; ops/s: higher is better), median and min–max of the rounds; ' +
+      "CPU µs/op = the client main thread's CPU per operation, proc µs = the whole client process's " +
+      '(GC and compiler threads too), ±pg = the median ' +
       "of the per-round differences from pg's; KB = allocated on the client's V8 heap per operation; all sequential. " +
       'Retries are whole-transaction attempts after the first; gave up = still failing after the last attempt.',
   )
@@ -214,7 +220,8 @@ export function markdownReport(results: Results): string {
   const o = results.options
   const out: string[] = [README_BEGIN, '']
   out.push(
-    `Measured ${m.date.slice(0, 10)} at commit ${m.commit} on ${m.cpuModel} (${m.cores} cores, shared), Node ${m.node}, ` +
+    `Measured ${m.date.slice(0, 10)} at commit ${m.commit} on ${m.cpuModel} (${m.cores} cores, shared), ` +
+      `Node ${m.node}, ` +
       `${m.postgres.split(' on ')[0] ?? m.postgres}; ` +
       `${Object.entries(m.libraries)
         .filter(([name]) => !name.includes("'"))

@@ -226,7 +226,10 @@ function roundSpread(s: Spread, digits: number): Spread {
   return { median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) }
 }
 
-/** JSON with indentation, but any value whose one-line form fits in `width` on one line: readable, and diffs stay small. */
+/**
+ * JSON with indentation, but any value whose one-line form fits in `width` on one line: readable,
+ * and the diffs of a re-run stay small.
+ */
 export function formatJson(value: unknown, width = 300, indent = ''): string {
   const flat = JSON.stringify(value)
   if (flat === undefined) return 'null'
@@ -236,5 +239,6 @@ export function formatJson(value: unknown, width = 300, indent = ''): string {
     return `[\n${value.map((v) => inner + formatJson(v, width, inner)).join(',\n')}\n${indent}]`
   }
   const entries = Object.entries(value).filter(([, v]) => v !== undefined)
-  return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${formatJson(v, width, inner)}`).join(',\n')}\n${indent}}`
+  const lines = entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${formatJson(v, width, inner)}`)
+  return `{\n${lines.join(',\n')}\n${indent}}`
 }

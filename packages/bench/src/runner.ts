@@ -179,7 +179,8 @@ function failureCheck(workload: WorkloadId, summary: WorkloadResult['summary']):
       const allowed = workload === 'contention' ? s.retriesExhausted : 0
       if (s.errors > allowed) ok = false
       failed.push(
-        `${id} ${mode}: ${s.errors} failed${s.retriesExhausted > 0 ? ` (${s.retriesExhausted} gave up after ${MAX_ATTEMPTS} attempts)` : ''}`,
+        `${id} ${mode}: ${s.errors} failed` +
+          (s.retriesExhausted > 0 ? ` (${s.retriesExhausted} gave up after ${MAX_ATTEMPTS} attempts)` : ''),
       )
     }
   }

@@ -325,7 +325,9 @@ async function startBouncer(binary: string, server: URL): Promise<Bouncer> {
   const user = decodeURIComponent(server.username || 'postgres')
   const password = decodeURIComponent(server.password)
   writeFileSync(path.join(dir, 'userlist.txt'), `"${user}" ""\n`)
-  const target = `host=${server.hostname} port=${server.port || 5432} user=${user}${password === '' ? '' : ` password=${password}`}`
+  const target =
+    `host=${server.hostname} port=${server.port || 5432} user=${user}` +
+    (password === '' ? '' : ` password=${password}`)
   writeFileSync(
     path.join(dir, 'pgbouncer.ini'),
     [
@@ -451,7 +453,9 @@ async function main(): Promise<number> {
       drop table if exists soak_accounts, soak_transfers, soak_notes;
       create table soak_accounts (id int primary key, balance int not null check (balance >= 0));
       -- No unique key: a transfer applied twice must show up as two rows.
-      create table soak_transfers (id text not null, from_id int not null, to_id int not null, amount int not null, applied boolean not null);
+      create table soak_transfers (
+        id text not null, from_id int not null, to_id int not null, amount int not null, applied boolean not null
+      );
       create table soak_notes (transfer_id text not null);
     `)
     await control.query('insert into soak_accounts (id, balance) select i, $1 from generate_series(1, $2) i', [
@@ -460,7 +464,8 @@ async function main(): Promise<number> {
     ])
 
     console.log(
-      `pg-atomic soak: ${WORKERS} processes × ${CONCURRENCY} concurrent blocks for ${SECONDS} s, transfers at ${ISOLATION.toUpperCase()}, seed ${SEED}`,
+      `pg-atomic soak: ${WORKERS} processes × ${CONCURRENCY} concurrent blocks for ${SECONDS} s, ` +
+        `transfers at ${ISOLATION.toUpperCase()}, seed ${SEED}`,
     )
     console.log(
       `  PostgreSQL ${dbRows[0]?.version}${server === undefined ? '' : ` (${server.source})`}, database ${soakDb}`,
@@ -529,7 +534,8 @@ async function main(): Promise<number> {
       for (const [name, n] of Object.entries(r.errors)) errors.set(name, (errors.get(name) ?? 0) + n)
     console.log(`\n  ${blocks} transfer blocks in ${elapsed.toFixed(1)} s: ${(blocks / elapsed).toFixed(0)} blocks/s`)
     console.log(
-      `  committed ${count('applied')} applied + ${count('declined')} declined (insufficient funds), failed ${count('failed')}, outcome unknown ${count('unknown')}`,
+      `  committed ${count('applied')} applied + ${count('declined')} declined (insufficient funds), ` +
+        `failed ${count('failed')}, outcome unknown ${count('unknown')}`,
     )
     console.log(`  retries (retry events): ${reports.reduce((n, r) => n + r.retries, 0)}`)
     console.log(`  audits (serializable read-only deferrable): ${reports.reduce((n, r) => n + r.audits, 0)}`)
@@ -552,13 +558,15 @@ async function main(): Promise<number> {
     for (let i = 0; i < 50; i++) {
       stuck = (
         await control.query<{ pid: number; state: string; query: string }>(
-          "select pid, state, left(query, 100) as query from pg_stat_activity where datname = $1 and state like 'idle in transaction%'",
+          'select pid, state, left(query, 100) as query from pg_stat_activity ' +
+            "where datname = $1 and state like 'idle in transaction%'",
           [soakDb],
         )
       ).rows
       locks = (
         await control.query<{ pid: number; mode: string }>(
-          "select pid, mode from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = $1)",
+          "select pid, mode from pg_locks where locktype = 'advisory' " +
+            'and database = (select oid from pg_database where datname = $1)',
           [soakDb],
         )
       ).rows
@@ -577,7 +585,8 @@ async function main(): Promise<number> {
     if (balances.some((b) => b.balance < 0)) failures.push('a balance is negative')
     const logged = (
       await control.query<{ id: string; n: number; applied: boolean; from_id: number; to_id: number; amount: number }>(
-        'select id, count(*)::int as n, bool_and(applied) as applied, min(from_id) as from_id, min(to_id) as to_id, min(amount) as amount from soak_transfers group by id',
+        'select id, count(*)::int as n, bool_and(applied) as applied, ' +
+          'min(from_id) as from_id, min(to_id) as to_id, min(amount) as amount from soak_transfers group by id',
       )
     ).rows
     const inLog = new Map(logged.map((r) => [r.id, r]))
@@ -596,7 +605,8 @@ async function main(): Promise<number> {
               : true
       if (!ok && mismatches++ < 5)
         failures.push(
-          `transfer ${id}: its worker saw '${outcome}' but the log has ${row === undefined ? 'no row' : `applied = ${row.applied}`}`,
+          `transfer ${id}: its worker saw '${outcome}' but the log has ` +
+            (row === undefined ? 'no row' : `applied = ${row.applied}`),
         )
     }
     if (mismatches > 5) failures.push(`... ${mismatches - 5} more transfers disagree with their log`)
@@ -620,10 +630,12 @@ async function main(): Promise<number> {
 
     console.log(`\n  final total ${total} (expected ${ACCOUNTS * INITIAL}), ${logged.length} transfers in the log`)
     console.log(
-      '  checks: no session idle in transaction, no advisory lock, every worker pool idle, no unexpected error or unhandled rejection,',
+      '  checks: no session idle in transaction, no advisory lock, every worker pool idle, ' +
+        'no unexpected error or unhandled rejection,',
     )
     console.log(
-      '          every audit and the final total unchanged, each transfer id logged at most once and as its worker was told, the log explains every balance',
+      '          every audit and the final total unchanged, each transfer id logged at most once ' +
+        'and as its worker was told, the log explains every balance',
     )
     if (failures.length === 0) console.log('  PASSED')
     else {

@@ -30,7 +30,8 @@ export async function createPostgresJs(options: ConnectOptions): Promise<Contest
           await tx`select abalance from pgbench_accounts where aid = ${p.aid}`
           await tx`update pgbench_tellers set tbalance = tbalance + ${p.delta} where tid = ${p.tid}`
           await tx`update pgbench_branches set bbalance = bbalance + ${p.delta} where bid = ${p.bid}`
-          await tx`insert into pgbench_history (tid, bid, aid, delta, mtime) values (${p.tid}, ${p.bid}, ${p.aid}, ${p.delta}, current_timestamp)`
+          const history = tx`insert into pgbench_history (tid, bid, aid, delta, mtime)`
+          await tx`${history} values (${p.tid}, ${p.bid}, ${p.aid}, ${p.delta}, current_timestamp)`
         })
         .then(() => undefined),
     nested: () =>
