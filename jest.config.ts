@@ -32,6 +32,7 @@ const moduleNameMapper: Record<string, string> = {
   // Run the library from source, no build needed.
   '^pg-atomic$': '<rootDir>/packages/pg-atomic/src/index.ts',
   '^pg-atomic/insight$': '<rootDir>/packages/pg-atomic/src/insight/index.ts',
+  '^pg-atomic/testing$': '<rootDir>/packages/pg-atomic/src/testing/index.ts',
   '^pg-atomic/web$': '<rootDir>/packages/pg-atomic/src/web/index.ts',
   '^pg-atomic/express$': '<rootDir>/packages/pg-atomic/src/express.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.

@@ -20,13 +20,15 @@ export const storage = new AsyncLocalStorage<Frame>()
  * The innermost block of database `db` visible from the current async context (possibly already
  * ended: callers decide what an ended block means for them). @internal
  */
-export function currentBlock(db: object): Block | undefined {
+export function currentBlock(db: { readonly testRoot: Block | undefined }): Block | undefined {
   let frame = storage.getStore()
   while (frame !== undefined) {
     if (frame.block.tx.db === db) return frame.block
     frame = frame.outer
   }
-  return undefined
+  // Outside any block of the database, a test transaction of pg-atomic/testing takes everything.
+  const root = db.testRoot
+  return root === undefined || root.ended ? undefined : root
 }
 
 /**

@@ -10,13 +10,19 @@
 import type { Block } from './atomic/block'
 import { currentBlock, innermostActiveBlock } from './context'
 import { TransactionManagementError } from './errors'
-import { requireDatabase } from './registry'
+import { findTestRoot, requireDatabase } from './registry'
 
 /** The block a helper called with `using` acts on, or `undefined` outside blocks. @internal */
 export function activeBlock(using: string | undefined): Block | undefined {
-  if (using === undefined) return innermostActiveBlock()
+  if (using === undefined) return innermostActiveBlock() ?? testRootBlock()
   const block = currentBlock(requireDatabase(using))
   return block === undefined || block.ended || block.tx.ended ? undefined : block
+}
+
+/** Outside any block: the test transaction of pg-atomic/testing, if one is open (the default database's first). */
+function testRootBlock(): Block | undefined {
+  const root = findTestRoot()
+  return root === undefined || root.ended || root.kitIdle ? undefined : root.builderTail()
 }
 
 /** Like {@link activeBlock}, but throws `TransactionManagementError(outsideMessage)` outside blocks. @internal */

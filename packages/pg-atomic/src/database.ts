@@ -14,6 +14,7 @@ import { cursorRows } from './atomic/cursor'
 import { ENDED_MESSAGE } from './atomic/messages'
 import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './atomic/statement'
 import type { DatabaseCore, Transaction } from './atomic/transaction'
+import type { CapturedHook } from './atomic/hooks'
 import { currentBlock } from './context'
 import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
@@ -98,6 +99,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
   private closePromise: Promise<void> | undefined
   private readonly transactions = new Set<Transaction>()
   private drained: (() => void) | undefined
+  /** The open test transaction of pg-atomic/testing, if any. @internal */
+  testRoot: Block | undefined = undefined
+  /** Where the test kit captures onCommit hooks. @internal */
+  testHooks: ((hooks: readonly CapturedHook[]) => void) | undefined = undefined
 
   constructor(config: ResolvedDatabaseConfig) {
     this.alias = config.alias

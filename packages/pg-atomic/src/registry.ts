@@ -5,6 +5,7 @@
  * @module
  * @internal
  */
+import type { Block } from './atomic/block'
 import type { DatabaseImpl } from './database'
 import { TransactionManagementError } from './errors'
 
@@ -20,6 +21,14 @@ export function register(db: DatabaseImpl): boolean {
 /** Frees the alias of `db` (only if it is still registered under it). @internal */
 export function unregister(db: DatabaseImpl): void {
   if (databases.get(db.alias) === db) databases.delete(db.alias)
+}
+
+/** The open test transaction of pg-atomic/testing: the default database's, else the first found. @internal */
+export function findTestRoot(): Block | undefined {
+  const preferred = databases.get('default')?.testRoot
+  if (preferred !== undefined) return preferred
+  for (const db of databases.values()) if (db.testRoot !== undefined) return db.testRoot
+  return undefined
 }
 
 /** The database registered under `alias`, or `undefined`. @internal */

@@ -40,6 +40,7 @@ import { closeCursorOf, cursorRows } from './cursor'
 import { isWithin } from './hooks'
 import {
   ABORTED_MESSAGE,
+  KIT_IDLE_MESSAGE,
   BUILDER_OPEN_MESSAGE,
   ENDED_MESSAGE,
   SWALLOWED_MESSAGE,
@@ -64,7 +65,17 @@ export type BlockBody<T> = (tx: TransactionHandle) => T | Promise<T>
  * that can fail happens before any SQL is sent.
  * @internal
  */
-export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>): Promise<T> {
+export function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>): Promise<T> {
+  // Not an async function: the nested path hands back enterNested()'s own promise, so a block's
+  // rejection reaches the caller in the same turn as before (Promise.all reports the first error).
+  try {
+    return enter(db, options, fn)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+}
+
+function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>): Promise<T> {
   if (typeof fn !== 'function')
     throw new InvalidOptionError('fn', 'atomic() expects a function to run inside the block.')
   const outer = storage.getStore()
@@ -81,6 +92,8 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
       runTransaction(db, options, fn, outer),
     )
   }
+  if (parent.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
+  if (parent.kit !== undefined) return enterUnderTestTransaction(db, parent, options, fn, outer)
   if (options.retry !== undefined) {
     throw new TransactionManagementError(
       withName(
@@ -106,18 +119,86 @@ export async function enterAtomic<T>(db: DatabaseCore, options: ResolvedOptions,
       )
     }
   }
+  return enterNested(parent, options, fn, outer, false)
+}
+
+/** Runs `fn` in a block nested in `parent` (a savepoint unless `savepoint: false`). */
+async function enterNested<T>(
+  parent: Block,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+  outermostForCode: boolean,
+): Promise<T> {
+  const tx = parent.tx
   // The child's whole lifetime is one operation of its parent: siblings run one after another.
   const wait = parent.acquire()
   if (wait !== undefined) await wait
   try {
     const unusable = tx.closedError(parent)
     if (unusable !== undefined) throw unusable
-    const block = new Block(tx, parent, options)
+    const block = new Block(tx, parent, outermostForCode ? { ...options, savepoint: true } : options)
+    block.outermostForCode = outermostForCode
     tx.stack.push(block)
     return await block.execute(fn, outer)
   } finally {
     parent.release()
   }
+}
+
+/**
+ * A block whose parent is a test transaction of `pg-atomic/testing`: outermost from the code's
+ * point of view, so it behaves as one — `durable` is allowed (as in Django's TestCase), `retry`
+ * runs the block again after rolling back to its savepoint, and its onCommit hooks, which a commit
+ * would have run, are handed to the test kit — while it is a savepoint of the test transaction.
+ * Characteristics can only be those of the test transaction (PostgreSQL fixes them at BEGIN).
+ */
+function enterUnderTestTransaction<T>(
+  db: DatabaseCore,
+  parent: Block,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+): Promise<T> {
+  const tx = parent.tx
+  for (const key of CHARACTERISTICS) {
+    const wanted = options[key]
+    if (wanted !== undefined && wanted !== tx.characteristics[key]) {
+      throw new TransactionManagementError(
+        `${key} ${describeValue(wanted)} cannot be honoured inside a test transaction of pg-atomic/testing, ` +
+          `whose ${key} is ${describeValue(tx.characteristics[key])}: PostgreSQL fixes it when the test ` +
+          'transaction begins. Give the test transaction the same option, or use the commit-for-real mode for ' +
+          'this test.',
+      )
+    }
+  }
+  const policy = options.retry ?? db.retry
+  const once = (): Promise<T> => enterNested(parent, options, fn, outer, true)
+  if (policy === undefined || policy.maxAttempts === 1) return once()
+  return runWithRetry(policy, { database: db.alias, name: options.name }, once)
+}
+
+/**
+ * Opens the outermost block of a test transaction (`pg-atomic/testing`) without a callback: it
+ * stays open across the tests of a file, each of which gets a savepoint in it
+ * ({@link Block.openBuilderBlock}), and is rolled back by {@link closeTestRoot}.
+ * @internal
+ */
+export function openTestRoot(db: DatabaseCore, options: ResolvedOptions): Block {
+  db.assertOpen()
+  const tx = new Transaction(db, options, undefined)
+  const block = new Block(tx, undefined, options)
+  block.kit = 'root'
+  tx.stack.push(block)
+  db.transactionStarted(tx)
+  return block
+}
+
+/** Rolls back a test transaction opened by {@link openTestRoot}, whatever happened in it. @internal */
+export async function closeTestRoot(root: Block): Promise<void> {
+  root.kitIdle = false
+  if (root.builderChild !== undefined) await root.builderChild.closeBuilderBlock('rollback')
+  await root.rollBackRoot()
 }
 
 function runTransaction<T>(
@@ -254,6 +335,16 @@ export class Block implements TransactionHandle {
    * `db.pool`): it holds this block's turn until the builder's `COMMIT` / `RELEASE` / `ROLLBACK`.
    */
   builderChild: Block | undefined = undefined
+  /**
+   * Set on the blocks of a test transaction of `pg-atomic/testing` (`'root'`: the file's
+   * transaction; `'test'`: one test's savepoint). Blocks entered in them are outermost from the
+   * code's point of view.
+   */
+  kit: 'root' | 'test' | undefined = undefined
+  /** A kit root between tests: work reaching it is refused (it would outlive its test). */
+  kitIdle = false
+  /** A block outermost from the code's point of view, nested in a test transaction. */
+  outermostForCode = false
   /** {@link Block.closeBuilderBlock} has been called (by the builder, or by the enclosing block's exit). */
   private builderClosing = false
 
@@ -336,6 +427,7 @@ export class Block implements TransactionHandle {
   ): Promise<QueryResult<R>> {
     const tail = this.builderChild === undefined ? this : this.builderTail()
     if (tail !== this) return tail.run<R>(textOrConfig, values)
+    if (this.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
     const config = normalizeQuery(textOrConfig, values)
     const tx = this.tx
     const early = tx.unusableError(this)
@@ -385,6 +477,12 @@ export class Block implements TransactionHandle {
     assertHook(fn, 'onCommit')
     const block = this.route()
     if (block.ended) throw new TransactionManagementError(ENDED_MESSAGE)
+    if (block.rollbackOwner.kit !== undefined) {
+      // Registered outside any block of the code, in a test transaction: in production it would run
+      // at once; here nothing is committed, so it goes to the test kit.
+      this.tx.db.testHooks?.([{ fn, robust: options?.robust === true }])
+      return
+    }
     this.tx.hooks.add(block.rollbackOwner, 'commit', fn, options?.robust === true)
   }
 
@@ -471,6 +569,20 @@ export class Block implements TransactionHandle {
     }
   }
 
+  /** Ends an outermost block opened without a callback by rolling it back (a test transaction). @internal */
+  async rollBackRoot(): Promise<void> {
+    const wait = this.acquire()
+    if (wait !== undefined) await wait
+    try {
+      await closeCursorOf(this)
+      this.ended = true
+      this.tx.setRollback(true)
+      await this.exitOutermost(false, undefined, undefined)
+    } finally {
+      this.release()
+    }
+  }
+
   private popStack(): boolean {
     const tx = this.tx
     const index = tx.stack.length - 1
@@ -513,6 +625,12 @@ export class Block implements TransactionHandle {
     // the failure happened inside it (a SAVEPOINT after it would have failed), so its work is lost.
     const lostWork = state.kind === 'aborted' && materialized
     if (!threw && (state.kind === 'ok' || (state.kind === 'aborted' && !materialized))) {
+      if (this.outermostForCode) {
+        // Outermost for the code, a savepoint of a test transaction: the hooks a COMMIT would have
+        // run go to the test kit (captured, not run: the data is never committed).
+        const hooks = tx.hooks.takeCommitHooksWithin(this)
+        if (hooks.length > 0) tx.db.testHooks?.(hooks)
+      }
       // Success: RELEASE, deferred to ride with the next control statement (or dropped by COMMIT).
       if (materialized) {
         const statements = [this.statement('release', releaseStatement(this.savepointName), true)]

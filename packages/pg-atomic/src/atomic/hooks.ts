@@ -37,6 +37,12 @@ interface HookEntry {
   readonly owner: HookOwner
 }
 
+/** An onCommit hook handed to the test kit instead of being kept for a COMMIT that never comes. */
+export interface CapturedHook {
+  readonly fn: Hook
+  readonly robust: boolean
+}
+
 /** Where hook errors go. */
 export interface HookReporter {
   readonly alias: string
@@ -93,6 +99,22 @@ export class Hooks {
     const hooks = this.entries
     this.entries = []
     for (const h of hooks) if (h.kind === 'rollback') await this.callRollbackHook(h)
+  }
+
+  /**
+   * A block that would have committed in production but is a savepoint of a test transaction
+   * exited normally: its onCommit hooks (and those of blocks nested in it) are taken out, in
+   * registration order, for the test kit; its onRollback hooks are dropped (a commit never runs them).
+   */
+  takeCommitHooksWithin(block: HookOwner): CapturedHook[] {
+    const keep: HookEntry[] = []
+    const taken: CapturedHook[] = []
+    for (const h of this.entries) {
+      if (!isWithin(h.owner, block)) keep.push(h)
+      else if (h.kind === 'commit') taken.push({ fn: h.fn, robust: h.robust })
+    }
+    this.entries = keep
+    return taken
   }
 
   /** The outcome of COMMIT is unknown: no hook may run (either kind could be wrong). */

@@ -29,6 +29,11 @@ export const BUILDER_OPEN_MESSAGE =
   "block's function returned, so it never committed: it was rolled back, and so was the block. Await the " +
   "builder's transaction (its COMMIT or ROLLBACK) inside the block."
 /** @internal */
+export const KIT_IDLE_MESSAGE =
+  'The test transaction of pg-atomic/testing is between tests: this work started in a test that has ended ' +
+  '(a timer, an un-awaited promise), or runs outside any test. It was refused so that it cannot leak into ' +
+  'the next test; await all work of a test inside it.'
+/** @internal */
 export const CURSOR_OPEN_MESSAGE =
   "A cursor is open on this transaction's connection: read it to the end or break " +
   'out of its loop before running other statements in the same transaction.'

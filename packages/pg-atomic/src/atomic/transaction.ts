@@ -18,6 +18,7 @@ import type { TimeoutOption } from '../vocabulary'
 import type { Block } from './block'
 import type { OpenPortal } from './cursor'
 import { Hooks } from './hooks'
+import type { CapturedHook } from './hooks'
 import { CURSOR_OPEN_MESSAGE, ENDED_MESSAGE, fatalError, lostError } from './messages'
 import {
   OK,
@@ -44,6 +45,13 @@ export interface DatabaseCore extends WireDatabase {
   assertOpen(): void
   transactionStarted(tx: Transaction): void
   transactionEnded(tx: Transaction): void
+  /**
+   * The test transaction of `pg-atomic/testing` when one is open on this database: work that runs
+   * outside any block of the current async context joins it.
+   */
+  testRoot: Block | undefined
+  /** Receives the onCommit hooks of blocks that would have committed in a test transaction. */
+  testHooks: ((hooks: readonly CapturedHook[]) => void) | undefined
 }
 
 /** Timeouts by option, as applied with SET LOCAL. @internal */
