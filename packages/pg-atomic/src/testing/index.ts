@@ -44,9 +44,13 @@ export interface TestTransactionOptions {
 
 /** The hook functions of a test runner: jest's and vitest's names; node:test's `before` / `after` work too. */
 export interface RunnerHooks {
+  /** Runs once before the file's tests (node:test: `before`). */
   beforeAll(fn: () => Promise<void>): void
+  /** Runs once after the file's tests (node:test: `after`). */
   afterAll(fn: () => Promise<void>): void
+  /** Runs before each test. */
   beforeEach(fn: () => Promise<void>): void
+  /** Runs after each test, whatever it did. */
   afterEach(fn: () => Promise<void>): void
 }
 
@@ -54,14 +58,26 @@ export interface RunnerHooks {
  * One test transaction: open across the tests of a file, one savepoint per test. Get one with
  * {@link startTestTransaction}, or let {@link useTestTransaction} drive it from the runner's hooks.
  */
-export class TestTransaction {
+export interface TestTransaction {
+  /** The alias of the database it belongs to. */
+  readonly database: string
+  /** The onCommit hooks captured since the current test (or the set-up) began, in registration order. */
+  readonly capturedHooks: readonly Hook[]
+  /** Opens the savepoint of one test. A test already running is a `TransactionManagementError`. */
+  beginTest(): Promise<void>
+  /** Rolls back the savepoint of the current test, whatever the test did; later work is refused until the next test. */
+  endTest(): Promise<void>
+  /** Rolls back the whole test transaction (fixtures included) and returns its connection. */
+  end(): Promise<void>
+}
+
+class TestTransactionImpl implements TestTransaction {
   private readonly db: DatabaseImpl
   private readonly root: Block
   private testBlock: Block | undefined = undefined
   private hooks: CapturedHook[] = []
   private ended = false
 
-  /** @internal */
   constructor(db: DatabaseImpl, root: Block) {
     this.db = db
     this.root = root
@@ -146,7 +162,7 @@ export async function startTestTransaction(options?: TestTransactionOptions): Pr
     )
   }
   const root = openTestRoot(db, resolveAtomicOptions({ ...characteristics, name: 'test transaction' }))
-  return new TestTransaction(db, root)
+  return new TestTransactionImpl(db, root)
 }
 
 /**
