@@ -36,7 +36,10 @@ import type { IsolationLevel } from '../vocabulary'
 export interface TestTransactionOptions {
   /** Alias of the database. Default: `'default'`. */
   using?: string
-  /** Isolation level of the test transaction (blocks of the code can only ask for this one). Default: the database's. */
+  /**
+   * Isolation level of the test transaction (blocks of the code can only ask for this one).
+   * Default: the database's.
+   */
   isolationLevel?: IsolationLevel
   /** Read-only test transaction. Default: the database's. */
   readOnly?: boolean
