@@ -94,11 +94,6 @@ export class ResponseHold {
     res.flushHeaders = () => this.flushHeaders()
   }
 
-  /** Whether anything of the handler's response has been let through. */
-  get released(): boolean {
-    return this.mode === 'passing'
-  }
-
   /** Sends what is held, in order, and lets everything through from now on. */
   release(): void {
     if (this.mode === 'passing') return

@@ -7,7 +7,7 @@ import diagnostics_channel from 'node:diagnostics_channel'
 import { Readable } from 'node:stream'
 import express from 'express'
 import type { ErrorRequestHandler, Express } from 'express'
-import { createDatabase, InvalidOptionError, STATEMENT_CHANNEL, onCommit, setRollback } from 'pg-atomic'
+import { createDatabase, inAtomicBlock, InvalidOptionError, STATEMENT_CHANNEL, onCommit, setRollback } from 'pg-atomic'
 import type { StatementEvent } from 'pg-atomic'
 import { atomicRequests, atomicRoute, nonAtomic } from 'pg-atomic/express'
 import { startFaultProxy, targetOf } from '../support/fault-proxy'
@@ -385,6 +385,54 @@ describe('opting out and per-route options', () => {
       ['rollback', 'create-item'],
     ])
   })
+
+  test("a marker's options are merged over the application's", async () => {
+    const app = express()
+    app.use(atomicRequests({ statementTimeout: 1_000, isolationLevel: 'repeatable read' }))
+    app.get('/report', atomicRoute({ readOnly: true, isolationLevel: 'serializable' }), async (_req, res) => {
+      res.json((await h.db.query('select 1 as one')).rows[0])
+    })
+    served = await serve(app)
+    expect(await (await fetch(`${served.url}/report`)).json()).toEqual({ one: 1 })
+    expect(h.statements).toEqual([
+      'BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY',
+      'SET LOCAL statement_timeout = 1000',
+      'select 1 as one',
+      'COMMIT',
+    ])
+  })
+
+  test(
+    'atomicRoute(options, handler): its error rolls back whatever the error handler answers, and ' +
+      'the error handler runs after the ROLLBACK, outside the request blocks',
+    async () => {
+      class NotFound extends Error {
+        override name = 'NotFound'
+      }
+      const seenByErrorHandler: unknown[] = []
+      const app = express()
+      app.use(atomicRequests())
+      app.delete(
+        '/items/:id',
+        atomicRoute({}, async () => {
+          await h.db.query(INSERT, [1, 'a'])
+          throw new NotFound('no such item')
+        }),
+      )
+      app.use(((error, _req, res, _next) => {
+        seenByErrorHandler.push(error, inAtomicBlock(), [...h.statements])
+        res.status(404).json({ error: (error as Error).name })
+      }) as ErrorRequestHandler)
+      served = await serve(app)
+      const response = await fetch(`${served.url}/items/1`, { method: 'DELETE' })
+      expect({ status: response.status, body: await response.json() }).toEqual({
+        status: 404,
+        body: { error: 'NotFound' },
+      })
+      expect(seenByErrorHandler).toEqual([expect.any(NotFound), false, ['BEGIN', INSERT, 'ROLLBACK']])
+      expect(await items()).toEqual([])
+    },
+  )
 
   test('a marker after a statement already ran in the request: TransactionManagementError, ROLLBACK', async () => {
     const url = await start((app) => {
