@@ -52,7 +52,7 @@ export type RequestHandler = (scope: RequestScope) => unknown
 
 /** What every {@link RequestOutcome} says. */
 export interface RequestOutcomeBase {
-  /** Runs of the handler (0 when the request blocks could not be entered). */
+  /** Runs of the handler (0 when the request blocks could not be entered, so it never ran). */
   readonly attempts: number
   /**
    * Resolves when the request blocks have fully exited: after the `onCommit` hooks of a committed
@@ -230,7 +230,10 @@ const blockOptionsCache = new WeakMap<ResolvedRequestOptions, Map<string, Atomic
 
 /** One request: its blocks, its attempts, its outcome. */
 class RequestRun {
+  /** Attempts begun (the outermost block entered). */
   private attempts = 0
+  /** Runs of the handler. */
+  private runs = 0
   private scope: Scope | undefined
   private outcome: RequestOutcome | undefined
   private resolveOutcome!: (outcome: RequestOutcome) => void
@@ -337,6 +340,7 @@ class RequestRun {
 
   /** Runs the handler in the innermost block and waits for what decides the attempt. */
   private async body(scope: Scope): Promise<void> {
+    this.runs++
     try {
       const result = this.handler(scope)
       if (isPromiseLike(result)) result.then(undefined, (error: unknown) => scope.fail(error))
@@ -357,7 +361,7 @@ class RequestRun {
   }
 
   private committed(): void {
-    this.settle({ kind: 'committed', attempts: this.attempts, settled: this.settled })
+    this.settle({ kind: 'committed', attempts: this.runs, settled: this.settled })
   }
 
   /** The outermost block has exited: everything has run, hooks included. */
@@ -376,16 +380,16 @@ class RequestRun {
     } else if (scope === undefined) {
       this.settle({ kind: 'failed', attempts: 0, error, settled: this.settled })
     } else if (scope.decision?.kind === 'fail') {
-      this.settle({ kind: 'rolled-back', reason: 'error', error, attempts: this.attempts, settled: this.settled })
+      this.settle({ kind: 'rolled-back', reason: 'error', error, attempts: this.runs, settled: this.settled })
     } else if (scope.decision?.kind === 'abort') {
-      this.settle({ kind: 'rolled-back', reason: 'aborted', error, attempts: this.attempts, settled: this.settled })
+      this.settle({ kind: 'rolled-back', reason: 'aborted', error, attempts: this.runs, settled: this.settled })
     } else if (!rejected || scope.intended === 'status') {
       // Rolled back as asked (a silent rollback resolves; a doomed block rejects, which the
       // failure status already reports).
       const reason = scope.intended ?? 'set-rollback'
-      this.settle({ kind: 'rolled-back', reason, error, attempts: this.attempts, settled: this.settled })
+      this.settle({ kind: 'rolled-back', reason, error, attempts: this.runs, settled: this.settled })
     } else {
-      this.settle({ kind: 'failed', error, attempts: this.attempts, settled: this.settled })
+      this.settle({ kind: 'failed', error, attempts: this.runs, settled: this.settled })
     }
     this.resolveSettled()
   }

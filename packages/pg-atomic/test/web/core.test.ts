@@ -189,6 +189,9 @@ describe('runRequest: the outcome of each way a request ends', () => {
 
   test('the request blocks cannot be entered (no such database): failed, 0 attempts', async () => {
     const handler = jest.fn()
+    // Missing as the innermost database (entered inside the block of 'default') and as the only one.
+    const inner = await runRequest({ databases: ['web_missing', 'default'] }, handler)
+    expect(inner).toMatchObject({ kind: 'failed', attempts: 0, error: { name: 'TransactionManagementError' } })
     const outcome = await runRequest({ databases: ['web_missing'] }, handler)
     expect(outcome).toMatchObject({
       kind: 'failed',
