@@ -225,6 +225,25 @@ describe('no success before COMMIT', () => {
     },
   )
 
+  test('the same under a route marker, and under a wrapped handler: the error handler answers', async () => {
+    await h.admin.query("insert into tokens values ('taken')")
+    const handler = async (_req: express.Request, res: express.Response) => {
+      await h.db.query("insert into tokens values ('taken')")
+      res.status(201).json({ created: true })
+    }
+    const url = await start(
+      (app) => {
+        app.post('/marker', atomicRoute({ name: 'marker' }), handler)
+        app.post('/wrapped', atomicRoute({ name: 'wrapped' }, handler))
+      },
+      { bare: true },
+    )
+    for (const path of ['/marker', '/wrapped']) {
+      expect(await post(`${url}${path}`)).toMatchObject({ status: 500, body: { code: '23505' } })
+    }
+    expect(await h.column('select count(*)::int from tokens')).toEqual([1])
+  })
+
   test('CommitOutcomeUnknownError: a 500 whose message says the outcome is unknown', async () => {
     // The COMMIT's answer never arrives: the connection to PostgreSQL is destroyed as it is sent.
     const proxy = await startFaultProxy(targetOf(h.testDb.directUrl))
