@@ -31,6 +31,11 @@ import { resolveAtomicOptions } from '../options'
 import { requireDatabase } from '../registry'
 import type { Hook } from '../types'
 import type { IsolationLevel } from '../vocabulary'
+import type { RunnerHooks } from './runner'
+
+export type { RunnerHooks } from './runner'
+export { useCommittingTests } from './committing'
+export type { CommittingTestsOptions } from './committing'
 
 /** Options of a test transaction. */
 export interface TestTransactionOptions {
@@ -43,18 +48,6 @@ export interface TestTransactionOptions {
   isolationLevel?: IsolationLevel
   /** Read-only test transaction. Default: the database's. */
   readOnly?: boolean
-}
-
-/** The hook functions of a test runner: jest's and vitest's names; node:test's `before` / `after` work too. */
-export interface RunnerHooks {
-  /** Runs once before the file's tests (node:test: `before`). */
-  beforeAll(fn: () => Promise<void>): void
-  /** Runs once after the file's tests (node:test: `after`). */
-  afterAll(fn: () => Promise<void>): void
-  /** Runs before each test. */
-  beforeEach(fn: () => Promise<void>): void
-  /** Runs after each test, whatever it did. */
-  afterEach(fn: () => Promise<void>): void
 }
 
 /**

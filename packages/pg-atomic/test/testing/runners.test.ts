@@ -1,0 +1,121 @@
+/**
+ * pg-atomic/testing under the real runners (issue 10 §2): jest, vitest and node:test run the
+ * fixture project in fixtures/ as subprocesses, on a database of this file's own (DATABASE_URL),
+ * each with the same cases (fixtures/suite.ts): rows of a test gone for the next, a fixture made
+ * once stays, durable and retried services, captured hooks with and without execute, Kysely through
+ * db.pool, and the commit-for-real mode truncating after each test. Each run must report exactly
+ * the suite's tests as passed, and leave nothing committed and no session idle in transaction.
+ */
+import { spawn } from 'node:child_process'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import pg from 'pg'
+import { createTestDatabase } from '../support/database'
+import type { TestDatabase } from '../support/database'
+import { SUITE_TESTS } from './fixtures/suite'
+
+const FIXTURES = join(__dirname, 'fixtures')
+const ROOT = join(__dirname, '../../../..')
+const bin = (path: string) => join(ROOT, 'node_modules', path)
+
+interface Outcome {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs `node <args>` in the fixture folder with DATABASE_URL set, and collects its output. */
+function runNode(args: string[], databaseUrl: string): Promise<Outcome> {
+  const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: databaseUrl, FORCE_COLOR: '0', NO_COLOR: '1' }
+  // The child is a runner of its own, not one of this run's workers.
+  for (const name of ['JEST_WORKER_ID', 'NODE_OPTIONS', 'VITEST', 'VITEST_POOL_ID', 'VITEST_WORKER_ID']) {
+    delete env[name]
+  }
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd: FIXTURES, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code, stdout, stderr }))
+  })
+}
+
+interface Counts {
+  passed: number
+  failed: number
+}
+
+/** The counts of a jest-style JSON report (jest's --json, vitest's json reporter). */
+async function jsonCounts(file: string): Promise<Counts> {
+  const report = JSON.parse(await readFile(file, 'utf8')) as { numPassedTests: number; numFailedTests: number }
+  return { passed: report.numPassedTests, failed: report.numFailedTests }
+}
+
+/** The counts of node:test's TAP summary (`# pass 9`, `# fail 0`). */
+function tapCounts(stdout: string): Counts {
+  const count = (label: string) => Number(new RegExp(`^# ${label} (\\d+)$`, 'm').exec(stdout)?.[1] ?? NaN)
+  return { passed: count('pass'), failed: count('fail') }
+}
+
+let testDb: TestDatabase
+let admin: pg.Pool
+let reports: string
+
+beforeAll(async () => {
+  testDb = await createTestDatabase('testing runners')
+  admin = new pg.Pool({ connectionString: testDb.directUrl, max: 2 })
+  await admin.query(
+    'create table users (id serial primary key, name text not null); ' +
+      'create table ledger (id serial primary key, note text not null)',
+  )
+  reports = await mkdtemp(join(tmpdir(), 'pg-atomic-runners-'))
+})
+
+afterAll(async () => {
+  await admin?.end()
+  await rm(reports, { recursive: true, force: true })
+  // Throws when a session of the children is still idle in transaction or holds an advisory lock.
+  await testDb?.drop()
+})
+
+afterEach(async () => {
+  // Nothing committed: the test transactions rolled back, the commit-for-real tests truncated.
+  const { rows } = await admin.query<{ users: number; ledger: number }>(
+    'select (select count(*) from users)::int as users, (select count(*) from ledger)::int as ledger',
+  )
+  expect(rows[0]).toEqual({ users: 0, ledger: 0 })
+})
+
+const explain = (outcome: Outcome) => `exit code ${outcome.code}\n${outcome.stdout}\n${outcome.stderr}`
+
+test('jest (its globals) runs the suite: every test passes, nothing is left committed', async () => {
+  const report = join(reports, 'jest.json')
+  const outcome = await runNode(
+    [bin('jest/bin/jest.js'), '--config', 'jest.config.json', '--json', '--outputFile', report],
+    testDb.url,
+  )
+  if (outcome.code !== 0) throw new Error(explain(outcome))
+  expect(await jsonCounts(report)).toEqual({ passed: SUITE_TESTS, failed: 0 })
+}, 120_000)
+
+test('vitest 4 (its imported functions) runs the suite: every test passes, nothing is left committed', async () => {
+  const report = join(reports, 'vitest.json')
+  const outcome = await runNode(
+    [bin('vitest/vitest.mjs'), 'run', '--root', FIXTURES, '--reporter=json', `--outputFile=${report}`],
+    testDb.url,
+  )
+  if (outcome.code !== 0) throw new Error(explain(outcome))
+  expect(await jsonCounts(report)).toEqual({ passed: SUITE_TESTS, failed: 0 })
+}, 120_000)
+
+test('node:test (before / after) runs the suite: every test passes, nothing is left committed', async () => {
+  const outcome = await runNode(
+    ['--require', './register.js', '--test-reporter=tap', '--test', 'kit.node.ts'],
+    testDb.url,
+  )
+  if (outcome.code !== 0) throw new Error(explain(outcome))
+  expect(tapCounts(outcome.stdout)).toEqual({ passed: SUITE_TESTS, failed: 0 })
+}, 120_000)
