@@ -35,6 +35,7 @@ const moduleNameMapper: Record<string, string> = {
   '^pg-atomic/testing$': '<rootDir>/packages/pg-atomic/src/testing/index.ts',
   '^pg-atomic/web$': '<rootDir>/packages/pg-atomic/src/web/index.ts',
   '^pg-atomic/express$': '<rootDir>/packages/pg-atomic/src/express.ts',
+  '^pg-atomic/fastify$': '<rootDir>/packages/pg-atomic/src/fastify.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.
   '^(\\.{1,2}/.*)\\.js$': '$1',
 }
