@@ -36,6 +36,8 @@ import type { RunnerHooks } from './runner'
 export type { RunnerHooks } from './runner'
 export { useCommittingTests } from './committing'
 export type { CommittingTestsOptions } from './committing'
+export { dropTemplateDatabases, prepareTemplateDatabase, workerDatabaseUrl } from './databases'
+export type { PrepareTemplateOptions, TemplateDatabaseOptions, WorkerDatabaseOptions } from './databases'
 
 /** Options of a test transaction. */
 export interface TestTransactionOptions {
