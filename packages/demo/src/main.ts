@@ -19,28 +19,48 @@ import {
   setRollback,
 } from 'pg-atomic'
 import { locksHeld } from 'pg-atomic/insight'
+import { atomicListener } from 'pg-atomic/web'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import type { RetryEvent } from 'pg-atomic'
 
 const dim = (s: string): string => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s)
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s)
 
 let roundTrips = 0
-/** A pg Client that prints every statement it sends and counts round trips (ReadyForQuery). */
+
+/** The protocol messages of pg's connection that carry SQL text. */
+interface TracedConnection {
+  query(text: string): void
+  parse(query: { text: string }): void
+  on(event: string, fn: () => void): void
+}
+
+/**
+ * A pg Client that prints every statement it sends, at the protocol level, one line per round trip
+ * (statements that share a round trip, before one Sync, are joined with ⏎), and counts round trips
+ * (ReadyForQuery).
+ */
 class TracingClient extends pg.Client {
   constructor(config?: string | pg.ClientConfig) {
     super(config)
-    ;(this as unknown as { connection: { on(event: string, fn: () => void): void } }).connection.on(
-      'readyForQuery',
-      () => {
-        roundTrips++
-      },
-    )
-  }
-  override query(...args: unknown[]): never {
-    const first = args[0] as string | { text?: string }
-    const text = typeof first === 'string' ? first : (first.text ?? '(cursor)')
-    console.log(dim(`     → ${text.replace(/\s+/g, ' ')}`))
-    return (super.query as (...a: unknown[]) => never)(...args)
+    const connection = (this as unknown as { connection: TracedConnection }).connection
+    let batch: string[] = []
+    const query = connection.query.bind(connection)
+    const parse = connection.parse.bind(connection)
+    connection.query = (text: string): void => {
+      batch.push(text)
+      query(text)
+    }
+    connection.parse = (q: { text: string }): void => {
+      batch.push(q.text)
+      parse(q)
+    }
+    connection.on('readyForQuery', () => {
+      roundTrips++
+      if (batch.length > 0) console.log(dim(`     → ${batch.map((t) => t.replace(/\s+/g, ' ')).join(' ⏎ ')}`))
+      batch = []
+    })
   }
 }
 
@@ -83,9 +103,7 @@ async function main(): Promise<void> {
         .map((r) => `${r.owner}=${r.balance}`)
         .join(', ')
 
-    section(
-      '1. A transfer: one transaction, BEGIN sent lazily (with SET LOCAL in the same round trip), an onCommit hook',
-    )
+    section('1. A transfer: one transaction; BEGIN and its SET LOCAL ride with the first statement; an onCommit hook')
     const sent: string[] = []
     await atomic(async () => {
       await db.query('update demo_accounts set balance = balance - $1 where id = $2', [30, 1])
@@ -219,6 +237,31 @@ async function main(): Promise<void> {
         console.log(`   🔒 ${lock.target}: ${lock.mode} (${lock.granted ? 'granted' : 'waiting'})`)
     })
     outcome('both tables locked in one canonical order, released at COMMIT')
+
+    section('10. A transaction per HTTP request: the response leaves only after COMMIT')
+    await setup.query(
+      'alter table demo_audit add constraint demo_audit_note unique (note) deferrable initially deferred',
+    )
+    const web = createServer(
+      atomicListener({}, async (req, res) => {
+        // A deferred unique constraint is checked at COMMIT: the second request's COMMIT fails.
+        await db.query('insert into demo_audit (note) values ($1)', ['request ' + (req.url ?? '')])
+        res.setHeader('content-type', 'text/plain')
+        res.end('saved\n')
+      }),
+    )
+    await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve))
+    const { port } = web.address() as AddressInfo
+    try {
+      const first = await fetch(`http://127.0.0.1:${port}/a`)
+      console.log(`   ${first.status} ${(await first.text()).trim()}`)
+      await setup.query("insert into demo_audit (note) values ('request /b')")
+      const second = await fetch(`http://127.0.0.1:${port}/b`)
+      console.log(`   ${second.status} ${(await second.text()).trim()}`)
+    } finally {
+      await new Promise<void>((resolve) => web.close(() => resolve()))
+    }
+    outcome('the first was committed, then answered 200; the second failed at COMMIT and was answered 500')
 
     const idle = (
       await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")
