@@ -203,7 +203,8 @@ const isolation = z
   .pipe(z.enum(ISOLATION_LEVELS))
 const timeout = z.int().min(0).max(MAX_TIMEOUT_MS)
 
-const transactionDefaultsShape = {
+/** The zod shape of the transaction characteristics and timeouts, shared by every options schema. @internal */
+export const transactionDefaultsShape = {
   isolationLevel: isolation.optional(),
   readOnly: z.boolean().optional(),
   deferrable: z.boolean().optional(),
@@ -212,6 +213,22 @@ const transactionDefaultsShape = {
   idleInTransactionSessionTimeout: timeout.optional(),
 }
 
+/** The zod schema of the `retry` option, shared by every options schema that has one. @internal */
+export const retrySchema = z.union([
+  z.int().min(1),
+  z.strictObject({
+    maxAttempts: z.int().min(1).optional(),
+    baseDelayMs: z.int().min(0).optional(),
+    maxDelayMs: z.int().min(0).optional(),
+    retryOn: z
+      .union([
+        z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(),
+        z.custom<(error: unknown) => boolean>((v) => typeof v === 'function'),
+      ])
+      .optional(),
+  }),
+])
+
 const atomicOptionsSchema = z.strictObject({
   ...transactionDefaultsShape,
   savepoint: z.boolean().optional(),
@@ -219,22 +236,7 @@ const atomicOptionsSchema = z.strictObject({
   using: z.string().min(1).optional(),
   name: z.string().optional(),
   lock: z.custom<TableLockInput>((v) => typeof v === 'object' && v !== null && !Array.isArray(v)).optional(),
-  retry: z
-    .union([
-      z.int().min(1),
-      z.strictObject({
-        maxAttempts: z.int().min(1).optional(),
-        baseDelayMs: z.int().min(0).optional(),
-        maxDelayMs: z.int().min(0).optional(),
-        retryOn: z
-          .union([
-            z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(),
-            z.custom<(error: unknown) => boolean>((v) => typeof v === 'function'),
-          ])
-          .optional(),
-      }),
-    ])
-    .optional(),
+  retry: retrySchema.optional(),
 })
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function')

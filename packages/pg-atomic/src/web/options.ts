@@ -8,7 +8,7 @@
 import { z } from 'zod'
 import { InvalidOptionError, sqlState, TransactionManagementError } from '../errors'
 import type { AtomicOptions, RetryOptions, TransactionDefaults } from '../options'
-import { resolveRetry } from '../options'
+import { resolveRetry, retrySchema, transactionDefaultsShape } from '../options'
 import { parseOptions } from '../validation'
 import { ISOLATION_LEVELS, MAX_TIMEOUT_MS } from '../vocabulary'
 
@@ -103,8 +103,6 @@ const REFUSED: Record<string, string> = {
     'lock names the tables of one database and is taken only when the handler needs it.',
 }
 
-const timeout = z.int().min(0).max(MAX_TIMEOUT_MS)
-
 const schema = z.strictObject({
   databases: z
     .array(z.string().min(1))
@@ -114,32 +112,8 @@ const schema = z.strictObject({
     .optional(),
   rollbackOn: z.custom<(status: number) => boolean>((v) => typeof v === 'function').optional(),
   bufferLimitBytes: z.int().min(0).optional(),
-  isolationLevel: z
-    .string()
-    .transform((s) => s.toLowerCase())
-    .pipe(z.enum(ISOLATION_LEVELS))
-    .optional(),
-  readOnly: z.boolean().optional(),
-  deferrable: z.boolean().optional(),
-  statementTimeout: timeout.optional(),
-  lockTimeout: timeout.optional(),
-  idleInTransactionSessionTimeout: timeout.optional(),
-  retry: z
-    .union([
-      z.int().min(1),
-      z.strictObject({
-        maxAttempts: z.int().min(1).optional(),
-        baseDelayMs: z.int().min(0).optional(),
-        maxDelayMs: z.int().min(0).optional(),
-        retryOn: z
-          .union([
-            z.array(z.string().regex(/^[0-9A-Z]{5}$/)).readonly(),
-            z.custom<(error: unknown) => boolean>((v) => typeof v === 'function'),
-          ])
-          .optional(),
-      }),
-    ])
-    .optional(),
+  ...transactionDefaultsShape,
+  retry: retrySchema.optional(),
   name: z.string().optional(),
 })
 
