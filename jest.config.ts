@@ -9,8 +9,11 @@ import type { Config } from 'jest'
  * - `unit`: the files in UNIT_TESTS, which never connect. No globalSetup: jest runs a project's
  *   globalSetup only when one of that project's tests runs, so `jest --selectProjects unit` (or
  *   `npx jest packages/pg-atomic/test/statements`) starts no PostgreSQL.
- * - `core`: every other `*.test.ts` except `*.legacy.test.ts`, TC39 decorators.
+ * - `core`: every other `*.test.ts` except `*.legacy.test.ts` and `*.nest.test.ts`, TC39 decorators.
  * - `legacy-decorators`: `*.legacy.test.ts`, compiled with `experimentalDecorators: true`.
+ * - `nestjs`: `*.nest.test.ts`, compiled with `experimentalDecorators` and `emitDecoratorMetadata`
+ *   (NestJS's dependency injection reads the parameter types); NestJS's own packages, which are
+ *   ECMAScript modules only, are compiled to CommonJS for jest by test/support/esm-to-commonjs.mjs.
  *
  * The globalSetup of `core` and `legacy-decorators` (one module: jest runs it once) starts (or
  * finds) one PostgreSQL server for the whole run and exports its superuser URL as
@@ -36,9 +39,13 @@ const moduleNameMapper: Record<string, string> = {
   '^pg-atomic/web$': '<rootDir>/packages/pg-atomic/src/web/index.ts',
   '^pg-atomic/express$': '<rootDir>/packages/pg-atomic/src/express.ts',
   '^pg-atomic/fastify$': '<rootDir>/packages/pg-atomic/src/fastify.ts',
+  '^pg-atomic/nestjs$': '<rootDir>/packages/pg-atomic/src/nestjs/index.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.
   '^(\\.{1,2}/.*)\\.js$': '$1',
 }
+
+/** Packages the NestJS tests load that are ECMAScript modules only (see esm-to-commonjs.mjs). */
+const ESM_ONLY = ['@nestjs', 'file-type', '@standard-schema']
 
 const escape = (path: string) => path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 const unitPattern = `/(${UNIT_TESTS.map(escape).join('|')})$`
@@ -74,11 +81,20 @@ const config: Config = {
     project('core', 'tsconfig.json', {
       ...database,
       testMatch: [`${tests}/*.test.ts`],
-      testPathIgnorePatterns: ['\\.legacy\\.test\\.ts$', unitPattern],
+      testPathIgnorePatterns: ['\\.legacy\\.test\\.ts$', '\\.nest\\.test\\.ts$', unitPattern],
     }),
     project('legacy-decorators', 'tsconfig.legacy.json', {
       ...database,
       testMatch: [`${tests}/*.legacy.test.ts`],
+    }),
+    project('nestjs', 'tsconfig.nestjs.json', {
+      ...database,
+      testMatch: [`${tests}/*.nest.test.ts`],
+      transform: {
+        '^.+\\.ts$': ['ts-jest', { tsconfig: `${tsconfigs}/tsconfig.nestjs.json` }],
+        [`/node_modules/(${ESM_ONLY.join('|')})/.+\\.js$`]: `${support}/esm-to-commonjs.mjs`,
+      },
+      transformIgnorePatterns: [`/node_modules/(?!(${ESM_ONLY.join('|')})/)`],
     }),
   ],
 }
