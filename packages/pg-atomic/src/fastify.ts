@@ -98,6 +98,7 @@ const runs = new WeakMap<FastifyReply, RouteRun>()
  * @example
  * ```ts
  * import Fastify from 'fastify'
+ * import { atomicRequests } from 'pg-atomic/fastify'
  * const app = Fastify()
  * await app.register(atomicRequests, { rollbackOn: (status) => status >= 400 })
  * app.post('/orders', async (request, reply) => {
