@@ -237,7 +237,12 @@ class BlockClient extends EventEmitter {
     const values = typeof valuesOrCallback === 'function' ? undefined : valuesOrCallback
     const text = typeof textOrConfig === 'string' ? textOrConfig : (textOrConfig as { text?: unknown } | null)?.text
     const control = typeof text === 'string' ? parseBuilderControl(text) : undefined
-    const promise = control === undefined ? this.target.query(textOrConfig as string, values) : this.control(control)
+    // The client's own block (or a block of the code nested in it): a builder transaction another
+    // client opened in it is waited for, not joined (it has its own outcome).
+    const promise =
+      control === undefined
+        ? this.target.contextBlock().runOwn(textOrConfig as string | QueryConfig, values)
+        : this.control(control)
     if (cb === undefined) return promise
     promise.then(
       (result) => cb(null, result),
@@ -273,15 +278,18 @@ class BlockClient extends EventEmitter {
   }
 
   private async open(name: string | undefined): Promise<void> {
-    const block = await this.target.routed().openBuilderBlock(builderOptions(name))
+    // The client's own block (or a block of the code nested in it), not another client's builder
+    // transaction: a second builder transaction of the block waits for the first one's turn.
+    const block = await this.target.contextBlock().openBuilderBlock(builderOptions(name))
     this.opened.push({ block, name })
   }
 
   /** Closes the builder blocks from index `from` on, innermost first. */
   private async closeFrom(from: number, outcome: 'commit' | 'rollback'): Promise<void> {
-    const entry = this.opened[from] as { readonly block: Block }
-    this.opened.length = from
-    await entry.block.closeBuilderBlock(outcome)
+    const entries = this.opened.splice(from)
+    // Innermost first, as COMMIT / RELEASE / ROLLBACK TO end the savepoints opened after one.
+    for (let i = entries.length - 1; i >= 0; i--)
+      await (entries[i] as { readonly block: Block }).block.closeBuilderBlock(outcome)
   }
 
   /** The builder's transaction (opened by BEGIN): the first block of this client that has no savepoint name. */
@@ -310,10 +318,8 @@ class BlockClient extends EventEmitter {
    */
   release(): void {
     if (this.opened.length === 0) return
-    const first = this.opened[0] as { readonly block: Block }
-    this.opened.length = 0
     // Reported to nobody: the builder released its client without ending its transaction.
-    first.block.closeBuilderBlock('rollback').then(undefined, () => undefined)
+    this.closeFrom(0, 'rollback').then(undefined, () => undefined)
   }
 
   escapeIdentifier(str: string): string {

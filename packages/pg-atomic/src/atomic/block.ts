@@ -197,7 +197,7 @@ export function openTestRoot(db: DatabaseCore, options: ResolvedOptions): Block 
 /** Rolls back a test transaction opened by {@link openTestRoot}, whatever happened in it. @internal */
 export async function closeTestRoot(root: Block): Promise<void> {
   root.kitIdle = false
-  if (root.builderChild !== undefined) await root.builderChild.closeBuilderBlock('rollback')
+  if (root.builderChild !== undefined) await root.builderChild.closeBuilderBlock('rollback', true)
   await root.rollBackRoot()
 }
 
@@ -328,6 +328,25 @@ export class Block implements TransactionHandle {
     return this.route()
   }
 
+  /**
+   * The innermost block of the current async context nested in this one, without following the
+   * builder blocks other clients opened: where a db.pool client opens its own builder block, so
+   * that a second builder transaction waits for the first instead of nesting in it.
+   * @internal
+   */
+  contextBlock(): Block {
+    const current = currentBlock(this.tx.db)
+    if (
+      current !== undefined &&
+      current !== this &&
+      !current.ended &&
+      current.tx === this.tx &&
+      isWithin(current, this)
+    )
+      return current
+    return this
+  }
+
   // ---- query builders' transactions (BEGIN / SAVEPOINT sent on a db.pool client) ------------------
 
   /**
@@ -371,6 +390,9 @@ export class Block implements TransactionHandle {
       const unusable = this.tx.closedError(this)
       if (unusable !== undefined) throw unusable
       const block = new Block(this.tx, this, options)
+      // A builder transaction begun directly in a test transaction is outermost for the code: its
+      // COMMIT hands its onCommit hooks to the test kit.
+      block.outermostForCode = this.kit !== undefined
       this.tx.stack.push(block)
       this.builderChild = block
       return block
@@ -386,12 +408,14 @@ export class Block implements TransactionHandle {
    * had to roll back, for example after a caught error); `'rollback'` rolls it back to its savepoint
    * silently: the builder asked for it, and has reported its own error.
    */
-  async closeBuilderBlock(outcome: 'commit' | 'rollback'): Promise<void> {
+  async closeBuilderBlock(outcome: 'commit' | 'rollback', cascade = false): Promise<void> {
     if (this.builderClosing) return
     this.builderClosing = true
     const parent = this.parent as Block
     try {
-      if (this.builderChild !== undefined) await this.builderChild.closeBuilderBlock(outcome)
+      // Another client's builder transaction open inside this one holds its turn: it is waited for
+      // (acquire below), not closed with this one's outcome — unless everything must end now.
+      if (cascade && this.builderChild !== undefined) await this.builderChild.closeBuilderBlock(outcome, true)
       const wait = this.acquire()
       if (wait !== undefined) await wait
       try {
@@ -426,7 +450,18 @@ export class Block implements TransactionHandle {
     values: readonly unknown[] | undefined,
   ): Promise<QueryResult<R>> {
     const tail = this.builderChild === undefined ? this : this.builderTail()
-    if (tail !== this) return tail.run<R>(textOrConfig, values)
+    if (tail !== this) return tail.runOwn<R>(textOrConfig, values)
+    return this.runOwn<R>(textOrConfig, values)
+  }
+
+  /**
+   * Runs a user statement in this very block, without joining a builder transaction open in it (a
+   * db.pool client's own statements: they wait for another client's builder transaction). @internal
+   */
+  async runOwn<R extends QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values: readonly unknown[] | undefined,
+  ): Promise<QueryResult<R>> {
     if (this.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
     const config = normalizeQuery(textOrConfig, values)
     const tx = this.tx
@@ -446,6 +481,9 @@ export class Block implements TransactionHandle {
           // BEGIN / SAVEPOINT / RELEASE / ROLLBACK TO ride with the statement, before one Sync.
           const pipelined = canPipeline(config) ? withSerializedValues(config) : undefined
           const preamble = await tx.preamble()
+          // A flush the preamble waited for may have failed: then the statement must not go out.
+          const failed = tx.unusableError(this)
+          if (failed !== undefined) throw failed
           if (preamble !== undefined && pipelined !== undefined) return await tx.wire.sendWith<R>(preamble, pipelined)
           if (preamble !== undefined) await tx.wire.sendBefore(preamble)
         }
@@ -549,7 +587,7 @@ export class Block implements TransactionHandle {
     // and the block must not report success for its work.
     const builder = this.builderChild
     if (builder !== undefined) {
-      await builder.closeBuilderBlock('rollback').then(undefined, () => undefined)
+      await builder.closeBuilderBlock('rollback', true).then(undefined, () => undefined)
       if (!threw) {
         threw = true
         thrown = new TransactionManagementError(withName(BUILDER_OPEN_MESSAGE, this.name))

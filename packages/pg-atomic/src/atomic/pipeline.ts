@@ -21,6 +21,7 @@
  */
 import pg from 'pg'
 import type { QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import { readKeyword, skipInsignificant } from '../sql/lexer'
 import { hasSeveralStatements } from '../sql/scan'
 
 /** The part of pg's internal connection the submittable writes to. */
@@ -35,6 +36,14 @@ interface ProtocolConnection {
 interface QueryInternals {
   submit(connection: ProtocolConnection): Error | null
   handleCommandComplete(msg: unknown, connection: ProtocolConnection): void
+}
+
+/**
+ * `COPY`: in copy-in mode the server ignores the Sync already written, so a pipelined `COPY ... FROM
+ * STDIN` would wait for a Sync that never comes. COPY keeps the simple protocol.
+ */
+function isCopy(sql: string): boolean {
+  return readKeyword(sql, skipInsignificant(sql, 0), 4) === 'copy'
 }
 
 /** node-postgres' value serialisation (what `Bind` would do), run before anything is written. */
@@ -60,7 +69,8 @@ export function canPipeline(config: QueryConfig): boolean {
     c.portal === undefined &&
     c.queryMode !== 'simple' &&
     c.callback === undefined &&
-    !hasSeveralStatements(c.text)
+    !hasSeveralStatements(c.text) &&
+    !isCopy(c.text)
   )
 }
 

@@ -118,7 +118,7 @@ class TestTransactionImpl implements TestTransaction {
     this.testBlock = undefined
     this.hooks = []
     try {
-      await block.closeBuilderBlock('rollback')
+      await block.closeBuilderBlock('rollback', true)
     } finally {
       this.root.kitIdle = true
     }
