@@ -129,13 +129,18 @@ try {
   }
 
   // ---- 4. a consumer --------------------------------------------------------------------------
-  step('install both tarballs and pg into a fresh consumer folder')
+  // The optional peers too (the frameworks of pg-atomic/fastify and pg-atomic/nestjs): a consumer
+  // that imports every entry point, as below, has them.
+  const optionalPeers = Object.keys(lib.pkgJson.peerDependenciesMeta ?? {}).map(
+    (name) => `${name}@${lib.pkgJson.peerDependencies[name]}`,
+  )
+  step(`install both tarballs, pg and the optional peers (${optionalPeers.join(', ')}) into a fresh consumer folder`)
   const consumer = join(tmp, 'consumer')
   mkdirSync(consumer)
   writeFileSync(join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', private: true }, null, 2))
   const install = run(
     'npm',
-    ['install', '--no-audit', '--no-fund', '--no-package-lock', lib.tarball, cli.tarball, 'pg'],
+    ['install', '--no-audit', '--no-fund', '--no-package-lock', lib.tarball, cli.tarball, 'pg', ...optionalPeers],
     {
       cwd: consumer,
     },
