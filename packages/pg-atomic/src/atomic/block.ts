@@ -445,13 +445,14 @@ export class Block implements TransactionHandle {
   }
 
   /** Runs a user statement in this block. @internal */
-  async run<R extends QueryResultRow>(
+  run<R extends QueryResultRow>(
     textOrConfig: string | QueryConfig,
     values: readonly unknown[] | undefined,
   ): Promise<QueryResult<R>> {
+    // Not async: the statement's own promise is handed back, so its rejection reaches the caller in
+    // the same turn as a sibling block's (Promise.all reports the first error).
     const tail = this.builderChild === undefined ? this : this.builderTail()
-    if (tail !== this) return tail.runOwn<R>(textOrConfig, values)
-    return this.runOwn<R>(textOrConfig, values)
+    return tail.runOwn<R>(textOrConfig, values)
   }
 
   /**
