@@ -108,16 +108,14 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
   if (options.durable) throw new TransactionManagementError(withName(DURABLE_NESTED_MESSAGE, options.name))
   const tx = parent.tx
   // Characteristics are fixed by BEGIN: a nested block can only ask for what the transaction has.
-  for (const key of CHARACTERISTICS) {
-    const wanted = options[key]
-    if (wanted !== undefined && wanted !== tx.characteristics[key]) {
-      throw new TransactionManagementError(
-        `${key} can only be chosen by the outermost atomic() block: this block is nested ` +
-          `in a transaction whose ${key} is ${describeValue(tx.characteristics[key])}, not ` +
-          `${describeValue(wanted)}. Set it on the outermost block, or make this block ` +
-          `durable so that it must be outermost.`,
-      )
-    }
+  const key = mismatchedCharacteristic(options, tx)
+  if (key !== undefined) {
+    throw new TransactionManagementError(
+      `${key} can only be chosen by the outermost atomic() block: this block is nested ` +
+        `in a transaction whose ${key} is ${describeValue(tx.characteristics[key])}, not ` +
+        `${describeValue(options[key])}. Set it on the outermost block, or make this block ` +
+        `durable so that it must be outermost.`,
+    )
   }
   return enterNested(parent, options, fn, outer, false)
 }
@@ -161,16 +159,14 @@ function enterUnderTestTransaction<T>(
   outer: Frame | undefined,
 ): Promise<T> {
   const tx = parent.tx
-  for (const key of CHARACTERISTICS) {
-    const wanted = options[key]
-    if (wanted !== undefined && wanted !== tx.characteristics[key]) {
-      throw new TransactionManagementError(
-        `${key} ${describeValue(wanted)} cannot be honoured inside a test transaction of pg-atomic/testing, ` +
-          `whose ${key} is ${describeValue(tx.characteristics[key])}: PostgreSQL fixes it when the test ` +
-          'transaction begins. Give the test transaction the same option, or use the commit-for-real mode for ' +
-          'this test.',
-      )
-    }
+  const key = mismatchedCharacteristic(options, tx)
+  if (key !== undefined) {
+    throw new TransactionManagementError(
+      `${key} ${describeValue(options[key])} cannot be honoured inside a test transaction of pg-atomic/testing, ` +
+        `whose ${key} is ${describeValue(tx.characteristics[key])}: PostgreSQL fixes it when the test ` +
+        'transaction begins. Give the test transaction the same option, or use the commit-for-real mode for ' +
+        'this test.',
+    )
   }
   const policy = options.retry ?? db.retry
   const once = (): Promise<T> => enterNested(parent, options, fn, outer, true)
@@ -216,6 +212,18 @@ function runTransaction<T>(
 }
 
 const CHARACTERISTICS = ['isolationLevel', 'readOnly', 'deferrable'] as const
+
+/** The first characteristic `options` asks for that the running transaction does not have. */
+function mismatchedCharacteristic(
+  options: ResolvedOptions,
+  tx: Transaction,
+): (typeof CHARACTERISTICS)[number] | undefined {
+  for (const key of CHARACTERISTICS) {
+    const wanted = options[key]
+    if (wanted !== undefined && wanted !== tx.characteristics[key]) return key
+  }
+  return undefined
+}
 
 function describeValue(v: IsolationLevel | boolean | undefined): string {
   return v === undefined ? "the server's default" : typeof v === 'string' ? `'${v}'` : String(v)
@@ -311,16 +319,7 @@ export class Block implements TransactionHandle {
    * enclosing block cannot deadlock behind the block that is running), else this block.
    */
   private route(): Block {
-    const current = currentBlock(this.tx.db)
-    if (
-      current !== undefined &&
-      current !== this &&
-      !current.ended &&
-      current.tx === this.tx &&
-      isWithin(current, this)
-    )
-      return current.builderTail()
-    return this.builderTail()
+    return this.contextBlock().builderTail()
   }
 
   /** {@link Block.route} for the modules that run operations on behalf of a handle (db.pool clients). @internal */

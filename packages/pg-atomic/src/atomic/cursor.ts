@@ -24,26 +24,12 @@ export async function* cursorRows<R extends QueryResultRow>(
   const early = tx.unusableError(block)
   if (early !== undefined) throw early
   refuseTransactionControl(text, true)
-  let cursor: Cursor<R>
-  const wait = block.acquire()
-  if (wait !== undefined) await wait
-  try {
-    const late = tx.unusableError(block)
-    if (late !== undefined) throw late
-    tx.wire.busy = true
-    try {
-      await tx.prepare()
-    } catch (error) {
-      tx.statementFailed(error)
-      throw error
-    }
-    const opened = (tx.client as PoolClient).query(new Cursor<R>(text, values as unknown[] | undefined))
-    cursor = opened
-    tx.cursor = { portal: opened, block, close: () => opened.close() }
-  } finally {
-    tx.wire.busy = false
-    block.release()
-  }
+  const cursor = (
+    await openPortalIn(block, (client) => {
+      const opened = client.query(new Cursor<R>(text, values as unknown[] | undefined))
+      return { portal: opened, block, close: () => opened.close() }
+    })
+  ).portal as Cursor<R>
   let failed = false
   try {
     for (;;) {
@@ -65,6 +51,34 @@ export async function* cursorRows<R extends QueryResultRow>(
       tx.cursor = undefined
       if (!failed && tx.state.kind !== 'lost') await cursor.close()
     }
+  }
+}
+
+/**
+ * Waits for `block`'s turn, sends the control statements its statements need (in a round trip of
+ * their own: a portal lives across round trips), then opens a portal on the connection with `open`;
+ * it becomes the transaction's open portal. A failure dooms the block like a failed statement.
+ */
+async function openPortalIn(block: Block, open: (client: PoolClient) => OpenPortal): Promise<OpenPortal> {
+  const tx = block.tx
+  const wait = block.acquire()
+  if (wait !== undefined) await wait
+  try {
+    const late = tx.unusableError(block)
+    if (late !== undefined) throw late
+    tx.wire.busy = true
+    try {
+      await tx.prepare()
+    } catch (error) {
+      tx.statementFailed(error)
+      throw error
+    }
+    const portal = open(tx.client as PoolClient)
+    tx.cursor = portal
+    return portal
+  } finally {
+    tx.wire.busy = false
+    block.release()
   }
 }
 
@@ -128,36 +142,18 @@ export function submitInBlock<S extends Submittable>(block: Block, submittable: 
     process.nextTick(fail, early)
     return submittable
   }
-  void (async () => {
-    const wait = target.acquire()
-    if (wait !== undefined) await wait
-    try {
-      const late = tx.unusableError(target)
-      if (late !== undefined) throw late
-      tx.wire.busy = true
-      try {
-        await tx.prepare()
-      } catch (error) {
-        tx.statementFailed(error)
-        throw error
-      }
-      const portal: OpenPortal = { portal: submittable, block: target, close: () => closeSubmittable(submittable) }
-      const done = (error?: unknown): void => {
-        if (tx.cursor === portal) tx.cursor = undefined
-        if (error !== undefined) tx.statementFailed(error)
-      }
-      submittable.once?.('end', () => done())
-      submittable.once?.('close', () => done())
-      submittable.on?.('error', (error) => done(error))
-      tx.cursor = portal
-      tx.wire.roundTrips++
-      ;(tx.client as unknown as { query(s: Submittable): unknown }).query(submittable)
-    } catch (error) {
-      fail(error)
-    } finally {
-      tx.wire.busy = false
-      target.release()
+  openPortalIn(target, (client) => {
+    const portal: OpenPortal = { portal: submittable, block: target, close: () => closeSubmittable(submittable) }
+    const done = (error?: unknown): void => {
+      if (tx.cursor === portal) tx.cursor = undefined
+      if (error !== undefined) tx.statementFailed(error)
     }
-  })()
+    submittable.once?.('end', () => done())
+    submittable.once?.('close', () => done())
+    submittable.on?.('error', (error) => done(error))
+    tx.wire.roundTrips++
+    ;(client as unknown as { query(s: Submittable): unknown }).query(submittable)
+    return portal
+  }).then(undefined, fail)
   return submittable
 }
