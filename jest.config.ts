@@ -40,6 +40,7 @@ const moduleNameMapper: Record<string, string> = {
   '^pg-atomic/express$': '<rootDir>/packages/pg-atomic/src/express.ts',
   '^pg-atomic/fastify$': '<rootDir>/packages/pg-atomic/src/fastify.ts',
   '^pg-atomic/nestjs$': '<rootDir>/packages/pg-atomic/src/nestjs/index.ts',
+  '^pg-atomic/otel$': '<rootDir>/packages/pg-atomic/src/otel/index.ts',
   // Node16 ESM-style relative imports ('./x.js') → the .ts source.
   '^(\\.{1,2}/.*)\\.js$': '$1',
 }
