@@ -14,8 +14,7 @@
  * @packageDocumentation
  */
 
-import { startEmbedded } from './embedded'
-import { databaseFromEnv } from './env'
+import { startTestServer } from 'pg-atomic/testing'
 import { startTestcontainers } from './testcontainers'
 
 /** Where the PostgreSQL server behind a {@link DevDatabase} came from. */
@@ -79,20 +78,18 @@ export const DEFAULT_PG_IMAGE = 'postgres:17-alpine'
 export async function startDatabase(options: StartDatabaseOptions = {}): Promise<DevDatabase> {
   const log = options.log ?? (() => {})
 
-  const fromEnv = databaseFromEnv(process.env)
-  if (fromEnv !== undefined) {
-    log(`devdb: using ${fromEnv.from} from the environment`)
-    return { url: fromEnv.url, source: 'env', stop: async () => {} }
-  }
-
-  if (process.env[TESTCONTAINERS_ENV] === '1') {
+  const { DATABASE_URL, PGHOST, PGDATABASE, PGPORT } = process.env
+  const named = [DATABASE_URL, PGHOST, PGDATABASE, PGPORT].some((value) => value !== undefined && value !== '')
+  if (!named && process.env[TESTCONTAINERS_ENV] === '1') {
     const image = process.env[PG_IMAGE_ENV] || DEFAULT_PG_IMAGE
     const { url, stop } = await startTestcontainers(image, log)
     return { url, source: 'testcontainers', stop: once(stop) }
   }
 
-  const { url, stop } = await startEmbedded(log)
-  return { url, source: 'embedded', stop: once(stop) }
+  // The environment's server, else an embedded one: pg-atomic/testing's startTestServer(), which
+  // applications use for their own tests.
+  const { url, source, stop } = await startTestServer({ log })
+  return { url, source: source === 'embedded' ? 'embedded' : 'env', stop }
 }
 
 /**

@@ -1,4 +1,10 @@
-import type { StartedServer } from './embedded'
+/** A started server: its URL and how to stop it. */
+export interface StartedServer {
+  /** Superuser connection URL. */
+  url: string
+  /** Stops the server and deletes its data. */
+  stop(): Promise<void>
+}
 
 /**
  * Starts PostgreSQL in Docker with `@testcontainers/postgresql`, which is an

@@ -27,6 +27,10 @@ const committed = () => h.column<number>('select x from t order by x')
 beforeAll(async () => {
   h = await setupHarness('testing kit')
   await h.admin.query('create table t (x int not null)')
+  await h.admin.query(
+    'create table parent (id int primary key); ' +
+      'create table child (parent_id int references parent deferrable initially deferred)',
+  )
   kit = await startTestTransaction()
   // A fixture created once for the file (Django's setUpTestData): in the test transaction itself.
   await h.db.query(INSERT, [100])
@@ -136,5 +140,38 @@ test('work that outlives its test is refused with a clear error', async () => {
   const error = await late
   expect(error).toBeInstanceOf(TransactionManagementError)
   expect((error as Error).message).toMatch(/^The test transaction of pg-atomic\/testing is between tests/)
+  await kit.beginTest()
+})
+
+test('a deferred constraint the test violated fails the test at its end, as COMMIT would (Django)', async () => {
+  // The test itself: the violation is deferred, so every statement succeeds.
+  await atomic(() => h.db.query('insert into child (parent_id) values ($1)', [7]))
+  h.reset()
+  const error = (await rejection(kit.endTest())) as Error & { code?: string }
+  expect(error.constructor.name).toBe('DatabaseError')
+  expect(error.code).toBe('23503')
+  expect(error.message).toBe('insert or update on table "child" violates foreign key constraint "child_parent_id_fkey"')
+  await kit.beginTest()
+  expect((await h.db.query('select count(*)::int as n from child')).rows).toEqual([{ n: 0 }])
+  // Checked, then the test's savepoint rolled back all the same (restoring the constraint modes);
+  // the ROLLBACK TO rides with the next statement.
+  const test = /"pga_\d+"/.exec(h.statements[1] ?? '')?.[0]
+  expect(h.statements.map((sql) => sql.replace(/"pga_\d+"/, '"pga_N"'))).toEqual([
+    'SET CONSTRAINTS ALL IMMEDIATE',
+    'ROLLBACK TO SAVEPOINT "pga_N"',
+    'RELEASE SAVEPOINT "pga_N"',
+    'SAVEPOINT "pga_N"',
+    'select count(*)::int as n from child',
+  ])
+  expect(h.statements[2]).toBe(`RELEASE SAVEPOINT ${test}`)
+  // Still deferred in the next test: the check did not leak into it.
+  await h.db.query('insert into child (parent_id) values ($1)', [8])
+  await h.db.query('delete from child')
+})
+
+test('a test that sent nothing sends nothing at its end', async () => {
+  h.reset()
+  await kit.endTest()
+  expect(h.statements).toEqual([])
   await kit.beginTest()
 })

