@@ -7,10 +7,11 @@
  * the suite's tests as passed, and leave nothing committed and no session idle in transaction.
  */
 import { spawn } from 'node:child_process'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
+import { TEST_SERVER_URL_ENV } from 'pg-atomic/testing'
 import { createTestDatabase } from '../support/database'
 import type { TestDatabase } from '../support/database'
 import { SUITE_TESTS } from './fixtures/suite'
@@ -25,15 +26,30 @@ interface Outcome {
   stderr: string
 }
 
-/** Runs `node <args>` in the fixture folder with DATABASE_URL set, and collects its output. */
-function runNode(args: string[], databaseUrl: string): Promise<Outcome> {
-  const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: databaseUrl, FORCE_COLOR: '0', NO_COLOR: '1' }
+/**
+ * Runs `node <args>` in a fixture folder with DATABASE_URL set (or, when `undefined`, with no
+ * server named at all: not even an inherited test server), and collects its output.
+ */
+function runNode(
+  args: string[],
+  databaseUrl: string | undefined,
+  options: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<Outcome> {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...options.env, FORCE_COLOR: '0', NO_COLOR: '1' }
   // The child is a runner of its own, not one of this run's workers.
   for (const name of ['JEST_WORKER_ID', 'NODE_OPTIONS', 'VITEST', 'VITEST_POOL_ID', 'VITEST_WORKER_ID']) {
     delete env[name]
   }
+  for (const name of ['DATABASE_URL', 'PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', TEST_SERVER_URL_ENV]) {
+    delete env[name]
+  }
+  if (databaseUrl !== undefined) env['DATABASE_URL'] = databaseUrl
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { cwd: FIXTURES, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, args, {
+      cwd: options.cwd ?? FIXTURES,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
@@ -119,3 +135,78 @@ test('node:test (before / after) runs the suite: every test passes, nothing is l
   if (outcome.code !== 0) throw new Error(explain(outcome))
   expect(tapCounts(outcome.stdout)).toEqual({ passed: SUITE_TESTS, failed: 0 })
 }, 120_000)
+
+// ---- parallel workers: a database per worker, cloned from a template migrated once ----------------
+
+const WORKERS = join(FIXTURES, 'workers')
+
+interface WorkerReport {
+  file: string
+  database: string
+  port: number
+}
+
+/** What each test file of the workers fixture reported: the database and server it ran on. */
+async function workerReports(dir: string): Promise<WorkerReport[]> {
+  const files = (await readdir(dir)).sort()
+  return Promise.all(files.map(async (f) => JSON.parse(await readFile(join(dir, f), 'utf8')) as WorkerReport))
+}
+
+/** Whether a connection to 127.0.0.1:`port` is refused (the server is gone). */
+async function refused(port: number): Promise<boolean> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' })
+  try {
+    await client.connect()
+    await client.end()
+    return false
+  } catch (error) {
+    return (error as { code?: unknown }).code === 'ECONNREFUSED'
+  }
+}
+
+test(
+  'zero set-up under jest: no DATABASE_URL, an embedded server for the run, a database per worker from the ' +
+    'template, all removed afterwards',
+  async () => {
+    const dir = join(reports, 'jest-workers')
+    await mkdir(dir)
+    const template = `kit_jest_${process.pid}`
+    const report = join(reports, 'jest-workers.json')
+    const outcome = await runNode(
+      [bin('jest/bin/jest.js'), '--config', 'jest.config.json', '--json', '--outputFile', report],
+      undefined,
+      { cwd: WORKERS, env: { KIT_REPORTS: dir, KIT_TEMPLATE: template } },
+    )
+    if (outcome.code !== 0) throw new Error(explain(outcome))
+    expect(await jsonCounts(report)).toEqual({ passed: 4, failed: 0 })
+    const seen = await workerReports(dir)
+    expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
+    // Two workers, two clones of the template; every file on the one embedded server of the run.
+    expect([...new Set(seen.map((r) => r.database))].sort()).toEqual([`${template}_worker_1`, `${template}_worker_2`])
+    const ports = [...new Set(seen.map((r) => r.port))]
+    expect(ports).toHaveLength(1)
+    expect(ports[0]).not.toBe(Number(new URL(testDb.directUrl).port || 5432))
+    // The server was stopped by the run's teardown.
+    expect(await refused(ports[0] as number)).toBe(true)
+  },
+  180_000,
+)
+
+test('vitest 4 with DATABASE_URL: a database per forked worker from the template, dropped after the run', async () => {
+  const dir = join(reports, 'vitest-workers')
+  await mkdir(dir)
+  const template = `kit_vitest_${process.pid}`
+  const report = join(reports, 'vitest-workers.json')
+  const outcome = await runNode(
+    [bin('vitest/vitest.mjs'), 'run', '--root', WORKERS, '--reporter=json', `--outputFile=${report}`],
+    testDb.directUrl,
+    { cwd: WORKERS, env: { KIT_REPORTS: dir, KIT_TEMPLATE: template } },
+  )
+  if (outcome.code !== 0) throw new Error(explain(outcome))
+  expect(await jsonCounts(report)).toEqual({ passed: 4, failed: 0 })
+  const seen = await workerReports(dir)
+  expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
+  expect([...new Set(seen.map((r) => r.database))].sort()).toEqual([`${template}_worker_1`, `${template}_worker_2`])
+  const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
+  expect(rows).toEqual([])
+}, 180_000)
