@@ -24,6 +24,11 @@ export type AtomicCallback<T> = (tx: TransactionHandle) => T | Promise<T>
 export interface AtomicFunction {
   /** Runs `fn` in a block of the `'default'` database. */
   <T>(fn: AtomicCallback<T>): Promise<T>
+  /**
+   * Runs `fn` outside any transaction of the database (`propagation: 'notSupported'` suspends an
+   * enclosing one, `'never'` refuses it): `fn` receives no handle.
+   */
+  <T>(options: AtomicOptions & { propagation: 'notSupported' | 'never' }, fn: () => T | Promise<T>): Promise<T>
   /** Runs `fn` in a block with `options` (validated before any SQL). */
   <T>(options: AtomicOptions, fn: AtomicCallback<T>): Promise<T>
   /**

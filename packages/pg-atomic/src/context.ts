@@ -7,9 +7,14 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import type { Block } from './atomic/block'
 
-/** One active block in the async call tree. @internal */
+/**
+ * One active block in the async call tree; or, with `block` undefined, a suspension: code in it
+ * does not see the blocks of database `suspends` outside it (`propagation: 'requiresNew'` and
+ * `'notSupported'`). @internal
+ */
 export interface Frame {
-  readonly block: Block
+  readonly block: Block | undefined
+  readonly suspends?: object
   readonly outer: Frame | undefined
 }
 
@@ -23,7 +28,10 @@ export const storage = new AsyncLocalStorage<Frame>()
 export function currentBlock(db: { readonly testRoot: Block | undefined }): Block | undefined {
   let frame = storage.getStore()
   while (frame !== undefined) {
-    if (frame.block.tx.db === db) return frame.block
+    const block = frame.block
+    if (block === undefined) {
+      if (frame.suspends === db) return undefined
+    } else if (block.tx.db === db) return block
     frame = frame.outer
   }
   // Outside any block of the database, a test transaction of pg-atomic/testing takes everything.
@@ -37,6 +45,15 @@ export function currentBlock(db: { readonly testRoot: Block | undefined }): Bloc
  * @internal
  */
 export function innermostActiveBlock(): Block | undefined {
-  const block = storage.getStore()?.block
-  return block === undefined || block.ended || block.tx.ended ? undefined : block
+  let frame = storage.getStore()
+  let suspended: object[] | undefined
+  while (frame !== undefined) {
+    const block = frame.block
+    if (block === undefined) (suspended ??= []).push(frame.suspends as object)
+    else if (suspended === undefined || !suspended.includes(block.tx.db)) {
+      return block.ended || block.tx.ended ? undefined : block
+    }
+    frame = frame.outer
+  }
+  return undefined
 }

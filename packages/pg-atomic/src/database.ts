@@ -20,6 +20,7 @@ import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, is
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
 import { createPoolFacade, onCheckedOutClientError } from './pool-facade'
 import { findDatabase, register, unregister } from './registry'
+import { blockedByStatement } from './sql/insight'
 import type {
   AtomicLogger,
   AtomicOptions,
@@ -29,6 +30,9 @@ import type {
   TransactionDefaults,
 } from './options'
 import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
+
+/** How long a requiresNew block waits for its second connection when the database sets no acquireTimeoutMs. */
+const REQUIRES_NEW_ACQUIRE_TIMEOUT_MS = 5000
 
 /** Options of `db.close()`. */
 export interface CloseOptions {
@@ -52,6 +56,11 @@ export interface Database {
   /** Runs `fn` in a block of this database (see the module-level {@link atomic}). */
   atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
   /** Runs `fn` in a block of this database with `options` (validated before any SQL; no `using`). */
+  /** Runs `fn` outside any transaction of this database (`propagation: 'notSupported'` / `'never'`); no handle. */
+  atomic<T>(
+    options: Omit<AtomicOptions, 'using'> & { propagation: 'notSupported' | 'never' },
+    fn: () => T | Promise<T>,
+  ): Promise<T>
   atomic<T>(options: Omit<AtomicOptions, 'using'>, fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
   /**
    * Runs a statement: inside a block of this database on the block's connection, outside on a
@@ -135,17 +144,22 @@ export class DatabaseImpl implements Database, DatabaseCore {
    * Checks out a connection. With `acquireTimeoutMs`, a checkout that has to wait (the pool is
    * exhausted) fails with AcquireTimeoutError after that long; only then is a timer set.
    */
-  connect(): Promise<PoolClient> {
+  connect(independent = false): Promise<PoolClient> {
     const pool = this.realPool
-    const timeoutMs = this.acquireTimeoutMs
+    // A requiresNew block checks out while its suspended transaction holds a connection of the
+    // same pool: when every request does that at once, none can go on. Its wait is always bounded.
+    const timeoutMs = this.acquireTimeoutMs ?? (independent ? REQUIRES_NEW_ACQUIRE_TIMEOUT_MS : undefined)
     if (timeoutMs === undefined || pool.idleCount > 0 || pool.totalCount < (pool.options.max ?? 10))
       return pool.connect()
+    if (independent && (pool.options.max ?? 10) === 1) {
+      return Promise.reject(this.acquireTimeoutError(0, independent))
+    }
     const pending = pool.connect()
     return new Promise<PoolClient>((resolve, reject) => {
       let timedOut = false
       const timer = setTimeout(() => {
         timedOut = true
-        reject(this.acquireTimeoutError(timeoutMs))
+        reject(this.acquireTimeoutError(timeoutMs, independent))
       }, timeoutMs)
       pending.then(
         (client) => {
@@ -161,20 +175,29 @@ export class DatabaseImpl implements Database, DatabaseCore {
     })
   }
 
-  private acquireTimeoutError(timeoutMs: number): AcquireTimeoutError {
+  private acquireTimeoutError(timeoutMs: number, independent: boolean): AcquireTimeoutError {
     const pool = this.realPool
     const poolSize = pool.options.max ?? 10
     let heldByBlocks = 0
     for (const tx of this.transactions) if (tx.client !== undefined) heldByBlocks++
     const waiting = pool.waitingCount
-    return new AcquireTimeoutError(
-      `No connection of database '${this.alias}' became free within ${timeoutMs} ms: ` +
+    const why = independent
+      ? poolSize === 1
+        ? `A requiresNew atomic() block of database '${this.alias}' needs a second connection while ` +
+          'the transaction it suspends holds one, and the pool has max 1: it could never get one. ' +
+          'Raise max, or leave out requiresNew.'
+        : `A requiresNew atomic() block of database '${this.alias}' needs a second connection while ` +
+          `the transaction it suspends holds one, and none became free within ${timeoutMs} ms: ` +
+          `the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections are ` +
+          `checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests are waiting. ` +
+          'When every request holds a connection and waits for a second, none can go on: raise ' +
+          'max above the number of concurrent requiresNew callers, or set acquireTimeoutMs.'
+      : `No connection of database '${this.alias}' became free within ${timeoutMs} ms: ` +
         `the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections ` +
         `are checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests ` +
         `are waiting. Keep transactions short, raise max, or look for blocks that wait ` +
-        `on each other.`,
-      { poolSize, heldByBlocks, waiting },
-    )
+        `on each other.`
+    return new AcquireTimeoutError(why, { poolSize, heldByBlocks, waiting })
   }
 
   /**
@@ -214,6 +237,20 @@ export class DatabaseImpl implements Database, DatabaseCore {
     })
   }
 
+  async blockedBy(waiting: number, holder: number): Promise<boolean> {
+    const pool = this.realPool as Pool & { Client: typeof pg.Client }
+    // Not from the pool: it may be exhausted by the very sessions being checked.
+    const client = new pool.Client(pool.options)
+    client.on('error', () => undefined)
+    await client.connect()
+    try {
+      const { rows } = await client.query<{ blocked: boolean }>(blockedByStatement(), [holder, waiting])
+      return rows[0]?.blocked === true
+    } finally {
+      await client.end()
+    }
+  }
+
   assertOpen(): void {
     if (this.closing) {
       throw new TransactionManagementError(
@@ -234,6 +271,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
   // ---- public API ---------------------------------------------------------------------------
 
   atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
+  atomic<T>(
+    options: Omit<AtomicOptions, 'using'> & { propagation: 'notSupported' | 'never' },
+    fn: () => T | Promise<T>,
+  ): Promise<T>
   atomic<T>(options: Omit<AtomicOptions, 'using'>, fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
   atomic<T>(
     optionsOrFn: Omit<AtomicOptions, 'using'> | ((tx: TransactionHandle) => T | Promise<T>),

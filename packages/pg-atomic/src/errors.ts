@@ -110,6 +110,27 @@ export class AcquireTimeoutError extends AtomicError {
   }
 }
 
+/**
+ * A `propagation: 'requiresNew'` block waited for a lock held by the transaction it suspended: the
+ * two sessions belong to one caller, which waits for the inner block before it resumes the outer
+ * transaction, so neither can ever go on, and PostgreSQL cannot see it (its deadlock detector only
+ * sees waits between sessions). pg-atomic checks while the inner block's statement waits, cancels
+ * it, and rolls the inner block back with this error. The outer transaction is untouched.
+ */
+export class SuspendedTransactionDeadlockError extends AtomicError {
+  /** Always `'SuspendedTransactionDeadlockError'`. */
+  override name = 'SuspendedTransactionDeadlockError'
+  /** Server process id of the requiresNew block's session (the one that waited). */
+  readonly innerPid: number
+  /** Server process id of the suspended outer transaction's session (the lock holder). */
+  readonly outerPid: number
+  constructor(message: string, fields: { innerPid: number; outerPid: number }, options?: { cause?: unknown }) {
+    super(message, options)
+    this.innerPid = fields.innerPid
+    this.outerPid = fields.outerPid
+  }
+}
+
 /** The SQLSTATE (or node error code) of `error`, if it has one. @internal */
 export function sqlState(error: unknown): string | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error) {

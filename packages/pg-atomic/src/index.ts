@@ -17,6 +17,7 @@ export {
   CommitOutcomeUnknownError,
   OnCommitHookError,
   AcquireTimeoutError,
+  SuspendedTransactionDeadlockError,
   isSerializationFailure,
   isDeadlock,
   isLockNotAvailable,
@@ -25,8 +26,8 @@ export {
   isIdleInTransactionTimeout,
   isConnectionError,
 } from './errors'
-export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES } from './vocabulary'
-export type { IsolationLevel } from './vocabulary'
+export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES, PROPAGATIONS } from './vocabulary'
+export type { IsolationLevel, Propagation } from './vocabulary'
 export type { AtomicLogger, AtomicOptions, DatabaseConfig, RetryOptions, TransactionDefaults } from './options'
 export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
 export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'

@@ -8,8 +8,8 @@ import { z } from 'zod'
 import { parseOptions } from './validation'
 import type { Pool, PoolConfig } from 'pg'
 import { InvalidOptionError } from './errors'
-import { DEFAULT_RETRY_CODES, ISOLATION_LEVELS, MAX_TIMEOUT_MS } from './vocabulary'
-import type { IsolationLevel } from './vocabulary'
+import { DEFAULT_RETRY_CODES, ISOLATION_LEVELS, MAX_TIMEOUT_MS, PROPAGATIONS } from './vocabulary'
+import type { IsolationLevel, Propagation } from './vocabulary'
 import { TABLE_LOCK_OPTION_EXPECTATION, resolveTableLock } from './locks/table-lock'
 import type { ResolvedTableLock, TableLockInput } from './locks/table-lock'
 
@@ -56,6 +56,17 @@ export interface AtomicOptions extends TransactionDefaults {
   durable?: boolean
   /** Alias of the registered database to use. Default: `'default'`. */
   using?: string
+  /**
+   * What this block does with an enclosing transaction of its database (see
+   * [Propagation](https://github.com/pg-atomic/pg-atomic/blob/main/docs/guide/propagation.md)):
+   * `'nested'` (default: a savepoint in it, or a new transaction outside blocks), `'requiresNew'`
+   * (an independent transaction on another connection, the enclosing one suspended meanwhile),
+   * `'mandatory'` (nested; outside a block it is a `TransactionManagementError`), `'notSupported'`
+   * (the callback runs outside any transaction, the enclosing one suspended), `'never'` (outside
+   * any transaction; inside a block it is a `TransactionManagementError`). With `'notSupported'` and
+   * `'never'` the callback receives no handle.
+   */
+  propagation?: Propagation
   /** A label carried in diagnostics events and error messages. Default: none. */
   name?: string
   /**
@@ -148,6 +159,7 @@ export interface ResolvedOptions {
   readonly durable: boolean
   readonly using: string
   readonly name: string | undefined
+  readonly propagation: Propagation
   /** Only the keys the caller passed (used for nested-block checks). */
   readonly isolationLevel: IsolationLevel | undefined
   readonly readOnly: boolean | undefined
@@ -171,6 +183,7 @@ const ALLOWED: Record<string, string> = {
   lockTimeout: `a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (0 disables it)`,
   idleInTransactionSessionTimeout: `a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (0 disables it)`,
   using: 'a non-empty string naming a registered database',
+  propagation: `one of ${PROPAGATIONS.map((p) => `'${p}'`).join(', ')}`,
   alias: 'a non-empty string',
   name: 'a string',
   closeTimeoutMs: 'a whole number of milliseconds of at least 0',
@@ -235,6 +248,7 @@ const atomicOptionsSchema = z.strictObject({
   durable: z.boolean().optional(),
   using: z.string().min(1).optional(),
   name: z.string().optional(),
+  propagation: z.enum(PROPAGATIONS).optional(),
   lock: z.custom<TableLockInput>((v) => typeof v === 'object' && v !== null && !Array.isArray(v)).optional(),
   retry: retrySchema.optional(),
 })
@@ -316,6 +330,7 @@ export const DEFAULT_OPTIONS: ResolvedOptions = Object.freeze({
   durable: false,
   using: 'default',
   name: undefined,
+  propagation: 'nested',
   isolationLevel: undefined,
   readOnly: undefined,
   deferrable: undefined,
@@ -356,6 +371,7 @@ export function resolveAtomicOptions(input: AtomicOptions | undefined): Resolved
     durable: o.durable ?? false,
     using: o.using ?? 'default',
     name: o.name,
+    propagation: o.propagation ?? 'nested',
     isolationLevel: o.isolationLevel,
     readOnly: o.readOnly,
     deferrable: o.deferrable,

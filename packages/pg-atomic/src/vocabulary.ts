@@ -5,6 +5,17 @@
  * @module
  */
 
+/**
+ * What a block does with a transaction of its database that encloses it (`propagation` option):
+ * `'nested'` joins it (a savepoint, or none with `savepoint: false`) or begins one; `'requiresNew'`
+ * suspends it and runs an independent transaction on another connection; `'mandatory'` joins it and
+ * refuses to run without one; `'notSupported'` suspends it and runs without a transaction;
+ * `'never'` refuses to run inside one and runs without a transaction.
+ */
+export const PROPAGATIONS = ['nested', 'requiresNew', 'mandatory', 'notSupported', 'never'] as const
+/** One of {@link PROPAGATIONS}. */
+export type Propagation = (typeof PROPAGATIONS)[number]
+
 /** Isolation levels accepted by `atomic()` and `createDatabase()` (PostgreSQL's words, lower case). */
 export const ISOLATION_LEVELS = ['read committed', 'repeatable read', 'serializable', 'read uncommitted'] as const
 /** One of {@link ISOLATION_LEVELS}. */

@@ -21,6 +21,7 @@ import {
   CommitOutcomeUnknownError,
   DURABLE_NESTED_MESSAGE,
   InvalidOptionError,
+  SuspendedTransactionDeadlockError,
   TransactionManagementError,
   isConnectionLoss,
   lockNotAvailableFrom,
@@ -84,6 +85,11 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
   // A query builder's transaction open inside it (BEGIN on a db.pool client) holds its turn: code in
   // the builder's callback runs in the enclosing block's context and must join that transaction.
   const parent = found !== undefined && !found.ended && !found.tx.ended ? found.builderTail() : undefined
+  const propagation = options.propagation
+  if (propagation !== 'nested') {
+    const entered = enterPropagating(db, options, fn, outer, parent)
+    if (entered !== undefined) return entered
+  }
   if (parent === undefined) {
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
@@ -118,6 +124,179 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
     )
   }
   return enterNested(parent, options, fn, outer, false)
+}
+
+// ---- propagation other than 'nested' ---------------------------------------------------------------
+
+/** Whether `block` belongs to a test transaction of pg-atomic/testing (the code cannot see it). */
+function inTestTransaction(block: Block): boolean {
+  return block.tx.stack[0]?.kit === 'root'
+}
+
+/**
+ * The `propagation` option: what the block does with an enclosing transaction of its database.
+ * Returns `undefined` when the block proceeds as a `'nested'` one would (`'mandatory'` inside a
+ * block, `'requiresNew'` outside one). Every refusal happens before anything runs.
+ */
+function enterPropagating<T>(
+  db: DatabaseCore,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+  parent: Block | undefined,
+): Promise<T> | undefined {
+  const propagation = options.propagation
+  // A test transaction is invisible to the code: blocks directly in it are outermost for the code.
+  const enclosing = parent === undefined || parent.kit !== undefined ? undefined : parent
+  if (propagation === 'mandatory') {
+    if (enclosing !== undefined) return undefined
+    throw new TransactionManagementError(
+      withName(
+        `This atomic() block has propagation 'mandatory': it must run inside a block of database ` +
+          `'${db.alias}', and there is none here. Call it from inside a block (or use the default, ` +
+          `'nested', to begin a transaction when there is none).`,
+        options.name,
+      ),
+    )
+  }
+  if (propagation === 'notSupported' || propagation === 'never') {
+    if (fn.length > 0) {
+      throw new InvalidOptionError(
+        'fn',
+        `With propagation '${propagation}' the callback runs outside any transaction and receives no ` +
+          'handle: declare it without parameters and use db.query() or the ambient helpers.',
+      )
+    }
+    if (propagation === 'never' && enclosing !== undefined) {
+      throw new TransactionManagementError(
+        withName(
+          `This atomic() block has propagation 'never': it must not run inside a transaction, but it ` +
+            `is inside block ${enclosing.name === undefined ? '' : `'${enclosing.name}' `}` +
+            `(transaction ${enclosing.tx.id}) of database '${db.alias}'.`,
+          options.name,
+        ),
+      )
+    }
+    const body = fn as () => T | Promise<T>
+    // In a test transaction everything joins it: the code's work still rolls back with the test.
+    if (enclosing === undefined || inTestTransaction(enclosing)) return Promise.resolve().then(body)
+    // Suspended: code in the callback sees no block of this database (autocommit, hooks at once).
+    const suspended: Frame = { block: undefined, suspends: db, outer }
+    return Promise.resolve().then(() => storage.run(suspended, body))
+  }
+  // requiresNew
+  if (enclosing === undefined) return undefined
+  if (inTestTransaction(enclosing)) {
+    // Inside a test transaction a second connection would commit for real: the block is a
+    // savepoint that behaves as outermost (durable, retry, captured hooks), rolled back with the test.
+    return enterUnderTestTransaction(db, enclosing, options, fn, outer)
+  }
+  return runIndependent(db, options, fn, outer, enclosing)
+}
+
+/**
+ * A `'requiresNew'` block: an outermost transaction of its own on another connection, the
+ * enclosing one suspended meanwhile (code in the block, and its hooks, do not see it). Retries
+ * apply to it as to any outermost block. While one of its statements waits, a watchdog checks
+ * whether the suspended transaction holds the lock it waits for, and ends the wait with
+ * {@link SuspendedTransactionDeadlockError}.
+ */
+async function runIndependent<T>(
+  db: DatabaseCore,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+  enclosing: Block,
+): Promise<T> {
+  const suspended: Frame = { block: undefined, suspends: db, outer }
+  const watch = new SuspensionWatch(db, enclosing.tx)
+  const run = () => {
+    db.assertOpen()
+    const tx = new Transaction(db, options, suspended)
+    tx.independent = true
+    watch.watch(tx)
+    const block = new Block(tx, undefined, options)
+    tx.stack.push(block)
+    db.transactionStarted(tx)
+    return block.execute(fn, suspended)
+  }
+  const policy = options.retry ?? db.retry
+  try {
+    if (policy === undefined || policy.maxAttempts === 1) return await run()
+    return await runWithRetry(policy, { database: db.alias, name: options.name }, run)
+  } catch (error) {
+    throw watch.explain(error)
+  } finally {
+    watch.stop()
+  }
+}
+
+/** How often a requiresNew block's waiting statement is checked against its suspended transaction. */
+const SUSPENSION_CHECK_MS = 1000
+
+/** The self-deadlock watchdog of a requiresNew block (see {@link runIndependent}). */
+class SuspensionWatch {
+  private timer: NodeJS.Timeout | undefined = undefined
+  private inner: Transaction | undefined = undefined
+  private detected: { innerPid: number; outerPid: number } | undefined = undefined
+  private checking = false
+
+  constructor(
+    private readonly db: DatabaseCore,
+    private readonly outer: Transaction,
+  ) {}
+
+  watch(tx: Transaction): void {
+    this.inner = tx
+    this.timer ??= setInterval(() => void this.check(), SUSPENSION_CHECK_MS)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.timer = undefined
+  }
+
+  private async check(): Promise<void> {
+    const inner = this.inner
+    const innerPid = processId(inner?.client)
+    const outerPid = processId(this.outer.client)
+    if (this.checking || inner === undefined || innerPid === undefined || outerPid === undefined) return
+    if (!inner.wire.busy || this.detected !== undefined) return
+    this.checking = true
+    try {
+      if (await this.db.blockedBy(innerPid, outerPid)) {
+        this.detected = { innerPid, outerPid }
+        const client = inner.client
+        if (client !== undefined) await this.db.cancelStatement(client)
+      }
+    } catch {
+      // A failed check (the server went away, say) proves nothing: the statement keeps waiting
+      // under its own lock_timeout / statement_timeout, and the next tick checks again.
+    } finally {
+      this.checking = false
+    }
+  }
+
+  /** The error the caller gets: the watchdog's finding when it cancelled the wait, else `error`. */
+  explain(error: unknown): unknown {
+    const found = this.detected
+    if (found === undefined) return error
+    return new SuspendedTransactionDeadlockError(
+      `A requiresNew atomic() block of database '${this.db.alias}' (server process ${found.innerPid}) ` +
+        `waited for a lock held by the transaction it suspended (server process ${found.outerPid}): ` +
+        'that transaction resumes only after the block ends, so the wait could never end, and ' +
+        'PostgreSQL cannot see it. The block was rolled back; the suspended transaction is untouched. ' +
+        'Take the lock in one of the two transactions only, or run the work before the outer one takes it.',
+      found,
+      { cause: error },
+    )
+  }
+}
+
+function processId(client: PoolClient | undefined): number | undefined {
+  const pid = (client as { processID?: unknown } | undefined)?.processID
+  return typeof pid === 'number' ? pid : undefined
 }
 
 /** Runs `fn` in a block nested in `parent` (a savepoint unless `savepoint: false`). */

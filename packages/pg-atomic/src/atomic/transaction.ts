@@ -52,6 +52,11 @@ export interface DatabaseCore extends WireDatabase {
   testRoot: Block | undefined
   /** Receives the onCommit hooks of blocks that would have committed in a test transaction. */
   testHooks: ((hooks: readonly CapturedHook[]) => void) | undefined
+  /**
+   * Whether the session with server process id `waiting` waits for a lock `holder` holds
+   * (`pg_blocking_pids`), asked on a short-lived connection of its own.
+   */
+  blockedBy(waiting: number, holder: number): Promise<boolean>
 }
 
 /** Timeouts by option, as applied with SET LOCAL. @internal */
@@ -89,6 +94,11 @@ export class Transaction implements WireOwner {
   ended = false
   /** db.close() aborted the transaction at its deadline. */
   aborted = false
+  /**
+   * A `propagation: 'requiresNew'` block's transaction: its checkout happens while the suspended
+   * transaction holds a connection of the same pool, so it is bounded (see DatabaseImpl.connect).
+   */
+  independent = false
   /** The active blocks, outermost first; the running block is always the top. */
   readonly stack: Block[] = []
   /** Number of stack entries whose BEGIN/SAVEPOINT has been sent. */

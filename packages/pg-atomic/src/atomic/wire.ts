@@ -45,8 +45,8 @@ export interface ControlStatement {
 /** What the wire needs from its database. */
 export interface WireDatabase {
   readonly alias: string
-  /** Checks out a connection. */
-  connect(): Promise<PoolClient>
+  /** Checks out a connection; `independent` for a requiresNew block's (a bounded wait). */
+  connect(independent?: boolean): Promise<PoolClient>
   /** Sends a protocol cancel request for the statement `client` may be running (bounded in time). */
   cancelStatement(client: PoolClient): Promise<void>
 }
@@ -57,6 +57,8 @@ export interface WireOwner {
   readonly db: WireDatabase
   /** The `name` option of the outermost block (carried by BEGIN, COMMIT and ROLLBACK events). */
   readonly outermostName: string | undefined
+  /** A requiresNew block's transaction (its checkout is bounded). */
+  readonly independent: boolean
   readonly state: TransactionState
   /** Whether nothing else is using the connection, so a deferred ROLLBACK TO may be sent on its own. */
   idle(): boolean
@@ -117,7 +119,7 @@ export class Wire {
    * deadline), releasing a connection that arrives too late.
    */
   private async checkout(): Promise<PoolClient> {
-    const pending = this.owner.db.connect()
+    const pending = this.owner.db.connect(this.owner.independent)
     let adopted = false
     try {
       const client = await new Promise<PoolClient>((resolve, reject) => {

@@ -153,3 +153,11 @@ export function rowLocksOfTableSql(quotedSchema: string): string {
  ORDER BY r.locked_row
  LIMIT $3`
 }
+
+/**
+ * Whether session `$2` waits for a lock session `$1` holds: the self-deadlock check of a requiresNew
+ * block (its session `$2`, the suspended transaction's `$1`).
+ */
+export function blockedByStatement(): string {
+  return 'SELECT $1::int = ANY (pg_catalog.pg_blocking_pids($2::int)) AS blocked'
+}
