@@ -25,6 +25,7 @@ import {
   isConnectionLoss,
   lockNotAvailableFrom,
 } from '../errors'
+import { instrumentation } from '../instrumentation'
 import type { ResolvedOptions } from '../options'
 import {
   releaseStatement,
@@ -88,9 +89,10 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
     if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
-    return runWithRetry(policy, { database: db.alias, name: options.name }, () =>
-      runTransaction(db, options, fn, outer),
-    )
+    const label = { database: db.alias, name: options.name }
+    const attempts = (): Promise<T> => runWithRetry(policy, label, () => runTransaction(db, options, fn, outer))
+    const tracer = instrumentation.current
+    return tracer === undefined ? attempts() : tracer.retrying(label, attempts)
   }
   if (parent.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
   if (parent.kit !== undefined) return enterUnderTestTransaction(db, parent, options, fn, outer)
@@ -138,7 +140,9 @@ async function enterNested<T>(
     const block = new Block(tx, parent, outermostForCode ? { ...options, savepoint: true } : options)
     block.outermostForCode = outermostForCode
     tx.stack.push(block)
-    return await block.execute(fn, outer)
+    const scope = tx.scope
+    if (scope === undefined || block.savepointName === undefined) return await block.execute(fn, outer)
+    return await scope.nested(block, () => block.execute(fn, outer))
   } finally {
     parent.release()
   }
@@ -208,7 +212,14 @@ function runTransaction<T>(
   const block = new Block(tx, undefined, options)
   tx.stack.push(block)
   db.transactionStarted(tx)
-  return block.execute(fn, outer)
+  const tracer = instrumentation.current
+  if (tracer === undefined) return block.execute(fn, outer)
+  // Traced (pg-atomic/otel): the whole transaction runs in the tracer's context.
+  const c = tx.characteristics
+  const scope = tracer.transaction({ id: tx.id, database: db.alias, name: options.name, ...c })
+  if (scope === undefined) return block.execute(fn, outer)
+  tx.scope = tx.hooks.scope = scope
+  return scope.run(() => block.execute(fn, outer))
 }
 
 const CHARACTERISTICS = ['isolationLevel', 'readOnly', 'deferrable'] as const
@@ -247,6 +258,8 @@ export class Block implements TransactionHandle {
   /** Effective timeouts inside this block. */
   readonly timeouts: TimeoutMap
   ended = false
+  /** Rolled back to its savepoint at exit (read by a tracer). */
+  rolledBack = false
   private running = false
   private waiters: Array<() => void> = []
 
@@ -687,6 +700,7 @@ export class Block implements TransactionHandle {
     }
 
     // Failure (thrown, doomed, or aborted on the server): ROLLBACK TO its savepoint, then RELEASE it.
+    this.rolledBack = true
     tx.savepointRolledBack(materialized)
     if (materialized) {
       tx.wire.queueRollbackTo(
@@ -715,6 +729,7 @@ export class Block implements TransactionHandle {
       if (state.kind === 'lost') {
         // The server rolled back when the connection went: nothing to send.
         tx.wire.release(state.cause)
+        tx.scope?.end('rolled_back', threw ? thrown : state.cause, tx.wire.roundTrips)
         await tx.hooks.runRollbackHooks()
         // The callback's own error (unrelated to the connection) is rethrown unchanged, as always,
         // unless db.close() aborted the transaction: then every error inside is a consequence.
@@ -728,7 +743,9 @@ export class Block implements TransactionHandle {
           try {
             await tx.wire.commit()
           } catch (error) {
-            if (error instanceof CommitOutcomeUnknownError) {
+            const unknown = error instanceof CommitOutcomeUnknownError
+            tx.scope?.end(unknown ? 'unknown' : 'rolled_back', error, tx.wire.roundTrips)
+            if (unknown) {
               // It may have committed: running onRollback hooks (compensations) could corrupt data,
               // and onCommit hooks could announce what never happened. Neither runs.
               tx.hooks.discard()
@@ -737,12 +754,16 @@ export class Block implements TransactionHandle {
           }
         } else tx.wire.release()
         tx.ended = true
+        tx.scope?.end('committed', undefined, tx.wire.roundTrips)
         await tx.hooks.runCommitHooks()
         return result
       }
       // Failure (thrown, doomed, or a control statement failed): ROLLBACK.
       await tx.wire.rollback()
       tx.ended = true
+      // setRollback(true) alone is an intentional rollback: no error.
+      const cause = threw ? thrown : state.kind === 'failed' || (state.kind === 'doomed' && state.byError) ? state.cause : undefined
+      tx.scope?.end('rolled_back', cause, tx.wire.roundTrips)
       await tx.hooks.runRollbackHooks()
       if (threw) throw thrown
       if (state.kind === 'failed') throw fatalError(state.cause)

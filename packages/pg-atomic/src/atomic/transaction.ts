@@ -9,6 +9,7 @@
 import pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Frame } from '../context'
+import type { TransactionScope } from '../instrumentation'
 import { AtomicError, DOOMED_MESSAGE, TransactionManagementError, isConnectionLoss } from '../errors'
 import type { AtomicLogger, ResolvedOptions, RetryPolicy, TransactionDefaults } from '../options'
 import { beginStatement, savepointStatement, setLocalStatement } from '../sql/transaction'
@@ -96,6 +97,8 @@ export class Transaction implements WireOwner {
   savepointCounter = 0
   /** The cursor open on the connection, if any, and the block that opened it. */
   cursor: OpenPortal | undefined = undefined
+  /** The tracer's view of this transaction (pg-atomic/otel), when one is installed. */
+  scope: TransactionScope | undefined = undefined
   private current: TransactionState = OK
 
   constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {

@@ -25,6 +25,7 @@ import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { CommitOutcomeUnknownError, TransactionManagementError, isConnectionLoss, sqlState } from '../errors'
 import { statementChannel } from '../events'
 import type { StatementKind } from '../events'
+import type { TransactionScope } from '../instrumentation'
 import { COMMIT, ROLLBACK } from '../sql/transaction'
 import { COMMIT_ANSWERED_ROLLBACK_MESSAGE, COMMIT_UNKNOWN_MESSAGE, fatalError, lostError } from './messages'
 import { runPipelined } from './pipeline'
@@ -58,6 +59,8 @@ export interface WireOwner {
   /** The `name` option of the outermost block (carried by BEGIN, COMMIT and ROLLBACK events). */
   readonly outermostName: string | undefined
   readonly state: TransactionState
+  /** The tracer's view of the transaction, when one is installed. */
+  readonly scope: TransactionScope | undefined
   /** Whether nothing else is using the connection, so a deferred ROLLBACK TO may be sent on its own. */
   idle(): boolean
   connectionLost(error: unknown): void
@@ -145,6 +148,7 @@ export class Wire {
       const client = await this.checkout()
       client.on('error', this.onClientError)
       this.client = client
+      this.owner.scope?.connected(client)
     }
   }
 
