@@ -762,7 +762,11 @@ export class Block implements TransactionHandle {
       await tx.wire.rollback()
       tx.ended = true
       // setRollback(true) alone is an intentional rollback: no error.
-      const cause = threw ? thrown : state.kind === 'failed' || (state.kind === 'doomed' && state.byError) ? state.cause : undefined
+      const cause = threw
+        ? thrown
+        : state.kind === 'failed' || (state.kind === 'doomed' && state.byError)
+          ? state.cause
+          : undefined
       tx.scope?.end('rolled_back', cause, tx.wire.roundTrips)
       await tx.hooks.runRollbackHooks()
       if (threw) throw thrown

@@ -55,14 +55,17 @@ const named = (name: string): ReadableSpan[] => telemetry.exporter.getFinishedSp
  */
 function debit(): Promise<number> {
   let attempt = 0
-  return atomic({ name: 'debit', isolationLevel: 'repeatable read', retry: { maxAttempts: 3, baseDelayMs: 0 } }, async () => {
-    attempt++
-    const { rows } = await h.db.query<{ balance: number }>(SELECT_1)
-    const balance = (rows[0] as { balance: number }).balance
-    if (attempt === 1) await h.admin.query('update accounts set balance = balance + 1 where id = 1')
-    await h.db.query(UPDATE_1, [balance - 10])
-    return balance
-  })
+  return atomic(
+    { name: 'debit', isolationLevel: 'repeatable read', retry: { maxAttempts: 3, baseDelayMs: 0 } },
+    async () => {
+      attempt++
+      const { rows } = await h.db.query<{ balance: number }>(SELECT_1)
+      const balance = (rows[0] as { balance: number }).balance
+      if (attempt === 1) await h.admin.query('update accounts set balance = balance + 1 where id = 1')
+      await h.db.query(UPDATE_1, [balance - 10])
+      return balance
+    },
+  )
 }
 
 test('a retried block: its span, one pg-atomic.attempt span per attempt, a retry event', async () => {
@@ -205,7 +208,12 @@ test('metrics after a known workload', async () => {
       [{ ...proxied, 'pg_atomic.outcome': 'unknown' }, 1],
     ]),
   )
-  expect(sorted(points(m.get('pg_atomic.connection.hold_time')))).toEqual(sorted([[database, 8], [proxied, 1]]))
+  expect(sorted(points(m.get('pg_atomic.connection.hold_time')))).toEqual(
+    sorted([
+      [database, 8],
+      [proxied, 1],
+    ]),
+  )
   // The pools now: the harness's pool (max 5) after the workload, every connection idle.
   const pool = (name: string): number | undefined =>
     points(m.get(name)).find(([a]) => a['pg_atomic.database'] === 'default')?.[1]

@@ -118,7 +118,8 @@ export function printTree(spans: readonly ReadableSpan[], dbName: string): strin
       if (span.status.code === 2) parts.push('[ERROR]')
       for (const key of SHOWN) {
         const value = span.attributes[key]
-        if (value !== undefined) parts.push(`${key}=${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
+        if (value !== undefined)
+          parts.push(`${key}=${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
       }
       lines.push(indent + parts.join(' '))
       walk(span.spanContext().spanId, indent + '  ')

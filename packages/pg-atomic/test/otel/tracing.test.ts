@@ -277,11 +277,7 @@ test('no bind value, server message or password in any attribute, event or pg-at
   )
   expect(nested).toMatchObject({ code: '22P02' })
   const spans = telemetry.exporter.getFinishedSpans()
-  expect(spans.map((s) => s.name).filter((n) => n.startsWith('leaky'))).toEqual([
-    'leaky',
-    'leaky-inner',
-    'leaky-outer',
-  ])
+  expect(spans.map((s) => s.name).filter((n) => n.startsWith('leaky'))).toEqual(['leaky', 'leaky-inner', 'leaky-outer'])
   for (const span of spans) {
     expect(JSON.stringify(span.attributes)).not.toContain(secret)
     expect(JSON.stringify(span.events)).not.toContain(secret)
