@@ -201,7 +201,8 @@ test('a nested setRollback(true) is a silent savepoint rollback: no error status
       '  try pg_atomic.savepoint="pga_1" pg_atomic.outcome="rolled_back"',
       '    pg.query:INSERT <db> db.query.text="insert into t (x) values ($1)"',
       // One simple-protocol round trip: instrumentation-pg names its span after the first word.
-      '  pg.query:ROLLBACK <db> db.query.text="ROLLBACK TO SAVEPOINT \\"pga_1\\"; RELEASE SAVEPOINT \\"pga_1\\"; COMMIT"',
+      '  pg.query:ROLLBACK <db> db.query.text="ROLLBACK TO SAVEPOINT \\"pga_1\\"; ' +
+        'RELEASE SAVEPOINT \\"pga_1\\"; COMMIT"',
     ].join('\n'),
   )
   expect(h.batches).toEqual([
