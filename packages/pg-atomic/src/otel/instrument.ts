@@ -18,7 +18,7 @@ import type {
   TracerProvider,
 } from '@opentelemetry/api'
 import type { PoolClient } from 'pg'
-import { AtomicError, OnCommitHookError, sqlState } from '../errors'
+import { AtomicError, CommitOutcomeUnknownError, OnCommitHookError, sqlState } from '../errors'
 import { HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from '../events'
 import type { HookErrorEvent, RetryEvent } from '../events'
 import { instrumentation } from '../instrumentation'
@@ -235,20 +235,16 @@ class OtelInstrumentation implements Instrumentation {
         return result
       },
       (error: unknown) => {
-        span.setAttributes({
-          'pg_atomic.attempts': state.attempts,
-          'pg_atomic.outcome': error instanceof OnCommitHookError ? 'committed' : outcomeOf(error),
-        })
-        markError(span, error)
+        // Like the last attempt's span: a failed onCommit hook ran after a COMMIT (no error status).
+        const committed = error instanceof OnCommitHookError
+        const outcome = committed ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'unknown' : 'rolled_back'
+        span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': outcome })
+        if (!committed) markError(span, error)
         span.end()
         throw error
       },
     )
   }
-}
-
-function outcomeOf(error: unknown): TransactionOutcome {
-  return error instanceof Error && error.name === 'CommitOutcomeUnknownError' ? 'unknown' : 'rolled_back'
 }
 
 /**
