@@ -18,7 +18,8 @@
  *    returned {@link TransactionScope} (or `undefined`: not traced) then gets:
  *    {@link TransactionScope.run} around the whole transaction (checkout, body, COMMIT / ROLLBACK);
  *    {@link TransactionScope.connected} when the connection is checked out;
- *    {@link TransactionScope.nested} around each nested block with a savepoint;
+ *    {@link TransactionScope.nested} around each nested block with a savepoint, and
+    {@link TransactionScope.rolledBack} when it rolls back to its savepoint;
  *    {@link TransactionScope.end} once COMMIT or ROLLBACK has completed (before hooks run);
  *    {@link TransactionScope.outside} around each onCommit / onRollback hook, which runs outside
  *    the transaction.
@@ -54,8 +55,6 @@ export interface NestedBlockView {
   readonly name: string | undefined
   readonly depth: number
   readonly savepointName: string | undefined
-  /** Set when the block rolled back to its savepoint (read once the block has exited). */
-  readonly rolledBack: boolean
 }
 
 /** One traced transaction (one attempt, when the block is retried). @internal */
@@ -64,8 +63,10 @@ export interface TransactionScope {
   run<T>(work: () => Promise<T>): Promise<T>
   /** The transaction checked out `client`. */
   connected(client: PoolClient): void
-  /** Runs a nested block's whole lifetime; `block` is read after `work` settles. */
+  /** Runs a nested block's whole lifetime. */
   nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T>
+  /** `block` (inside {@link TransactionScope.nested}) rolled back to its savepoint, with an error or silently. */
+  rolledBack(block: NestedBlockView): void
   /**
    * COMMIT or ROLLBACK has completed (or nothing was sent). `error`: what made the transaction roll
    * back, or the error of COMMIT; `undefined` for a commit and for an intentional rollback

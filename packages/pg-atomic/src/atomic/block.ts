@@ -26,7 +26,8 @@ import {
   lockNotAvailableFrom,
 } from '../errors'
 import { instrumentation } from '../instrumentation'
-import type { ResolvedOptions } from '../options'
+import type { Instrumentation, TransactionOutcome } from '../instrumentation'
+import type { ResolvedOptions, RetryPolicy } from '../options'
 import {
   releaseStatement,
   resetLocalStatement,
@@ -54,6 +55,7 @@ import { runWithRetry } from './retry'
 import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './statement'
 import { Transaction } from './transaction'
 import type { DatabaseCore, TimeoutMap } from './transaction'
+import type { TransactionState } from './state'
 import type { ControlStatement } from './wire'
 
 /** The body of a block. @internal */
@@ -89,10 +91,7 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
     if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
-    const label = { database: db.alias, name: options.name }
-    const attempts = (): Promise<T> => runWithRetry(policy, label, () => runTransaction(db, options, fn, outer))
-    const tracer = instrumentation.current
-    return tracer === undefined ? attempts() : tracer.retrying(label, attempts)
+    return retryTransaction(db, options, fn, outer, policy)
   }
   if (parent.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
   if (parent.kit !== undefined) return enterUnderTestTransaction(db, parent, options, fn, outer)
@@ -122,6 +121,20 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
   return enterNested(parent, options, fn, outer, false)
 }
 
+/** Runs `fn` as a transaction retried by `policy` (a function of its own: closures cost the hot path). */
+function retryTransaction<T>(
+  db: DatabaseCore,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+  policy: RetryPolicy,
+): Promise<T> {
+  const label = { database: db.alias, name: options.name }
+  const attempts = (): Promise<T> => runWithRetry(policy, label, () => runTransaction(db, options, fn, outer))
+  const tracer = instrumentation.current
+  return tracer === undefined ? attempts() : tracer.retrying(label, attempts)
+}
+
 /** Runs `fn` in a block nested in `parent` (a savepoint unless `savepoint: false`). */
 async function enterNested<T>(
   parent: Block,
@@ -140,9 +153,7 @@ async function enterNested<T>(
     const block = new Block(tx, parent, outermostForCode ? { ...options, savepoint: true } : options)
     block.outermostForCode = outermostForCode
     tx.stack.push(block)
-    const scope = tx.scope
-    if (scope === undefined || block.savepointName === undefined) return await block.execute(fn, outer)
-    return await scope.nested(block, () => block.execute(fn, outer))
+    return await (tx.scope === undefined ? block.execute(fn, outer) : executeTraced(block, fn, outer))
   } finally {
     parent.release()
   }
@@ -213,13 +224,24 @@ function runTransaction<T>(
   tx.stack.push(block)
   db.transactionStarted(tx)
   const tracer = instrumentation.current
-  if (tracer === undefined) return block.execute(fn, outer)
-  // Traced (pg-atomic/otel): the whole transaction runs in the tracer's context.
+  return tracer === undefined ? block.execute(fn, outer) : runTraced(tracer, block, fn, outer)
+}
+
+/** Traced (pg-atomic/otel): the whole transaction runs in the tracer's context. */
+function runTraced<T>(tracer: Instrumentation, block: Block, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+  const tx = block.tx
   const c = tx.characteristics
-  const scope = tracer.transaction({ id: tx.id, database: db.alias, name: options.name, ...c })
+  const scope = tracer.transaction({ id: tx.id, database: tx.db.alias, name: block.options.name, ...c })
   if (scope === undefined) return block.execute(fn, outer)
-  tx.scope = tx.hooks.scope = scope
+  tx.hooks.scope = scope
   return scope.run(() => block.execute(fn, outer))
+}
+
+/** A nested block, traced when it has a savepoint: its lifetime runs in the tracer's context. */
+function executeTraced<T>(block: Block, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+  const scope = block.tx.scope
+  if (scope === undefined || block.savepointName === undefined) return block.execute(fn, outer)
+  return scope.nested(block, () => block.execute(fn, outer))
 }
 
 const CHARACTERISTICS = ['isolationLevel', 'readOnly', 'deferrable'] as const
@@ -258,8 +280,6 @@ export class Block implements TransactionHandle {
   /** Effective timeouts inside this block. */
   readonly timeouts: TimeoutMap
   ended = false
-  /** Rolled back to its savepoint at exit (read by a tracer). */
-  rolledBack = false
   private running = false
   private waiters: Array<() => void> = []
 
@@ -700,8 +720,8 @@ export class Block implements TransactionHandle {
     }
 
     // Failure (thrown, doomed, or aborted on the server): ROLLBACK TO its savepoint, then RELEASE it.
-    this.rolledBack = true
     tx.savepointRolledBack(materialized)
+    tx.scope?.rolledBack(this)
     if (materialized) {
       tx.wire.queueRollbackTo(
         this.statement('rollback-to', rollbackToStatement(this.savepointName), false),
@@ -729,7 +749,7 @@ export class Block implements TransactionHandle {
       if (state.kind === 'lost') {
         // The server rolled back when the connection went: nothing to send.
         tx.wire.release(state.cause)
-        tx.scope?.end('rolled_back', threw ? thrown : state.cause, tx.wire.roundTrips)
+        traceEnd(tx, 'rolled_back', threw ? thrown : state.cause)
         await tx.hooks.runRollbackHooks()
         // The callback's own error (unrelated to the connection) is rethrown unchanged, as always,
         // unless db.close() aborted the transaction: then every error inside is a consequence.
@@ -744,7 +764,7 @@ export class Block implements TransactionHandle {
             await tx.wire.commit()
           } catch (error) {
             const unknown = error instanceof CommitOutcomeUnknownError
-            tx.scope?.end(unknown ? 'unknown' : 'rolled_back', error, tx.wire.roundTrips)
+            traceEnd(tx, unknown ? 'unknown' : 'rolled_back', error)
             if (unknown) {
               // It may have committed: running onRollback hooks (compensations) could corrupt data,
               // and onCommit hooks could announce what never happened. Neither runs.
@@ -754,20 +774,14 @@ export class Block implements TransactionHandle {
           }
         } else tx.wire.release()
         tx.ended = true
-        tx.scope?.end('committed', undefined, tx.wire.roundTrips)
+        traceEnd(tx, 'committed', undefined)
         await tx.hooks.runCommitHooks()
         return result
       }
       // Failure (thrown, doomed, or a control statement failed): ROLLBACK.
       await tx.wire.rollback()
       tx.ended = true
-      // setRollback(true) alone is an intentional rollback: no error.
-      const cause = threw
-        ? thrown
-        : state.kind === 'failed' || (state.kind === 'doomed' && state.byError)
-          ? state.cause
-          : undefined
-      tx.scope?.end('rolled_back', cause, tx.wire.roundTrips)
+      traceEnd(tx, 'rolled_back', threw ? thrown : rollbackCause(state))
       await tx.hooks.runRollbackHooks()
       if (threw) throw thrown
       if (state.kind === 'failed') throw fatalError(state.cause)
@@ -781,6 +795,16 @@ export class Block implements TransactionHandle {
       tx.db.transactionEnded(tx)
     }
   }
+}
+
+/** Tells the tracer, if one is installed, how the transaction ended (before its hooks run). */
+function traceEnd(tx: Transaction, outcome: TransactionOutcome, error: unknown): void {
+  tx.scope?.end(outcome, error, tx.wire.roundTrips)
+}
+
+/** The error that made the transaction roll back; `undefined` for `setRollback(true)` alone (intentional). */
+function rollbackCause(state: TransactionState): unknown {
+  return state.kind === 'failed' || (state.kind === 'doomed' && state.byError) ? state.cause : undefined
 }
 
 function assertHook(fn: unknown, what: string): asserts fn is Hook {

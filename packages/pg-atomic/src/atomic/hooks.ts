@@ -63,8 +63,11 @@ function hookName(fn: Hook): string {
 /** The hooks of one transaction. */
 export class Hooks {
   private entries: HookEntry[] = []
-  /** The tracer's view of the transaction: hooks run outside its context too. */
-  scope: TransactionScope | undefined = undefined
+  /**
+   * The tracer's view of the transaction: hooks run outside its context too. Declared, not
+   * initialised: an untraced transaction does not carry the field.
+   */
+  declare scope: TransactionScope | undefined
 
   constructor(
     private readonly db: HookReporter,

@@ -97,8 +97,6 @@ export class Transaction implements WireOwner {
   savepointCounter = 0
   /** The cursor open on the connection, if any, and the block that opened it. */
   cursor: OpenPortal | undefined = undefined
-  /** The tracer's view of this transaction (pg-atomic/otel), when one is installed. */
-  scope: TransactionScope | undefined = undefined
   private current: TransactionState = OK
 
   constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {
@@ -123,6 +121,11 @@ export class Transaction implements WireOwner {
 
   get client(): PoolClient | undefined {
     return this.wire.client
+  }
+
+  /** The tracer's view of this transaction (pg-atomic/otel), when one is installed (kept by the hooks). */
+  get scope(): TransactionScope | undefined {
+    return this.hooks.scope
   }
 
   // ---- the state and its transitions (its only writers) ---------------------------------------

@@ -111,6 +111,8 @@ class Scope implements TransactionScope {
   private readonly started = performance.now()
   private connectedAt: number | undefined = undefined
   private ended = false
+  /** The nested blocks that rolled back to their savepoint. */
+  private readonly savepointsRolledBack = new WeakSet<NestedBlockView>()
   private readonly metricAttributes: Attributes
 
   constructor(
@@ -169,10 +171,10 @@ class Scope implements TransactionScope {
       context.active(),
     )
     const done = (error: unknown, failed: boolean): void => {
-      const rolledBack = failed || block.rolledBack
-      span.setAttribute('pg_atomic.outcome', rolledBack ? 'rolled_back' : 'released')
+      const rolledBack = this.savepointsRolledBack.has(block)
+      span.setAttribute('pg_atomic.outcome', failed || rolledBack ? 'rolled_back' : 'released')
       if (failed) markError(span, error)
-      if (block.rolledBack) this.instruments.savepointRollbacks.add(1, this.metricAttributes)
+      if (rolledBack) this.instruments.savepointRollbacks.add(1, this.metricAttributes)
       span.end()
     }
     return context.with(trace.setSpan(context.active(), span), work).then(
@@ -185,6 +187,10 @@ class Scope implements TransactionScope {
         throw error
       },
     )
+  }
+
+  rolledBack(block: NestedBlockView): void {
+    this.savepointsRolledBack.add(block)
   }
 
   end(outcome: TransactionOutcome, error: unknown, roundTrips: number): void {
