@@ -45,3 +45,8 @@ export function requireDatabase(alias: string): DatabaseImpl {
   }
   return db
 }
+
+/** Every registered database (the pool gauges of pg-atomic/otel read them). @internal */
+export function registeredDatabases(): IterableIterator<DatabaseImpl> {
+  return databases.values()
+}

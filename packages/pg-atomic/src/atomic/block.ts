@@ -26,7 +26,9 @@ import {
   isConnectionLoss,
   lockNotAvailableFrom,
 } from '../errors'
-import type { ResolvedOptions } from '../options'
+import { instrumentation } from '../instrumentation'
+import type { Instrumentation, TransactionOutcome } from '../instrumentation'
+import type { ResolvedOptions, RetryPolicy } from '../options'
 import {
   releaseStatement,
   resetLocalStatement,
@@ -54,6 +56,7 @@ import { runWithRetry } from './retry'
 import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './statement'
 import { Transaction } from './transaction'
 import type { DatabaseCore, TimeoutMap } from './transaction'
+import type { TransactionState } from './state'
 import type { ControlStatement } from './wire'
 
 /** The body of a block. @internal */
@@ -94,9 +97,7 @@ function enter<T>(db: DatabaseCore, options: ResolvedOptions, fn: BlockBody<T>):
     // Outermost: a transaction of its own. Retries apply here only: PostgreSQL retries whole transactions.
     const policy = options.retry ?? db.retry
     if (policy === undefined || policy.maxAttempts === 1) return runTransaction(db, options, fn, outer)
-    return runWithRetry(policy, { database: db.alias, name: options.name }, () =>
-      runTransaction(db, options, fn, outer),
-    )
+    return retryTransaction(db, options, fn, outer, policy)
   }
   if (parent.kitIdle) throw new TransactionManagementError(KIT_IDLE_MESSAGE)
   if (parent.kit !== undefined) return enterUnderTestTransaction(db, parent, options, fn, outer)
@@ -218,7 +219,8 @@ async function runIndependent<T>(
     const block = new Block(tx, undefined, options)
     tx.stack.push(block)
     db.transactionStarted(tx)
-    return block.execute(fn, suspended)
+    const tracer = instrumentation.current
+    return tracer === undefined ? block.execute(fn, suspended) : runTraced(tracer, block, fn, suspended)
   }
   const policy = options.retry ?? db.retry
   try {
@@ -299,6 +301,20 @@ function processId(client: PoolClient | undefined): number | undefined {
   return typeof pid === 'number' ? pid : undefined
 }
 
+/** Runs `fn` as a transaction retried by `policy` (a function of its own: closures cost the hot path). */
+function retryTransaction<T>(
+  db: DatabaseCore,
+  options: ResolvedOptions,
+  fn: BlockBody<T>,
+  outer: Frame | undefined,
+  policy: RetryPolicy,
+): Promise<T> {
+  const label = { database: db.alias, name: options.name }
+  const attempts = (): Promise<T> => runWithRetry(policy, label, () => runTransaction(db, options, fn, outer))
+  const tracer = instrumentation.current
+  return tracer === undefined ? attempts() : tracer.retrying(label, attempts)
+}
+
 /** Runs `fn` in a block nested in `parent` (a savepoint unless `savepoint: false`). */
 async function enterNested<T>(
   parent: Block,
@@ -317,7 +333,7 @@ async function enterNested<T>(
     const block = new Block(tx, parent, outermostForCode ? { ...options, savepoint: true } : options)
     block.outermostForCode = outermostForCode
     tx.stack.push(block)
-    return await block.execute(fn, outer)
+    return await (tx.scope === undefined ? block.execute(fn, outer) : executeTraced(block, fn, outer))
   } finally {
     parent.release()
   }
@@ -387,7 +403,25 @@ function runTransaction<T>(
   const block = new Block(tx, undefined, options)
   tx.stack.push(block)
   db.transactionStarted(tx)
-  return block.execute(fn, outer)
+  const tracer = instrumentation.current
+  return tracer === undefined ? block.execute(fn, outer) : runTraced(tracer, block, fn, outer)
+}
+
+/** Traced (pg-atomic/otel): the whole transaction runs in the tracer's context. */
+function runTraced<T>(tracer: Instrumentation, block: Block, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+  const tx = block.tx
+  const c = tx.characteristics
+  const scope = tracer.transaction({ id: tx.id, database: tx.db.alias, name: block.options.name, ...c })
+  if (scope === undefined) return block.execute(fn, outer)
+  tx.hooks.scope = scope
+  return scope.run(() => block.execute(fn, outer))
+}
+
+/** A nested block, traced when it has a savepoint: its lifetime runs in the tracer's context. */
+function executeTraced<T>(block: Block, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
+  const scope = block.tx.scope
+  if (scope === undefined || block.savepointName === undefined) return block.execute(fn, outer)
+  return scope.nested(block, () => block.execute(fn, outer))
 }
 
 const CHARACTERISTICS = ['isolationLevel', 'readOnly', 'deferrable'] as const
@@ -867,6 +901,7 @@ export class Block implements TransactionHandle {
 
     // Failure (thrown, doomed, or aborted on the server): ROLLBACK TO its savepoint, then RELEASE it.
     tx.savepointRolledBack(materialized)
+    tx.scope?.rolledBack(this)
     if (materialized) {
       tx.wire.queueRollbackTo(
         this.statement('rollback-to', rollbackToStatement(this.savepointName), false),
@@ -894,6 +929,7 @@ export class Block implements TransactionHandle {
       if (state.kind === 'lost') {
         // The server rolled back when the connection went: nothing to send.
         tx.wire.release(state.cause)
+        traceEnd(tx, 'rolled_back', threw ? thrown : state.cause)
         await tx.hooks.runRollbackHooks()
         // The callback's own error (unrelated to the connection) is rethrown unchanged, as always,
         // unless db.close() aborted the transaction: then every error inside is a consequence.
@@ -907,7 +943,9 @@ export class Block implements TransactionHandle {
           try {
             await tx.wire.commit()
           } catch (error) {
-            if (error instanceof CommitOutcomeUnknownError) {
+            const unknown = error instanceof CommitOutcomeUnknownError
+            traceEnd(tx, unknown ? 'unknown' : 'rolled_back', error)
+            if (unknown) {
               // It may have committed: running onRollback hooks (compensations) could corrupt data,
               // and onCommit hooks could announce what never happened. Neither runs.
               tx.hooks.discard()
@@ -916,12 +954,14 @@ export class Block implements TransactionHandle {
           }
         } else tx.wire.release()
         tx.ended = true
+        traceEnd(tx, 'committed', undefined)
         await tx.hooks.runCommitHooks()
         return result
       }
       // Failure (thrown, doomed, or a control statement failed): ROLLBACK.
       await tx.wire.rollback()
       tx.ended = true
+      traceEnd(tx, 'rolled_back', threw ? thrown : rollbackCause(state))
       await tx.hooks.runRollbackHooks()
       if (threw) throw thrown
       if (state.kind === 'failed') throw fatalError(state.cause)
@@ -935,6 +975,16 @@ export class Block implements TransactionHandle {
       tx.db.transactionEnded(tx)
     }
   }
+}
+
+/** Tells the tracer, if one is installed, how the transaction ended (before its hooks run). */
+function traceEnd(tx: Transaction, outcome: TransactionOutcome, error: unknown): void {
+  tx.scope?.end(outcome, error, tx.wire.roundTrips)
+}
+
+/** The error that made the transaction roll back; `undefined` for `setRollback(true)` alone (intentional). */
+function rollbackCause(state: TransactionState): unknown {
+  return state.kind === 'failed' || (state.kind === 'doomed' && state.byError) ? state.cause : undefined
 }
 
 function assertHook(fn: unknown, what: string): asserts fn is Hook {

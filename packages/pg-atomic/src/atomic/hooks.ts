@@ -21,6 +21,7 @@ import { storage } from '../context'
 import type { Frame } from '../context'
 import { OnCommitHookError } from '../errors'
 import { hookErrorChannel } from '../events'
+import type { TransactionScope } from '../instrumentation'
 import type { AtomicLogger } from '../options'
 import type { Hook } from '../types'
 
@@ -62,6 +63,11 @@ function hookName(fn: Hook): string {
 /** The hooks of one transaction. */
 export class Hooks {
   private entries: HookEntry[] = []
+  /**
+   * The tracer's view of the transaction: hooks run outside its context too. Declared, not
+   * initialised: an untraced transaction does not carry the field.
+   */
+  declare scope: TransactionScope | undefined
 
   constructor(
     private readonly db: HookReporter,
@@ -146,6 +152,11 @@ export class Hooks {
 
   /** Runs a hook in the context the transaction was entered from, i.e. outside the transaction. */
   private outside(fn: Hook): unknown {
+    if (this.scope !== undefined) return this.scope.outside(() => this.runOutside(fn))
+    return this.runOutside(fn)
+  }
+
+  private runOutside(fn: Hook): unknown {
     return this.outer === undefined ? storage.exit(fn) : storage.run(this.outer, fn)
   }
 

@@ -9,6 +9,7 @@
 import pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Frame } from '../context'
+import type { TransactionScope } from '../instrumentation'
 import { AtomicError, DOOMED_MESSAGE, TransactionManagementError, isConnectionLoss } from '../errors'
 import type { AtomicLogger, ResolvedOptions, RetryPolicy, TransactionDefaults } from '../options'
 import { beginStatement, savepointStatement, setLocalStatement } from '../sql/transaction'
@@ -130,6 +131,11 @@ export class Transaction implements WireOwner {
 
   get client(): PoolClient | undefined {
     return this.wire.client
+  }
+
+  /** The tracer's view of this transaction (pg-atomic/otel), when one is installed (kept by the hooks). */
+  get scope(): TransactionScope | undefined {
+    return this.hooks.scope
   }
 
   // ---- the state and its transitions (its only writers) ---------------------------------------

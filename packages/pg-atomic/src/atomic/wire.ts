@@ -25,6 +25,7 @@ import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { CommitOutcomeUnknownError, TransactionManagementError, isConnectionLoss, sqlState } from '../errors'
 import { statementChannel } from '../events'
 import type { StatementKind } from '../events'
+import type { TransactionScope } from '../instrumentation'
 import { COMMIT, ROLLBACK } from '../sql/transaction'
 import { COMMIT_ANSWERED_ROLLBACK_MESSAGE, COMMIT_UNKNOWN_MESSAGE, fatalError, lostError } from './messages'
 import { runPipelined } from './pipeline'
@@ -60,6 +61,8 @@ export interface WireOwner {
   /** A requiresNew block's transaction (its checkout is bounded). */
   readonly independent: boolean
   readonly state: TransactionState
+  /** The tracer's view of the transaction, when one is installed. */
+  readonly scope: TransactionScope | undefined
   /** Whether nothing else is using the connection, so a deferred ROLLBACK TO may be sent on its own. */
   idle(): boolean
   connectionLost(error: unknown): void
@@ -147,6 +150,7 @@ export class Wire {
       const client = await this.checkout()
       client.on('error', this.onClientError)
       this.client = client
+      this.owner.scope?.connected(client)
     }
   }
 
