@@ -26,6 +26,7 @@ import {
   lockNotAvailableFrom,
 } from '../errors'
 import type { ResolvedOptions } from '../options'
+import { outermostBlockServer } from '../replicas/route'
 import {
   releaseStatement,
   resetLocalStatement,
@@ -204,7 +205,7 @@ function runTransaction<T>(
   outer: Frame | undefined,
 ): Promise<T> {
   db.assertOpen()
-  const tx = new Transaction(db, options, outer)
+  const tx = new Transaction(db, options, outer, outermostBlockServer(db, options))
   const block = new Block(tx, undefined, options)
   tx.stack.push(block)
   db.transactionStarted(tx)

@@ -15,6 +15,7 @@ import { beginStatement, savepointStatement, setLocalStatement } from '../sql/tr
 import type { BeginCharacteristics } from '../sql/transaction'
 import { TIMEOUT_OPTIONS } from '../vocabulary'
 import type { TimeoutOption } from '../vocabulary'
+import type { Server } from '../replicas/route'
 import type { Block } from './block'
 import type { OpenPortal } from './cursor'
 import { Hooks } from './hooks'
@@ -52,6 +53,8 @@ export interface DatabaseCore extends WireDatabase {
   testRoot: Block | undefined
   /** Receives the onCommit hooks of blocks that would have committed in a test transaction. */
   testHooks: ((hooks: readonly CapturedHook[]) => void) | undefined
+  /** Read replicas are configured: read-only outermost blocks may go to one (replicas/route.ts). */
+  readonly hasReplicas: boolean
 }
 
 /** Timeouts by option, as applied with SET LOCAL. @internal */
@@ -96,10 +99,14 @@ export class Transaction implements WireOwner {
   savepointCounter = 0
   /** The cursor open on the connection, if any, and the block that opened it. */
   cursor: OpenPortal | undefined = undefined
+  /** The server the connection comes from (`'replica'`: a read that may still be served by the primary). */
+  readonly server: Server
+  readonly commitLsn: boolean
   private current: TransactionState = OK
 
-  constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {
+  constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined, server: Server = 'primary') {
     this.db = db
+    this.server = server
     this.outer = outer
     this.outermostName = options.name
     const d = db.defaults
@@ -114,6 +121,7 @@ export class Transaction implements WireOwner {
       if (value !== undefined) (timeouts ??= {})[option] = value
     }
     this.timeouts = timeouts === undefined ? NO_TIMEOUTS : Object.freeze(timeouts)
+    this.commitLsn = db.hasReplicas && server === 'primary' && this.characteristics.readOnly !== true
     this.wire = new Wire(this)
     this.hooks = new Hooks(db, this.id, outer)
   }
