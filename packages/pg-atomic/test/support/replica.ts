@@ -73,7 +73,7 @@ export interface ReplicaPair {
   waitForReplay(timeoutMs?: number): Promise<void>
   /** Stops the standby (fast shutdown): a replica that is down. */
   stopStandby(): Promise<void>
-  /** Starts it again and waits until it streams. */
+  /** Starts it again (unless it runs) and waits until it streams. */
   startStandby(): Promise<void>
   /** Restores the standby (running, no delay), drops the database, releases the pair. */
   close(): Promise<void>
@@ -121,6 +121,10 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
       if (batch.length > 0) batches.push(batch)
     }),
   })
+  // Stopping the standby terminates the idle sessions of the pools on it (57P01), which pg-pool
+  // re-emits as 'error' on the pool; the tests observe such failures through the library.
+  const ignoreIdleErrors = (pool: pg.Pool): pg.Pool => pool.on('error', () => undefined)
+  for (const pool of [standbyServer, admin, primaryPool]) ignoreIdleErrors(pool)
   let standbyAdmin: pg.Pool | undefined
   const pair: ReplicaPair = {
     primaryUrl,
@@ -132,7 +136,7 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
     batches,
     admin,
     get standbyAdmin(): pg.Pool {
-      standbyAdmin ??= new pg.Pool({ connectionString: replicaUrl, max: 2 })
+      standbyAdmin ??= ignoreIdleErrors(new pg.Pool({ connectionString: replicaUrl, max: 2 }))
       return standbyAdmin
     },
     reset() {
@@ -172,6 +176,7 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
       await asPostgres([`${PG_BIN}/pg_ctl`, '-D', `${env.dir}/standby`, '-m', 'fast', '-w', '-t', '60', 'stop'])
     },
     async startStandby() {
+      if (await standbyRunning(env.dir)) return
       await asPostgres([
         `${PG_BIN}/pg_ctl`,
         '-D',
@@ -198,7 +203,7 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
     },
     async close() {
       try {
-        if (!(await standbyRunning(env.dir))) await pair.startStandby()
+        await pair.startStandby()
         await pair.setApplyDelay(0)
         await standbyAdmin?.end()
         await primaryPool.end()
