@@ -10,10 +10,13 @@
  * simple-protocol string) or after an autocommit statement: it is at or past the end of the commit
  * record just written, so a replica that has replayed it sees the commit. The insert position
  * rather than `pg_current_wal_lsn()` (the write position): with `synchronous_commit = off` the
- * commit record may not be written yet when COMMIT returns.
+ * commit record may not be written yet when COMMIT returns. It cannot fail after a COMMIT that
+ * succeeded (which would report a committed block as failed): on a server in recovery, where the
+ * function raises an error, the CASE answers NULL instead (and nothing is remembered).
  * @internal
  */
-export const WAL_INSERT_LSN_QUERY = 'select pg_current_wal_insert_lsn()::text as lsn'
+export const WAL_INSERT_LSN_QUERY =
+  'select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn'
 
 /**
  * A replica's health in one round trip: whether it is a standby, the WAL position it has replayed,

@@ -10,7 +10,8 @@ import { rejection, thrown } from '../support/errors'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
 import type { ReplicaPair, ServerIdentity } from '../support/replica'
 
-const LSN_AFTER_COMMIT = 'COMMIT; select pg_current_wal_insert_lsn()::text as lsn'
+const LSN_AFTER_COMMIT =
+  'COMMIT; select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn'
 
 let pair: ReplicaPair
 let db: Database
