@@ -90,10 +90,6 @@ export class OnCommitHookError extends AtomicError {
 }
 
 /**
- * No pooled connection became free within the database's `acquireTimeoutMs`. Nothing was sent.
- * The fields say how the pool was used at that moment.
- */
-/**
  * No replica could serve a read that should go to one (every replica down, lagging more than
  * `maxLagMs`, or not a standby), and the database was created with
  * `replicaOptions: { whenUnavailable: 'fail' }` instead of letting the primary serve it.
@@ -117,6 +113,10 @@ export class ReplicaUnavailableError extends AtomicError {
   }
 }
 
+/**
+ * No pooled connection became free within the database's `acquireTimeoutMs`. Nothing was sent.
+ * The fields say how the pool was used at that moment.
+ */
 export class AcquireTimeoutError extends AtomicError {
   /** Always `'AcquireTimeoutError'`. */
   override name = 'AcquireTimeoutError'

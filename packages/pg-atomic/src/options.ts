@@ -140,6 +140,16 @@ export interface DatabaseConfig
    * `connectionTimeoutMillis`, if set, still applies).
    */
   acquireTimeoutMs?: number
+  /**
+   * Read replicas: outermost `readOnly: true` blocks (not `serializable`, which a standby refuses)
+   * and `db.replica` reads go to one of them, round robin, skipping those that are down or lag
+   * more than `replicaOptions.maxLagMs`, and only once it has replayed the context's last commit
+   * (read your writes). Everything else goes to the primary. Default: none (everything on the
+   * primary; `db.replica` reads too).
+   */
+  replicas?: readonly ReplicaConfig[]
+  /** How reads are routed to `replicas` (see {@link ReplicaOptions}). Default: each field's default. */
+  replicaOptions?: ReplicaOptions
 }
 
 /**

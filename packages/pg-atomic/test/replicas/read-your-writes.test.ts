@@ -57,7 +57,7 @@ describeWithReplica('read replicas: read your writes', () => {
     await db.close()
   })
 
-  test('after its commit a context reads on the primary and sees the row; another context reads the older replica', async () => {
+  test('after its commit a context reads its row on the primary; another context reads the older replica', async () => {
     await pair.setApplyDelay(APPLY_DELAY_MS)
     const other = context()
     await context().runInAsyncScope(async () => {

@@ -56,7 +56,7 @@ describeWithReplica('read replicas: routing', () => {
     expect(db.replica.lastCommitLsn()).toBeUndefined()
   })
 
-  test('a read-write block runs on the primary, and its COMMIT carries the WAL position in the same round trip', async () => {
+  test('a read-write block runs on the primary; its COMMIT carries the WAL position in one round trip', async () => {
     const server = await db.atomic(async () => {
       await db.query("insert into items values (2, 'two')")
       return who((sql) => db.query(sql))
@@ -99,7 +99,7 @@ describeWithReplica('read replicas: routing', () => {
     expect(pair.statements).toEqual([])
   })
 
-  test('blocks nested in a read-write block stay on the primary; a nested readOnly block is refused there', async () => {
+  test('blocks nested in a read-write block stay on the primary; a nested readOnly one is refused', async () => {
     const seen = await db.atomic(async () => {
       const inner = await db.atomic(() => who((sql) => db.query(sql)))
       const refused = await rejection(db.atomic({ readOnly: true }, () => db.query('select 1')))
@@ -183,7 +183,7 @@ describeWithReplica('read replicas: routing', () => {
     }
   })
 
-  test('a replica given as a pg.Pool and as PoolConfig fields; pg-atomic does not end a pool it did not create', async () => {
+  test('a replica as a pg.Pool or as PoolConfig fields; a pool pg-atomic did not create is not ended', async () => {
     const url = new URL(pair.replicaUrl)
     const replicaPool = new pg.Pool({ connectionString: pair.replicaUrl, max: 2 })
     const byPool = createDatabase({ alias: 'by-pool', connectionString: pair.primaryUrl, replicas: [replicaPool] })

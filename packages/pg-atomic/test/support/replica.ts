@@ -153,7 +153,8 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
       const expected = `${Math.floor(ms)}ms`
       await waitUntil(async () => {
         const { rows } = await standbyServer.query<{ v: string }>(
-          "select setting || coalesce(nullif(unit, ''), '') as v from pg_settings where name = 'recovery_min_apply_delay'",
+          "select setting || coalesce(nullif(unit, ''), '') as v from pg_settings " +
+            "where name = 'recovery_min_apply_delay'",
         )
         return rows[0]?.v === expected
       }, `recovery_min_apply_delay = ${expected} on the standby`)
