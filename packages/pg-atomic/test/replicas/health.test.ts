@@ -69,6 +69,26 @@ describeWithReplica('read replicas: health', () => {
     for (const db of databases.splice(0)) await db.close()
   })
 
+  test('a replica that refuses connections among several is skipped with an event; the next one serves', async () => {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    const db = createDatabase({
+      alias: 'health-several',
+      pool: pair.primaryPool,
+      replicas: ['postgres://postgres@127.0.0.1:1/nowhere', pair.replicaUrl],
+      replicaOptions: { checkIntervalMs: 60_000 },
+    })
+    databases.push(db)
+    const seen = [await who(db), await who(db), await readOnlyWho(db)]
+    expect(seen).toEqual([replica, replica, replica])
+    // Round robin: the 1st read tries the dead one first (refused), the 2nd starts at the live one, the 3rd
+    // starts at the dead one again and skips it without trying (it failed less than checkIntervalMs ago).
+    expect(events.map((e) => [e.kind, e.reason, e.replica, (e.error as { code?: string } | undefined)?.code])).toEqual([
+      ['skipped', 'down', '127.0.0.1:1/nowhere', 'ECONNREFUSED'],
+      ['skipped', 'down', '127.0.0.1:1/nowhere', undefined],
+    ])
+    expect(pair.statements).toEqual([])
+  })
+
   describe('a replica that is down', () => {
     afterEach(async () => {
       await pair.startStandby()
