@@ -216,8 +216,14 @@ export async function setupReplicaPair(label: string): Promise<ReplicaPair> {
       }
     },
   }
-  // The standby has the database once it has replayed its creation.
-  await pair.waitForReplay()
+  try {
+    // The standby has the database once it has replayed its creation.
+    await pair.waitForReplay()
+  } catch (error) {
+    // Never leave the pair locked (jest workers outlive their files): the next file would wait forever.
+    await pair.close().catch((closeError: unknown) => process.stderr.write(`closing the pair: ${String(closeError)}\n`))
+    throw error
+  }
   return pair
 }
 
