@@ -30,6 +30,11 @@ import type {
   TransactionDefaults,
 } from './options'
 import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
+import { formatLsn, parseLsn } from './replicas/lsn'
+import type { Server } from './replicas/route'
+import { ReplicaSet } from './replicas/router'
+import { noteCommit, requiredLsn } from './replicas/session'
+import { WAL_INSERT_LSN_QUERY } from './sql/replicas'
 
 /** How long a requiresNew block waits for its second connection when the database sets no acquireTimeoutMs. */
 const REQUIRES_NEW_ACQUIRE_TIMEOUT_MS = 5000
@@ -43,6 +48,39 @@ export interface CloseOptions {
   timeoutMs?: number
 }
 
+/**
+ * Reads sent to a read replica: `db.replica`. Outside a block of the database they go to a
+ * replica that is up, lags at most `replicaOptions.maxLagMs`, and has replayed the current
+ * read-your-writes context's last commit (see `withReadYourWrites`), else to the primary (or they
+ * fail, with `whenUnavailable: 'fail'`). Inside a block of the database they run in the block, on
+ * its server, like `db.query()`: a transaction sees its own writes. Without replicas configured,
+ * everything goes to the primary.
+ *
+ * @example
+ * ```ts
+ * const { rows } = await db.replica.query<{ n: number }>('select count(*)::int as n from orders')
+ * for await (const row of db.replica.cursor<{ id: number }>('select id from orders')) console.log(row.id)
+ * ```
+ */
+export interface ReplicaReader {
+  /** Runs a read-only statement on a replica (see {@link ReplicaReader}). Returns pg's `QueryResult`. */
+  query<R extends QueryResultRow = QueryResultRow>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>
+  /** Runs a read-only statement given as a pg `QueryConfig`, as above. */
+  query<R extends QueryResultRow = QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>>
+  /** Streams rows through `pg-cursor` from a replica (see {@link ReplicaReader} and `db.cursor()`). */
+  cursor<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values?: readonly unknown[],
+    options?: CursorOptions,
+  ): AsyncIterable<R>
+  /**
+   * The primary's WAL position (`'0/3000148'`) at the current read-your-writes context's last commit
+   * on this database — what a replica must have replayed to serve the context's reads — or
+   * `undefined` when it has committed nothing there (or the database has no replicas).
+   */
+  lastCommitLsn(): string | undefined
+}
+
 /** A registered PostgreSQL database: the entry point for transactions and queries. */
 export interface Database {
   /** The alias the database is registered under. */
@@ -53,6 +91,8 @@ export interface Database {
    * outside, they use the pool. Hand it to libraries that take a pool (Kysely, Drizzle, ...).
    */
   readonly pool: Pool
+  /** Reads that go to a read replica (see {@link ReplicaReader}). */
+  readonly replica: ReplicaReader
   /** Runs `fn` in a block of this database (see the module-level {@link atomic}). */
   atomic<T>(fn: (tx: TransactionHandle) => T | Promise<T>): Promise<T>
   /** Runs `fn` in a block of this database with `options` (validated before any SQL; no `using`). */
@@ -99,6 +139,9 @@ export class DatabaseImpl implements Database, DatabaseCore {
   private readonly acquireTimeoutMs: number | undefined
   readonly realPool: Pool
   readonly pool: Pool
+  readonly replica: ReplicaReader
+  readonly hasReplicas: boolean
+  private readonly replicaSet: ReplicaSet | undefined
   /** Connections go through a transaction-mode pooler: session features are refused. */
   readonly transactionPooling: boolean
   private readonly ownsPool: boolean
@@ -136,15 +179,47 @@ export class DatabaseImpl implements Database, DatabaseCore {
       })
     }
     this.pool = createPoolFacade(this)
+    this.replicaSet =
+      config.replicas.length === 0
+        ? undefined
+        : new ReplicaSet(config.alias, config.replicas, config.replicaOptions, config.logger)
+    this.hasReplicas = this.replicaSet !== undefined
+    this.replica = createReplicaReader(this)
   }
 
   // ---- DatabaseCore -------------------------------------------------------------------------
 
   /**
-   * Checks out a connection. With `acquireTimeoutMs`, a checkout that has to wait (the pool is
-   * exhausted) fails with AcquireTimeoutError after that long; only then is a timer set.
+   * Checks out a connection: for `'replica'`, one of a replica that can serve the current
+   * context's reads (replicas/router.ts), else the primary's (or ReplicaUnavailableError).
    */
-  connect(independent = false): Promise<PoolClient> {
+  connect(server: Server = 'primary', independent = false): Promise<PoolClient> {
+    if (server === 'replica' && this.replicaSet !== undefined) return this.connectForRead(this.replicaSet)
+    return this.connectPrimary(independent)
+  }
+
+  private async connectForRead(replicas: ReplicaSet): Promise<PoolClient> {
+    const found = await replicas.checkout(requiredLsn(this))
+    return found.kind === 'replica' ? found.client : this.connectPrimary()
+  }
+
+  /** Records the primary's WAL position after a commit in the current read-your-writes context. */
+  committedAt(lsn: string | undefined): void {
+    const position = parseLsn(lsn)
+    if (position !== undefined) noteCommit(this, position)
+  }
+
+  /** The current context's last commit position, formatted; see {@link ReplicaReader.lastCommitLsn}. */
+  lastCommitLsn(): string | undefined {
+    const lsn = this.hasReplicas ? requiredLsn(this) : undefined
+    return lsn === undefined ? undefined : formatLsn(lsn)
+  }
+
+  /**
+   * Checks out a connection of the primary. With `acquireTimeoutMs`, a checkout that has to wait
+   * (the pool is exhausted) fails with AcquireTimeoutError after that long; only then is a timer set.
+   */
+  private connectPrimary(independent = false): Promise<PoolClient> {
     const pool = this.realPool
     // A requiresNew block checks out while its suspended transaction holds a connection of the
     // same pool: when every request does that at once, none can go on. Its wait is always bounded.
@@ -331,14 +406,17 @@ export class DatabaseImpl implements Database, DatabaseCore {
   async queryOutside<R extends QueryResultRow>(
     textOrConfig: string | QueryConfig,
     values: readonly unknown[] | undefined,
+    server: Server = 'primary',
   ): Promise<QueryResult<R>> {
     const config = normalizeQuery(textOrConfig, values)
     refuseTransactionControl(config.text, false)
     this.assertNotClosed()
-    const client = await this.checkout()
+    const client = await this.checkout(server)
     let failure: unknown
     try {
-      return await client.query<R>(config)
+      const result = await client.query<R>(config)
+      if (server === 'primary') await this.noteAutocommit(client)
+      return result
     } catch (error) {
       failure = error
       throw error
@@ -355,8 +433,18 @@ export class DatabaseImpl implements Database, DatabaseCore {
       )
   }
 
-  async checkout(): Promise<PoolClient> {
-    const client = await this.connect()
+  /**
+   * After an autocommit statement on the primary, with replicas: the WAL position, for the read
+   * your writes of the context (one more round trip; a block's COMMIT carries it without one).
+   */
+  private async noteAutocommit(client: PoolClient): Promise<void> {
+    if (!this.hasReplicas) return
+    const { rows } = await client.query<{ lsn: string }>(WAL_INSERT_LSN_QUERY)
+    this.committedAt(rows[0]?.lsn)
+  }
+
+  async checkout(server: Server = 'primary'): Promise<PoolClient> {
+    const client = await this.connect(server)
     client.on('error', onCheckedOutClientError)
     return client
   }
@@ -398,19 +486,30 @@ export class DatabaseImpl implements Database, DatabaseCore {
     options?: CursorOptions,
   ): AsyncIterable<R> {
     const batchSize = resolveBatchSize(options)
+    return this.cursorOn<R>(text, values, batchSize, 'primary')
+  }
+
+  /** A cursor in the active block of this database, else on a connection of `server`. @internal */
+  cursorOn<R extends QueryResultRow>(
+    text: string,
+    values: readonly unknown[] | undefined,
+    batchSize: number,
+    server: Server,
+  ): AsyncIterable<R> {
     const block = this.activeBlock()
     if (block !== undefined) return cursorRows<R>(block.builderTail(), text, values, batchSize)
     refuseTransactionControl(text, false)
-    return this.cursorOutside<R>(text, values, batchSize)
+    return this.cursorOutside<R>(text, values, batchSize, server)
   }
 
   private async *cursorOutside<R extends QueryResultRow>(
     text: string,
     values: readonly unknown[] | undefined,
     batchSize: number,
+    server: Server,
   ): AsyncGenerator<R, void, undefined> {
     this.assertNotClosed()
-    const client = await this.checkout()
+    const client = await this.checkout(server)
     let failure: unknown
     let cursor: Cursor<R> | undefined
     try {
@@ -498,8 +597,36 @@ export class DatabaseImpl implements Database, DatabaseCore {
     }
     this.closed = true
     unregister(this)
+    await this.replicaSet?.end()
     if (this.ownsPool) await this.realPool.end()
   }
+}
+
+/** `db.replica`: the same routing as `db.query()` / `db.cursor()`, with a replica outside blocks. */
+function createReplicaReader(db: DatabaseImpl): ReplicaReader {
+  return Object.freeze({
+    query<R extends QueryResultRow = QueryResultRow>(
+      textOrConfig: string | QueryConfig,
+      values?: readonly unknown[],
+    ): Promise<QueryResult<R>> {
+      let block: Block | undefined
+      try {
+        block = db.activeBlock()
+      } catch (error) {
+        return Promise.reject(error)
+      }
+      if (block !== undefined) return block.run<R>(textOrConfig, values)
+      return db.queryOutside<R>(textOrConfig, values, 'replica')
+    },
+    cursor<R extends QueryResultRow = QueryResultRow>(
+      text: string,
+      values?: readonly unknown[],
+      options?: CursorOptions,
+    ): AsyncIterable<R> {
+      return db.cursorOn<R>(text, values, resolveBatchSize(options), 'replica')
+    },
+    lastCommitLsn: () => db.lastCommitLsn(),
+  }) as ReplicaReader
 }
 
 /**

@@ -90,6 +90,30 @@ export class OnCommitHookError extends AtomicError {
 }
 
 /**
+ * No replica could serve a read that should go to one (every replica down, lagging more than
+ * `maxLagMs`, or not a standby), and the database was created with
+ * `replicaOptions: { whenUnavailable: 'fail' }` instead of letting the primary serve it.
+ * Nothing was sent. The `cause` is the last connection error seen, if any.
+ */
+export class ReplicaUnavailableError extends AtomicError {
+  /** Always `'ReplicaUnavailableError'`. */
+  override name = 'ReplicaUnavailableError'
+  /** Alias of the database. */
+  readonly database: string
+  /** Why each replica was skipped, by replica (`host:port/database`). */
+  readonly skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby'>>
+  constructor(
+    message: string,
+    fields: { database: string; skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby'>> },
+    options?: { cause?: unknown },
+  ) {
+    super(message, options)
+    this.database = fields.database
+    this.skipped = fields.skipped
+  }
+}
+
+/**
  * No pooled connection became free within the database's `acquireTimeoutMs`. Nothing was sent.
  * The fields say how the pool was used at that moment.
  */

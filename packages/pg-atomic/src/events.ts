@@ -91,3 +91,37 @@ export const statementChannel = diagnostics_channel.channel(STATEMENT_CHANNEL)
 export const hookErrorChannel = diagnostics_channel.channel(HOOK_ERROR_CHANNEL)
 /** @internal */
 export const retryChannel = diagnostics_channel.channel(RETRY_CHANNEL)
+
+/**
+ * Channel name for read-replica routing: a replica skipped because it is down or lags too much,
+ * and reads sent to the primary because no replica could take them.
+ */
+export const REPLICA_CHANNEL = 'pg-atomic:replica'
+
+/** Why a replica was skipped, or why a read went to the primary. */
+export type ReplicaEventReason = 'down' | 'lagging' | 'not-standby' | 'no-replica'
+
+/** Payload published on {@link REPLICA_CHANNEL}. */
+export interface ReplicaEvent {
+  /**
+   * `'skipped'`: the replica `replica` was not used for this read (`reason` says why: `'down'` —
+   * connecting or checking it failed, `error` says how, or it failed less than
+   * `replicaOptions.checkIntervalMs` ago; `'lagging'` — its replay lags more than `maxLagMs`;
+   * `'not-standby'` — it is not in recovery, e.g. promoted). `'fallback'`: no replica was usable
+   * and the primary serves the read (`reason` `'no-replica'`).
+   */
+  readonly kind: 'skipped' | 'fallback'
+  /** See {@link ReplicaEvent.kind}. */
+  readonly reason: ReplicaEventReason
+  /** Alias of the database. */
+  readonly database: string
+  /** The replica (`host:port/database`, never a password); `undefined` for a fallback. */
+  readonly replica: string | undefined
+  /** The replica's replay lag in ms when it was last checked, if known. */
+  readonly lagMs: number | undefined
+  /** The connection or check error of a replica that is down, if this read saw it. */
+  readonly error: unknown
+}
+
+/** @internal */
+export const replicaChannel = diagnostics_channel.channel(REPLICA_CHANNEL)

@@ -20,6 +20,7 @@ import type {
   onSendHookHandler,
 } from 'fastify'
 import { InvalidOptionError, TransactionManagementError } from './errors'
+import { withReadYourWrites } from './replicas/session'
 import { errorForFramework, HeldRequest, ReplySnapshot } from './held-request'
 import { mergeRequestOptions, resolveRequestOptions } from './web/options'
 import type { RequestOptions, ResolvedRequestOptions } from './web/options'
@@ -166,7 +167,18 @@ function prepareRoute(route: RouteOptions, base: ResolvedRequestOptions): void {
   const config = (route.config ?? {}) as Record<PropertyKey, unknown>
   route.config = { ...config, [SEEN]: true } as RouteOptions['config']
   const atomic = config['atomic']
-  if (atomic === false) return
+  if (atomic === false) {
+    // No request transaction, but still a read-your-writes context of its own (as every request).
+    const plain = route.handler as Handler
+    route.handler = function nonAtomicRouteHandler(
+      this: FastifyInstance,
+      request: FastifyRequest,
+      reply: FastifyReply,
+    ) {
+      return withReadYourWrites(() => plain.call(this, request, reply))
+    } as RouteOptions['handler']
+    return
+  }
   let options = base
   if (atomic !== undefined && atomic !== true) {
     const subject = `the config.atomic of route ${String(route.method)} ${route.url}`

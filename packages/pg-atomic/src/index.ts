@@ -4,7 +4,7 @@
  * @packageDocumentation
  */
 export { createDatabase, getDatabase } from './database'
-export type { CloseOptions, Database } from './database'
+export type { CloseOptions, Database, ReplicaReader } from './database'
 export { atomic, onCommit, onRollback, setRollback, getRollback, inAtomicBlock, currentTransaction } from './ambient'
 export type { AmbientOptions, AtomicCallback, AtomicFunction } from './ambient'
 export { Atomic } from './decorator'
@@ -18,6 +18,7 @@ export {
   OnCommitHookError,
   AcquireTimeoutError,
   SuspendedTransactionDeadlockError,
+  ReplicaUnavailableError,
   isSerializationFailure,
   isDeadlock,
   isLockNotAvailable,
@@ -28,9 +29,25 @@ export {
 } from './errors'
 export { ISOLATION_LEVELS, DEFAULT_RETRY_CODES, PROPAGATIONS } from './vocabulary'
 export type { IsolationLevel, Propagation } from './vocabulary'
-export type { AtomicLogger, AtomicOptions, DatabaseConfig, RetryOptions, TransactionDefaults } from './options'
-export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from './events'
-export type { HookErrorEvent, RetryEvent, StatementEvent, StatementKind } from './events'
+export type {
+  AtomicLogger,
+  AtomicOptions,
+  DatabaseConfig,
+  ReplicaConfig,
+  ReplicaOptions,
+  RetryOptions,
+  TransactionDefaults,
+} from './options'
+export { STATEMENT_CHANNEL, HOOK_ERROR_CHANNEL, RETRY_CHANNEL, REPLICA_CHANNEL } from './events'
+export type {
+  HookErrorEvent,
+  ReplicaEvent,
+  ReplicaEventReason,
+  RetryEvent,
+  StatementEvent,
+  StatementKind,
+} from './events'
+export { withReadYourWrites } from './replicas/session'
 export type { CursorOptions, Hook, OnCommitOptions, TransactionHandle, TransactionInfo } from './types'
 // ---- Locks: table, row and advisory locks; lock insight is in 'pg-atomic/insight' ----
 export { LockNotAvailableError } from './errors'

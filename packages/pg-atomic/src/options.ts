@@ -151,6 +151,69 @@ export interface DatabaseConfig
    * `connectionTimeoutMillis`, if set, still applies).
    */
   acquireTimeoutMs?: number
+  /**
+   * Read replicas: outermost `readOnly: true` blocks (not `serializable`, which a standby refuses)
+   * and `db.replica` reads go to one of them, round robin, skipping those that are down or lag
+   * more than `replicaOptions.maxLagMs`, and only once it has replayed the context's last commit
+   * (read your writes). Everything else goes to the primary. Default: none (everything on the
+   * primary; `db.replica` reads too).
+   */
+  replicas?: readonly ReplicaConfig[]
+  /** How reads are routed to `replicas` (see {@link ReplicaOptions}). Default: each field's default. */
+  replicaOptions?: ReplicaOptions
+}
+
+/**
+ * A read replica for `createDatabase({ replicas })`: a connection string, pg `PoolConfig` fields (the
+ * same connection and pool fields as the database's own), or an existing `pg.Pool` (never ended by
+ * pg-atomic). Put a PgBouncer in front of each server separately, never one over several replicas.
+ */
+export type ReplicaConfig =
+  | string
+  | Omit<
+      PoolConfig,
+      'statement_timeout' | 'lock_timeout' | 'idle_in_transaction_session_timeout' | 'query_timeout' | 'pipeline'
+    >
+  | Pool
+
+/** How reads are routed to replicas (`createDatabase({ replicaOptions })`); see docs/guide/replicas.md. */
+export interface ReplicaOptions {
+  /**
+   * A replica whose replay lags more than this, in ms, is skipped (event `'lagging'`). The lag is
+   * `now() - pg_last_xact_replay_timestamp()` while the replica has received WAL it has not
+   * replayed, else 0 (an over-estimate for a moment after a long idle time). Default: `10000`.
+   */
+  maxLagMs?: number
+  /**
+   * How long a replica's checked replay position and lag are trusted, in ms: a read on a replica
+   * checked longer ago checks it again first (one more round trip, on the connection it then
+   * uses). Also how long a replica that failed is skipped before it is tried again. `0` checks
+   * before every read. Default: `1000`.
+   */
+  checkIntervalMs?: number
+  /**
+   * How long a read waits, in ms, for a replica to replay its context's last commit before it goes
+   * to the primary instead (read your writes). `0`: never waits. Default: `0`.
+   */
+  waitForReplayMs?: number
+  /**
+   * What happens when no replica is usable (all down, lagging or not standbys): `'primary'` sends
+   * the read to the primary (event `'fallback'`); `'fail'` rejects it with
+   * `ReplicaUnavailableError`. A replica that is only behind the context's own last commit is not
+   * unusable: that read goes to the primary either way. Default: `'primary'`.
+   */
+  whenUnavailable?: 'primary' | 'fail'
+}
+
+/** A validated replica: a pool of the caller's, or the config of one pg-atomic creates. @internal */
+export type ResolvedReplica = { readonly pool: Pool } | { readonly poolConfig: PoolConfig }
+
+/** Validated replica routing options. @internal */
+export interface ResolvedReplicaOptions {
+  readonly maxLagMs: number
+  readonly checkIntervalMs: number
+  readonly waitForReplayMs: number
+  readonly whenUnavailable: 'primary' | 'fail'
 }
 
 /** Options after validation and merging with the database's defaults; frozen. @internal */
@@ -194,6 +257,14 @@ const ALLOWED: Record<string, string> = {
   'retry.maxDelayMs': 'a whole number of milliseconds of at least 0',
   'retry.retryOn': 'a list of 5-character SQLSTATE codes such as 40001, or a function (error) => boolean',
   acquireTimeoutMs: 'a whole number of milliseconds of at least 1',
+  replicas:
+    'a list of replicas, each a connection string, an object of pg PoolConfig fields, or a pg.Pool ' +
+    '(an object with connect() and query() methods)',
+  replicaOptions: 'an object { maxLagMs, checkIntervalMs, waitForReplayMs, whenUnavailable }',
+  'replicaOptions.maxLagMs': 'a whole number of milliseconds of at least 0',
+  'replicaOptions.checkIntervalMs': 'a whole number of milliseconds of at least 0',
+  'replicaOptions.waitForReplayMs': 'a whole number of milliseconds of at least 0',
+  'replicaOptions.whenUnavailable': "'primary' or 'fail'",
   lock: TABLE_LOCK_OPTION_EXPECTATION,
   logger: 'an object with an error(message) method',
   pool: 'a pg.Pool (an object with connect() and query() methods)',
@@ -255,27 +326,16 @@ const atomicOptionsSchema = z.strictObject({
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function')
 const anything = z.unknown()
+const poolSchema = z.custom<Pool>(
+  (v) =>
+    typeof v === 'object' &&
+    v !== null &&
+    typeof (v as Pool).connect === 'function' &&
+    typeof (v as Pool).query === 'function',
+)
 
-const databaseConfigSchema = z.strictObject({
-  ...transactionDefaultsShape,
-  alias: z.string().min(1).optional(),
-  pool: z
-    .custom<Pool>(
-      (v) =>
-        typeof v === 'object' &&
-        v !== null &&
-        typeof (v as Pool).connect === 'function' &&
-        typeof (v as Pool).query === 'function',
-    )
-    .optional(),
-  logger: z
-    .custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function')
-    .optional(),
-  closeTimeoutMs: z.int().min(0).optional(),
-  transactionPooling: z.boolean().optional(),
-  retry: atomicOptionsSchema.shape.retry,
-  acquireTimeoutMs: z.int().min(1).optional(),
-  // node-postgres PoolConfig / ClientConfig fields, passed through to `new pg.Pool()`.
+/** node-postgres PoolConfig / ClientConfig fields, passed through to `new pg.Pool()`. */
+const poolFieldsShape = {
   connectionString: z.string().optional(),
   host: z.string().optional(),
   port: z.int().min(1).max(65535).optional(),
@@ -305,7 +365,32 @@ const databaseConfigSchema = z.strictObject({
   Client: fn.optional(),
   onConnect: fn.optional(),
   verify: fn.optional(),
+}
+
+const databaseConfigSchema = z.strictObject({
+  ...transactionDefaultsShape,
+  alias: z.string().min(1).optional(),
+  pool: poolSchema.optional(),
+  logger: z
+    .custom<AtomicLogger>((v) => typeof v === 'object' && v !== null && typeof (v as AtomicLogger).error === 'function')
+    .optional(),
+  closeTimeoutMs: z.int().min(0).optional(),
+  transactionPooling: z.boolean().optional(),
+  retry: atomicOptionsSchema.shape.retry,
+  acquireTimeoutMs: z.int().min(1).optional(),
+  replicas: z.array(z.unknown()).readonly().optional(),
+  replicaOptions: z
+    .strictObject({
+      maxLagMs: z.int().min(0).optional(),
+      checkIntervalMs: z.int().min(0).optional(),
+      waitForReplayMs: z.int().min(0).optional(),
+      whenUnavailable: z.enum(['primary', 'fail']).optional(),
+    })
+    .optional(),
+  ...poolFieldsShape,
 })
+
+const replicaConfigSchema = z.strictObject(poolFieldsShape)
 
 /** Connection settings that node-postgres would send as startup parameters or enforce client-side. */
 const REFUSED_POOL_FIELDS: Record<string, string> = {
@@ -397,6 +482,9 @@ export interface ResolvedDatabaseConfig {
   readonly transactionPooling: boolean
   readonly retry: RetryPolicy | undefined
   readonly acquireTimeoutMs: number | undefined
+  /** Empty without replicas. */
+  readonly replicas: readonly ResolvedReplica[]
+  readonly replicaOptions: ResolvedReplicaOptions
 }
 
 /** Validates `createDatabase()` configuration. @internal */
@@ -410,6 +498,8 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     transactionPooling,
     retry,
     acquireTimeoutMs,
+    replicas,
+    replicaOptions,
     isolationLevel,
     readOnly,
     deferrable,
@@ -444,5 +534,44 @@ export function resolveDatabaseConfig(input: DatabaseConfig): ResolvedDatabaseCo
     transactionPooling: transactionPooling ?? false,
     retry: resolveRetry(retry as number | RetryOptions | undefined),
     acquireTimeoutMs,
+    replicas: resolveReplicas(replicas ?? []),
+    replicaOptions: Object.freeze({
+      maxLagMs: replicaOptions?.maxLagMs ?? 10_000,
+      checkIntervalMs: replicaOptions?.checkIntervalMs ?? 1_000,
+      waitForReplayMs: replicaOptions?.waitForReplayMs ?? 0,
+      whenUnavailable: replicaOptions?.whenUnavailable ?? 'primary',
+    }),
   })
+}
+
+/** Validates each entry of `replicas`; an invalid one is named by its index (`replicas[1].port`). */
+function resolveReplicas(input: readonly unknown[]): readonly ResolvedReplica[] {
+  const resolved = input.map((entry, index): ResolvedReplica => {
+    const field = `replicas[${index}]`
+    if (typeof entry === 'string') {
+      if (entry.length > 0) return Object.freeze({ poolConfig: { connectionString: entry } })
+    } else if (poolSchema.safeParse(entry).success) {
+      return Object.freeze({ pool: entry as Pool })
+    } else if (typeof entry === 'object' && entry !== null && !Array.isArray(entry)) {
+      try {
+        const config = parseOptions(
+          replicaConfigSchema,
+          entry,
+          `createDatabase() ${field}`,
+          ALLOWED,
+          REFUSED_POOL_FIELDS,
+        )
+        return Object.freeze({ poolConfig: config as PoolConfig })
+      } catch (error) {
+        if (error instanceof InvalidOptionError) throw new InvalidOptionError(`${field}.${error.field}`, error.message)
+        throw error
+      }
+    }
+    throw new InvalidOptionError(
+      field,
+      `Invalid option "${field}" for createDatabase(): each replica must be a connection string such as ` +
+        'postgres://user@replica-host:5432/database, an object of pg PoolConfig fields, or a pg.Pool.',
+    )
+  })
+  return Object.freeze(resolved)
 }

@@ -29,6 +29,7 @@ import {
 import { instrumentation } from '../instrumentation'
 import type { Instrumentation, TransactionOutcome } from '../instrumentation'
 import type { ResolvedOptions, RetryPolicy } from '../options'
+import { outermostBlockServer } from '../replicas/route'
 import {
   releaseStatement,
   resetLocalStatement,
@@ -213,7 +214,7 @@ async function runIndependent<T>(
   const watch = new SuspensionWatch(db, enclosing.tx)
   const run = () => {
     db.assertOpen()
-    const tx = new Transaction(db, options, suspended)
+    const tx = new Transaction(db, options, suspended, outermostBlockServer(db, options))
     tx.independent = true
     watch.watch(tx)
     const block = new Block(tx, undefined, options)
@@ -399,7 +400,7 @@ function runTransaction<T>(
   outer: Frame | undefined,
 ): Promise<T> {
   db.assertOpen()
-  const tx = new Transaction(db, options, outer)
+  const tx = new Transaction(db, options, outer, outermostBlockServer(db, options))
   const block = new Block(tx, undefined, options)
   tx.stack.push(block)
   db.transactionStarted(tx)

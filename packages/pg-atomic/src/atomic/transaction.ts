@@ -16,6 +16,7 @@ import { beginStatement, savepointStatement, setLocalStatement } from '../sql/tr
 import type { BeginCharacteristics } from '../sql/transaction'
 import { TIMEOUT_OPTIONS } from '../vocabulary'
 import type { TimeoutOption } from '../vocabulary'
+import type { Server } from '../replicas/route'
 import type { Block } from './block'
 import type { OpenPortal } from './cursor'
 import { Hooks } from './hooks'
@@ -58,6 +59,8 @@ export interface DatabaseCore extends WireDatabase {
    * (`pg_blocking_pids`), asked on a short-lived connection of its own.
    */
   blockedBy(waiting: number, holder: number): Promise<boolean>
+  /** Read replicas are configured: read-only outermost blocks may go to one (replicas/route.ts). */
+  readonly hasReplicas: boolean
 }
 
 /** Timeouts by option, as applied with SET LOCAL. @internal */
@@ -107,10 +110,14 @@ export class Transaction implements WireOwner {
   savepointCounter = 0
   /** The cursor open on the connection, if any, and the block that opened it. */
   cursor: OpenPortal | undefined = undefined
+  /** The server the connection comes from (`'replica'`: a read that may still be served by the primary). */
+  readonly server: Server
+  readonly commitLsn: boolean
   private current: TransactionState = OK
 
-  constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined) {
+  constructor(db: DatabaseCore, options: ResolvedOptions, outer: Frame | undefined, server: Server = 'primary') {
     this.db = db
+    this.server = server
     this.outer = outer
     this.outermostName = options.name
     const d = db.defaults
@@ -125,6 +132,7 @@ export class Transaction implements WireOwner {
       if (value !== undefined) (timeouts ??= {})[option] = value
     }
     this.timeouts = timeouts === undefined ? NO_TIMEOUTS : Object.freeze(timeouts)
+    this.commitLsn = db.hasReplicas && server === 'primary' && this.characteristics.readOnly !== true
     this.wire = new Wire(this)
     this.hooks = new Hooks(db, this.id, outer)
   }

@@ -29,6 +29,8 @@ import type { TransactionScope } from '../instrumentation'
 import { COMMIT, ROLLBACK } from '../sql/transaction'
 import { COMMIT_ANSWERED_ROLLBACK_MESSAGE, COMMIT_UNKNOWN_MESSAGE, fatalError, lostError } from './messages'
 import { runPipelined } from './pipeline'
+import type { Server } from '../replicas/route'
+import { WAL_INSERT_LSN_QUERY } from '../sql/replicas'
 import type { TransactionState } from './state'
 
 /** A control statement on its way to the server. */
@@ -46,8 +48,13 @@ export interface ControlStatement {
 /** What the wire needs from its database. */
 export interface WireDatabase {
   readonly alias: string
-  /** Checks out a connection; `independent` for a requiresNew block's (a bounded wait). */
-  connect(independent?: boolean): Promise<PoolClient>
+  /**
+   * Checks out a connection from the primary, or for a read that should go to a replica;
+   * `independent` for a requiresNew block's (a bounded wait).
+   */
+  connect(server?: Server, independent?: boolean): Promise<PoolClient>
+  /** Records the primary's WAL position after a commit (read your writes); see {@link WireOwner.commitLsn}. */
+  committedAt(lsn: string | undefined): void
   /** Sends a protocol cancel request for the statement `client` may be running (bounded in time). */
   cancelStatement(client: PoolClient): Promise<void>
 }
@@ -63,6 +70,13 @@ export interface WireOwner {
   readonly state: TransactionState
   /** The tracer's view of the transaction, when one is installed. */
   readonly scope: TransactionScope | undefined
+  /** The server the transaction checks out from (decided once, for its outermost block). */
+  readonly server: Server
+  /**
+   * Whether COMMIT also asks for the primary's WAL position, for the read-your-writes of the
+   * replicas: only a transaction that may have written, on a database with replicas.
+   */
+  readonly commitLsn: boolean
   /** Whether nothing else is using the connection, so a deferred ROLLBACK TO may be sent on its own. */
   idle(): boolean
   connectionLost(error: unknown): void
@@ -122,7 +136,7 @@ export class Wire {
    * deadline), releasing a connection that arrives too late.
    */
   private async checkout(): Promise<PoolClient> {
-    const pending = this.owner.db.connect(this.owner.independent)
+    const pending = this.owner.db.connect(this.owner.server, this.owner.independent)
     let adopted = false
     try {
       const client = await new Promise<PoolClient>((resolve, reject) => {
@@ -273,10 +287,14 @@ export class Wire {
     else this.owner.controlFailed(error)
   }
 
-  /** Sends control statements as one simple-protocol round trip and publishes them. */
-  async send(statements: readonly ControlStatement[]): Promise<QueryResult | QueryResult[]> {
+  /**
+   * Sends control statements as one simple-protocol round trip and publishes them. `trailer`, a
+   * statement of the library's own (the WAL position after COMMIT), ends the same string unpublished.
+   */
+  async send(statements: readonly ControlStatement[], trailer?: string): Promise<QueryResult | QueryResult[]> {
     const client = this.client as PoolClient
-    const sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map(sqlOf).join('; ')
+    let sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map(sqlOf).join('; ')
+    if (trailer !== undefined) sql = `${sql}; ${trailer}`
     this.roundTrips++
     if (!statementChannel.hasSubscribers) return client.query(sql) as Promise<QueryResult | QueryResult[]>
     const start = performance.now()
@@ -355,7 +373,9 @@ export class Wire {
     let result: QueryResult | QueryResult[]
     this.busy = true
     try {
-      result = await this.send(statements)
+      // Read your writes: the WAL position rides after COMMIT in the same string, no round trip of
+      // its own. If COMMIT fails the server skips it; after a COMMIT answered ROLLBACK it is ignored.
+      result = await this.send(statements, this.owner.commitLsn ? WAL_INSERT_LSN_QUERY : undefined)
     } catch (error) {
       this.busy = false
       const now = this.owner.state
@@ -372,7 +392,8 @@ export class Wire {
       throw error
     }
     this.busy = false
-    const last = Array.isArray(result) ? result[result.length - 1] : result
+    const results = Array.isArray(result) ? result : [result]
+    const last = results[statements.length - 1]
     if (last?.command === 'ROLLBACK') {
       this.release()
       const s = this.owner.state
@@ -380,6 +401,7 @@ export class Wire {
         cause: s.kind === 'ok' ? undefined : s.cause,
       })
     }
+    if (this.owner.commitLsn) this.owner.db.committedAt((results[statements.length]?.rows[0] as { lsn?: string })?.lsn)
     this.release()
   }
 

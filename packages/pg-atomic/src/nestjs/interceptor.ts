@@ -15,6 +15,7 @@ import type { CallHandler, ExecutionContext, NestInterceptor } from '@nestjs/com
 import { Observable } from 'rxjs'
 import type { Subscriber } from 'rxjs'
 import { errorForFramework, HeldRequest, ReplySnapshot, sendsOwnResponse } from '../held-request'
+import { withReadYourWrites } from '../replicas/session'
 import type { ReplyHeadersLike } from '../held-request'
 import { mergeRequestOptions, resolveRequestOptions } from '../web/options'
 import type { RequestOptions, ResolvedRequestOptions } from '../web/options'
@@ -86,7 +87,11 @@ export class AtomicRequestsInterceptor implements NestInterceptor {
     if (context.getType() !== 'http') return next.handle()
     const handler = context.getHandler()
     const setting = routeSetting(handler, context.getClass())
-    if (setting === false) return next.handle()
+    if (setting === false) {
+      // No request blocks, but a read-your-writes context of its own, as every request (subscribing
+      // runs the handler, so it subscribes inside the context).
+      return new Observable<unknown>((subscriber) => withReadYourWrites(() => next.handle().subscribe(subscriber)))
+    }
     const response: unknown = context.switchToHttp().getResponse()
     const raw = nodeResponse(response)
     if (raw === undefined) return next.handle()

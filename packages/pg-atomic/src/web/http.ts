@@ -11,6 +11,7 @@ import { AsyncResource } from 'node:async_hooks'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { currentTransaction } from '../ambient'
 import { CommitOutcomeUnknownError, InvalidOptionError, TransactionManagementError } from '../errors'
+import { withReadYourWrites } from '../replicas/session'
 import { ResponseHold } from './hold'
 import type { HoldListener } from './hold'
 import { resolveRequestOptions } from './options'
@@ -35,7 +36,11 @@ export class HttpExchange implements HoldListener {
   /** The request was passed on to other handlers: running the handler again is no longer possible. */
   private passedOn = false
   /** The async context the exchange was created in: outside the request blocks. */
-  private readonly outsideContext = new AsyncResource('pg-atomic.request')
+  /**
+   * The request's own async context, outside any block: a read-your-writes context of its own, so
+   * that routes running outside the request blocks (nonAtomic()) still read their own commits.
+   */
+  private readonly outsideContext = withReadYourWrites(() => new AsyncResource('pg-atomic.request'))
 
   constructor(
     private readonly res: ServerResponse,

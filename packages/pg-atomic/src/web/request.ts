@@ -12,6 +12,7 @@
  */
 import { atomic, currentTransaction, inAtomicBlock } from '../ambient'
 import { AtomicError, InvalidOptionError, OnCommitHookError } from '../errors'
+import { withReadYourWrites } from '../replicas/session'
 import type { AtomicLogger, AtomicOptions, RetryOptions } from '../options'
 import { findDatabase } from '../registry'
 import type { TransactionHandle } from '../types'
@@ -158,7 +159,8 @@ export function startRequest(
   handler: RequestHandler,
   integration: RequestIntegration = {},
 ): Promise<RequestOutcome> {
-  return new RequestRun(options, handler, integration).start()
+  // Each request is a read-your-writes context of its own: its replica reads see its commits.
+  return withReadYourWrites(() => new RequestRun(options, handler, integration).start())
 }
 
 const CLIENT_GONE_MESSAGE =

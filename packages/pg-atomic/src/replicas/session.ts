@@ -1,0 +1,70 @@
+/**
+ * Read-your-writes contexts: where the WAL position of a context's last commit is remembered, so
+ * that its later reads go to a replica only once that replica has replayed past it.
+ *
+ * 1. A context is an async call tree started by {@link withReadYourWrites}; every request of the
+ *    per-request integrations (`pg-atomic/web`, `/express`, `/fastify`, `/nestjs`) runs in one.
+ *    Its own AsyncLocalStorage (not the block frames of context.ts): a context outlives the blocks
+ *    that commit in it, and the request integrations leave the frames of earlier blocks behind.
+ * 2. Outside any context, the process is the context: every commit of the process counts.
+ * 3. A context nested in another sees the outer context's commits, and its commits count for the
+ *    outer one too (a request's helper that opens its own context must not lose the request's writes).
+ *
+ * @module
+ */
+import { AsyncLocalStorage } from 'node:async_hooks'
+
+/** One read-your-writes context: the last commit position per database. @internal */
+interface ReadContext {
+  readonly commits: Map<object, bigint>
+  readonly outer: ReadContext | undefined
+}
+
+const readContexts = new AsyncLocalStorage<ReadContext>()
+
+/** Commit positions of the process, per database: the context of code outside any other. */
+const processCommits = new WeakMap<object, bigint>()
+
+/**
+ * Runs `fn` in a read-your-writes context of its own: after a block (or a statement outside
+ * blocks) commits on the primary inside it, reads inside it that would go to a replica go there
+ * only once the replica has replayed that commit (else to the primary, or they wait up to
+ * `replicaOptions.waitForReplayMs`). Each request of the per-request integrations already runs in
+ * one; use this for jobs, queue consumers, or a server without those integrations. Outside any
+ * context the whole process is one. Returns what `fn` returns.
+ *
+ * @example
+ * ```ts
+ * await withReadYourWrites(async () => {
+ *   await db.atomic(() => db.query('update accounts set name = $1 where id = $2', ['Ada', 1]))
+ *   // a replica that has not replayed that update yet is not used: the primary answers
+ *   const { rows } = await db.replica.query('select name from accounts where id = $1', [1])
+ * })
+ * ```
+ */
+export function withReadYourWrites<T>(fn: () => T): T {
+  if (typeof fn !== 'function') throw new TypeError('withReadYourWrites() expects a function.')
+  return readContexts.run({ commits: new Map(), outer: readContexts.getStore() }, fn)
+}
+
+/** Records that the current context committed on `db`'s primary at `lsn`. @internal */
+export function noteCommit(db: object, lsn: bigint): void {
+  for (let c = readContexts.getStore(); c !== undefined; c = c.outer) {
+    const known = c.commits.get(db)
+    if (known === undefined || known < lsn) c.commits.set(db, lsn)
+  }
+  const known = processCommits.get(db)
+  if (known === undefined || known < lsn) processCommits.set(db, lsn)
+}
+
+/** The position a replica must have replayed before it may answer a read of the current context. @internal */
+export function requiredLsn(db: object): bigint | undefined {
+  let context = readContexts.getStore()
+  if (context === undefined) return processCommits.get(db)
+  let required: bigint | undefined
+  for (; context !== undefined; context = context.outer) {
+    const lsn = context.commits.get(db)
+    if (lsn !== undefined && (required === undefined || lsn > required)) required = lsn
+  }
+  return required
+}

@@ -1,0 +1,174 @@
+/**
+ * Read your writes by WAL position (issue 12 §2), on a real standby whose replay is deliberately
+ * delayed (`recovery_min_apply_delay`): after a context commits, its reads go to the primary (or
+ * wait for replay) and see the row, while another context still reads the replica's older state;
+ * once the standby has replayed the commit, the context reads on the replica again.
+ */
+import { AsyncResource } from 'node:async_hooks'
+import { createDatabase, withReadYourWrites } from 'pg-atomic'
+import type { Database } from 'pg-atomic'
+import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
+import type { ReplicaPair, ServerIdentity } from '../support/replica'
+
+const APPLY_DELAY_MS = 2_000
+const READ = 'select array(select id from items order by id) as ids, pg_is_in_recovery() as standby'
+
+let pair: ReplicaPair
+let db: Database
+
+interface Read {
+  ids: number[]
+  standby: boolean
+}
+
+const readReplica = async (): Promise<Read> => (await db.replica.query<Read>(READ)).rows[0] as Read
+const readInReadOnlyBlock = (): Promise<Read> =>
+  db.atomic({ readOnly: true }, async () => (await db.query<Read>(READ)).rows[0] as Read)
+
+/**
+ * A read-your-writes context of its own (not nested in the caller's), to run code in later:
+ * `context().runInAsyncScope(fn)`. Two of them are what two requests are.
+ */
+const context = (): AsyncResource => withReadYourWrites(() => new AsyncResource('pg-atomic-test-context'))
+
+describeWithReplica('read replicas: read your writes', () => {
+  beforeAll(async () => {
+    pair = await setupReplicaPair('ryw')
+    await pair.admin.query('create table items (id int primary key)')
+    await pair.waitForReplay()
+  }, 120_000)
+  afterAll(async () => {
+    await pair?.close()
+  }, 60_000)
+  beforeEach(async () => {
+    await pair.setApplyDelay(0)
+    await pair.admin.query('truncate items')
+    await pair.waitForReplay()
+    // Lag is not what these tests are about: a bound no delay here reaches.
+    db = createDatabase({
+      alias: 'ryw',
+      pool: pair.primaryPool,
+      replicas: [pair.replicaUrl],
+      replicaOptions: { maxLagMs: 600_000, checkIntervalMs: 0 },
+    })
+    pair.reset()
+  })
+  afterEach(async () => {
+    await db.close()
+  })
+
+  test('after its commit a context reads its row on the primary; another context reads the older replica', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    const other = context()
+    await context().runInAsyncScope(async () => {
+      // Before writing, the context reads on the replica.
+      expect(await readReplica()).toEqual({ ids: [], standby: true })
+      await db.atomic(() => db.query('insert into items values (1)'))
+      const lsn = db.replica.lastCommitLsn()
+      expect(lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/)
+      // The standby has received the commit but waits APPLY_DELAY_MS to replay it.
+      const { rows } = await pair.standbyAdmin.query<{ replayed: boolean }>(
+        'select pg_last_wal_replay_lsn() >= $1::pg_lsn as replayed',
+        [lsn],
+      )
+      expect(rows).toEqual([{ replayed: false }])
+
+      const [mine, mineInBlock, others, othersInBlock] = await Promise.all([
+        readReplica(),
+        readInReadOnlyBlock(),
+        other.runInAsyncScope(readReplica),
+        other.runInAsyncScope(readInReadOnlyBlock),
+      ])
+      expect(mine).toEqual({ ids: [1], standby: false })
+      expect(mineInBlock).toEqual({ ids: [1], standby: false })
+      // A context that committed nothing reads on the replica, which has not replayed the insert.
+      expect(others).toEqual({ ids: [], standby: true })
+      expect(othersInBlock).toEqual({ ids: [], standby: true })
+
+      // Once the standby has replayed the commit, the context reads on the replica again.
+      await pair.waitForReplay(APPLY_DELAY_MS * 5)
+      expect(await readReplica()).toEqual({ ids: [1], standby: true })
+      expect(await readInReadOnlyBlock()).toEqual({ ids: [1], standby: true })
+    })
+  }, 30_000)
+
+  test('waitForReplayMs: the read waits for the replica to replay the commit, then reads there', async () => {
+    await db.close()
+    db = createDatabase({
+      alias: 'ryw',
+      pool: pair.primaryPool,
+      replicas: [pair.replicaUrl],
+      replicaOptions: { maxLagMs: 600_000, checkIntervalMs: 0, waitForReplayMs: APPLY_DELAY_MS * 5 },
+    })
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    await withReadYourWrites(async () => {
+      await db.atomic(() => db.query('insert into items values (2)'))
+      const committed = Date.now()
+      const read = await readReplica()
+      const waited = Date.now() - committed
+      expect(read).toEqual({ ids: [2], standby: true })
+      // It waited for the replay delay (less whatever had already passed since the commit).
+      expect(waited).toBeGreaterThanOrEqual(APPLY_DELAY_MS / 2)
+    })
+  }, 30_000)
+
+  test('a waitForReplayMs shorter than the delay gives up and reads on the primary', async () => {
+    await db.close()
+    db = createDatabase({
+      alias: 'ryw',
+      pool: pair.primaryPool,
+      replicas: [pair.replicaUrl],
+      replicaOptions: { maxLagMs: 600_000, checkIntervalMs: 0, waitForReplayMs: 200 },
+    })
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    await withReadYourWrites(async () => {
+      await db.atomic(() => db.query('insert into items values (3)'))
+      const start = Date.now()
+      expect(await readReplica()).toEqual({ ids: [3], standby: false })
+      expect(Date.now() - start).toBeGreaterThanOrEqual(200)
+    })
+  }, 30_000)
+
+  test('an autocommit write outside blocks counts too: its WAL position is asked for right after it', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    const other = context()
+    await context().runInAsyncScope(async () => {
+      await db.query('insert into items values (4)')
+      expect(pair.statements).toEqual([
+        'insert into items values (4)',
+        'select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn',
+      ])
+      expect(await readReplica()).toEqual({ ids: [4], standby: false })
+    })
+    expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
+  }, 30_000)
+
+  test('a context nested in another sees the outer context commits, and its own count for the outer one', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    await withReadYourWrites(async () => {
+      await db.atomic(() => db.query('insert into items values (5)'))
+      expect(await withReadYourWrites(readReplica)).toEqual({ ids: [5], standby: false })
+    })
+    await withReadYourWrites(async () => {
+      await withReadYourWrites(() => db.atomic(() => db.query('insert into items values (6)')))
+      expect(await readReplica()).toEqual({ ids: [5, 6], standby: false })
+    })
+  }, 30_000)
+
+  test('outside any context the process is the context: a read after a commit of the process sees it', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    const other = context()
+    await db.atomic(() => db.query('insert into items values (7)'))
+    expect(await readReplica()).toEqual({ ids: [7], standby: false })
+    // A context of its own, which committed nothing, reads the replica's older state.
+    expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
+  }, 30_000)
+
+  test('a read-only block commits no WAL position: the context keeps reading on the replica', async () => {
+    await withReadYourWrites(async () => {
+      const server = await db.atomic({ readOnly: true }, async () => (await db.query<ServerIdentity>(WHO)).rows[0])
+      expect(server).toEqual({ port: pair.replicaPort, standby: true })
+      expect(db.replica.lastCommitLsn()).toBeUndefined()
+    })
+  })
+})
