@@ -210,3 +210,23 @@ test('vitest 4 with DATABASE_URL: a database per forked worker from the template
   const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
   expect(rows).toEqual([])
 }, 180_000)
+
+test('node:test from a run() script: a database per file process from the template, dropped afterwards', async () => {
+  const dir = join(reports, 'node-workers')
+  await mkdir(dir)
+  const template = `kit_node_${process.pid}`
+  const outcome = await runNode(['--require', '../register.js', 'run-node.ts'], testDb.directUrl, {
+    cwd: WORKERS,
+    env: { KIT_REPORTS: dir, KIT_TEMPLATE: template },
+  })
+  if (outcome.code !== 0) throw new Error(explain(outcome))
+  expect(tapCounts(outcome.stdout)).toEqual({ passed: 4, failed: 0 })
+  const seen = await workerReports(dir)
+  expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
+  // Each file is a process of its own, hence a worker of its own: four clones.
+  const databases = new Set(seen.map((r) => r.database))
+  expect(databases.size).toBe(4)
+  for (const name of databases) expect(name).toMatch(new RegExp(`^${template}_worker_\\d+$`))
+  const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
+  expect(rows).toEqual([])
+}, 180_000)
