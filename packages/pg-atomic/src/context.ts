@@ -57,3 +57,19 @@ export function innermostActiveBlock(): Block | undefined {
   }
   return undefined
 }
+
+/**
+ * Whether the current async context runs inside a suspension of `tx`'s database that hides `tx`
+ * (code in a requiresNew or notSupported block entered in one of `tx`'s blocks). @internal
+ */
+export function suspendedHere(tx: { readonly db: object }): boolean {
+  let frame = storage.getStore()
+  while (frame !== undefined) {
+    const block = frame.block
+    if (block === undefined) {
+      if (frame.suspends === tx.db) return true
+    } else if (block.tx === tx) return false
+    frame = frame.outer
+  }
+  return false
+}

@@ -194,13 +194,13 @@ export class DatabaseImpl implements Database, DatabaseCore {
    * context's reads (replicas/router.ts), else the primary's (or ReplicaUnavailableError).
    */
   connect(server: Server = 'primary', independent = false): Promise<PoolClient> {
-    if (server === 'replica' && this.replicaSet !== undefined) return this.connectForRead(this.replicaSet)
+    if (server === 'replica' && this.replicaSet !== undefined) return this.connectForRead(this.replicaSet, independent)
     return this.connectPrimary(independent)
   }
 
-  private async connectForRead(replicas: ReplicaSet): Promise<PoolClient> {
+  private async connectForRead(replicas: ReplicaSet, independent: boolean): Promise<PoolClient> {
     const found = await replicas.checkout(requiredLsn(this))
-    return found.kind === 'replica' ? found.client : this.connectPrimary()
+    return found.kind === 'replica' ? found.client : this.connectPrimary(independent)
   }
 
   /** Records the primary's WAL position after a commit in the current read-your-writes context. */
@@ -266,7 +266,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
           `the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections are ` +
           `checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests are waiting. ` +
           'When every request holds a connection and waits for a second, none can go on: raise ' +
-          'max above the number of concurrent requiresNew callers, or set acquireTimeoutMs.'
+          'max above the number of requests that can reach a requiresNew block at the same time.'
       : `No connection of database '${this.alias}' became free within ${timeoutMs} ms: ` +
         `the pool's max is ${poolSize}, ${pool.totalCount - pool.idleCount} connections ` +
         `are checked out (${heldByBlocks} by atomic() blocks), and ${waiting} requests ` +

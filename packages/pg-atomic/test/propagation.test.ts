@@ -16,7 +16,7 @@ import {
 } from 'pg-atomic'
 import { Boom, rejection } from './support/errors'
 import { setupHarness, testDirect } from './support/harness'
-import { waitUntil } from './support/wait'
+import { sleep, waitUntil } from './support/wait'
 import type { Harness } from './support/harness'
 
 let h: Harness
@@ -278,7 +278,9 @@ test('pool exhaustion: requests that hold a connection and wait for a second are
         new RegExp(
           "^A requiresNew atomic\\(\\) block of database 'propagation-pair' needs a second connection while " +
             "the transaction it suspends holds one, and none became free within 300 ms: the pool's max is 2, 2 " +
-            'connections are checked out \\(2 by atomic\\(\\) blocks\\), and [12] requests are waiting\\.',
+            'connections are checked out \\(2 by atomic\\(\\) blocks\\), and 2 requests are waiting\\. When ' +
+            'every request holds a connection and waits for a second, none can go on: raise max above the ' +
+            'number of requests that can reach a requiresNew block at the same time\\.$',
         ),
       )
     }
@@ -321,3 +323,75 @@ testDirect(
     expect(await h.column<number>('select balance from account')).toEqual([90])
   },
 )
+
+// Identifies the sessions by pg's processID, which through PgBouncer is the bouncer's cancel key.
+testDirect('a self-deadlock is never retried, even when the retry policy names 57014: one attempt', async () => {
+  let attempts = 0
+  let error: unknown
+  await atomic(async () => {
+    await h.db.query('update account set balance = balance - 10 where id = 1')
+    error = await rejection(
+      atomic({ propagation: 'requiresNew', retry: { maxAttempts: 3, retryOn: ['57014', '40001'] } }, async () => {
+        attempts++
+        await h.db.query('update account set balance = balance + 10 where id = 1')
+      }),
+    )
+  })
+  expect(error).toBeInstanceOf(SuspendedTransactionDeadlockError)
+  expect(attempts).toBe(1)
+  expect(await h.column<number>('select balance from account')).toEqual([90])
+})
+
+test("a requiresNew block holds its enclosing block's turn: a sibling's lock is released first", async () => {
+  const order: string[] = []
+  await atomic(async () => {
+    await Promise.all([
+      rejection(
+        atomic(async () => {
+          await h.db.query('update account set balance = balance - 10 where id = 1')
+          order.push('sibling locked the row')
+          await sleep(1500)
+          order.push('sibling rolls back')
+          throw new Boom()
+        }),
+      ),
+      atomic({ propagation: 'requiresNew' }, async () => {
+        order.push('requiresNew starts')
+        await h.db.query('update account set balance = balance + 1 where id = 1')
+      }),
+    ])
+  })
+  // No false self-deadlock: the sibling's savepoint ended (and freed the row) before the block began.
+  expect(order).toEqual(['sibling locked the row', 'sibling rolls back', 'requiresNew starts'])
+  expect(await h.column<number>('select balance from account')).toEqual([101])
+})
+
+test('the handle of a suspended transaction used inside the requiresNew block is refused, not hanging', async () => {
+  let error: unknown
+  await atomic(async (outer) => {
+    await atomic({ propagation: 'requiresNew' }, async () => {
+      error = await rejection(outer.query('select 1'))
+    })
+  })
+  expect(error).toBeInstanceOf(TransactionManagementError)
+  expect((error as Error).message).toBe(
+    'This transaction is suspended by a requiresNew atomic() block that is running: it resumes when that block ' +
+      "ends, so work sent to it from inside the block would wait forever. Use the inner block's handle (or " +
+      'db.query), or do this work before or after the requiresNew block.',
+  )
+})
+
+test('notSupported and never refuse the options only a transaction can honour, naming the field', async () => {
+  const readOnly = await rejection(atomic({ propagation: 'notSupported', readOnly: true }, () => undefined))
+  expect(readOnly).toBeInstanceOf(InvalidOptionError)
+  expect((readOnly as InvalidOptionError).field).toBe('readOnly')
+  expect((readOnly as Error).message).toBe(
+    'With propagation \'notSupported\' the callback runs outside any transaction, so the option "readOnly" has ' +
+      'nothing to apply to: leave it out (or use another propagation).',
+  )
+  const retry = await rejection(atomic({ propagation: 'never', retry: 3 }, () => undefined))
+  expect((retry as InvalidOptionError).field).toBe('retry')
+  const durable = await rejection(atomic({ propagation: 'never', durable: true }, () => undefined))
+  expect((durable as InvalidOptionError).field).toBe('durable')
+  expect(h.statements).toEqual([])
+})

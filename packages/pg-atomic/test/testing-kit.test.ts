@@ -175,3 +175,29 @@ test('a test that sent nothing sends nothing at its end', async () => {
   expect(h.statements).toEqual([])
   await kit.beginTest()
 })
+
+test('propagation in a test transaction: notSupported sees no block, requiresNew is a savepoint', async () => {
+  const order: string[] = []
+  const hooks = await captureOnCommit(() =>
+    atomic(async () => {
+      await atomic({ propagation: 'notSupported' }, async () => {
+        // As in production, the code finds no block here: mandatory is refused, never allowed.
+        const refused = await rejection(atomic({ propagation: 'mandatory' }, () => undefined))
+        expect(refused).toBeInstanceOf(TransactionManagementError)
+        await atomic({ propagation: 'never' }, () => h.db.query(INSERT, [7]))
+        // Outside any block of the code: captured by the kit at once, not tied to the enclosing block.
+        onCommit(() => void order.push('notSupported hook'))
+      })
+      await atomic({ propagation: 'requiresNew' }, async () => {
+        await h.db.query(INSERT, [8])
+        onCommit(() => void order.push('requiresNew hook'))
+      })
+    }),
+  )
+  expect(hooks).toHaveLength(2)
+  expect(order).toEqual([])
+  // One connection, the test's: the work is visible in the test, never committed. (Both ran in savepoints
+  // of the enclosing block: their independence from its rollback needs real transactions, useCommittingTests.)
+  expect(await inside()).toEqual([7, 8, 100])
+  expect(await committed()).toEqual([])
+})

@@ -14,7 +14,7 @@
  * @internal
  */
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
-import { currentBlock, storage } from '../context'
+import { currentBlock, storage, suspendedHere } from '../context'
 import type { Frame } from '../context'
 import {
   AtomicError,
@@ -22,6 +22,7 @@ import {
   DURABLE_NESTED_MESSAGE,
   InvalidOptionError,
   SuspendedTransactionDeadlockError,
+  sqlState,
   TransactionManagementError,
   isConnectionLoss,
   lockNotAvailableFrom,
@@ -45,6 +46,7 @@ import { isWithin } from './hooks'
 import {
   ABORTED_MESSAGE,
   KIT_IDLE_MESSAGE,
+  SUSPENDED_MESSAGE,
   BUILDER_OPEN_MESSAGE,
   ENDED_MESSAGE,
   SWALLOWED_MESSAGE,
@@ -169,6 +171,14 @@ function enterPropagating<T>(
           'handle: declare it without parameters and use db.query() or the ambient helpers.',
       )
     }
+    const needless = transactionOnlyOption(options)
+    if (needless !== undefined) {
+      throw new InvalidOptionError(
+        needless,
+        `With propagation '${propagation}' the callback runs outside any transaction, so the option ` +
+          `"${needless}" has nothing to apply to: leave it out (or use another propagation).`,
+      )
+    }
     if (propagation === 'never' && enclosing !== undefined) {
       throw new TransactionManagementError(
         withName(
@@ -180,8 +190,13 @@ function enterPropagating<T>(
       )
     }
     const body = fn as () => T | Promise<T>
-    // In a test transaction everything joins it: the code's work still rolls back with the test.
-    if (enclosing === undefined || inTestTransaction(enclosing)) return Promise.resolve().then(body)
+    if (enclosing === undefined) return Promise.resolve().then(body)
+    if (inTestTransaction(enclosing)) {
+      // In a test transaction a second connection would escape the test's rollback: the callback
+      // runs in a savepoint the code cannot see (as the test's own), so code in it finds no block:
+      // mandatory is refused, never allowed, onCommit captured by the kit as outside any block.
+      return enterNested(enclosing, options, body, outer, true, 'suspension')
+    }
     // Suspended: code in the callback sees no block of this database (autocommit, hooks at once).
     const suspended: Frame = { block: undefined, suspends: db, outer }
     return Promise.resolve().then(() => storage.run(suspended, body))
@@ -194,6 +209,16 @@ function enterPropagating<T>(
     return enterUnderTestTransaction(db, enclosing, options, fn, outer)
   }
   return runIndependent(db, options, fn, outer, enclosing)
+}
+
+/** The first option given that only a transaction can honour (`notSupported` / `never` refuse it). */
+function transactionOnlyOption(options: ResolvedOptions): string | undefined {
+  for (const key of [...CHARACTERISTICS, ...TIMEOUT_OPTIONS, 'retry', 'lock'] as const) {
+    if (options[key] !== undefined) return key
+  }
+  if (options.durable) return 'durable'
+  if (!options.savepoint) return 'savepoint'
+  return undefined
 }
 
 /**
@@ -211,47 +236,60 @@ async function runIndependent<T>(
   enclosing: Block,
 ): Promise<T> {
   const suspended: Frame = { block: undefined, suspends: db, outer }
-  const watch = new SuspensionWatch(db, enclosing.tx)
-  const run = () => {
-    db.assertOpen()
-    const tx = new Transaction(db, options, suspended, outermostBlockServer(db, options))
-    tx.independent = true
-    watch.watch(tx)
-    const block = new Block(tx, undefined, options)
-    tx.stack.push(block)
-    db.transactionStarted(tx)
-    const tracer = instrumentation.current
-    return tracer === undefined ? block.execute(fn, suspended) : runTraced(tracer, block, fn, suspended)
-  }
-  const policy = options.retry ?? db.retry
+  // Suspended for real: the enclosing block's turn is held for the whole lifetime, as a nested
+  // block's is, so sibling work of the enclosing block waits instead of using its connection (and
+  // a wait on the suspended session is then certainly one that could never end).
+  const wait = enclosing.acquire()
+  if (wait !== undefined) await wait
+  enclosing.suspendedBy++
   try {
-    if (policy === undefined || policy.maxAttempts === 1) return await run()
-    return await runWithRetry(policy, { database: db.alias, name: options.name }, run)
-  } catch (error) {
-    throw watch.explain(error)
+    const server = outermostBlockServer(db, options)
+    const attempt = async (): Promise<T> => {
+      db.assertOpen()
+      const tx = new Transaction(db, options, suspended, server)
+      tx.independent = true
+      const block = new Block(tx, undefined, options)
+      tx.stack.push(block)
+      db.transactionStarted(tx)
+      // Only on the primary, where the suspended session is: a replica's sessions cannot wait for it.
+      const watch = server === 'primary' ? new SuspensionWatch(db, enclosing.tx, tx) : undefined
+      try {
+        const tracer = instrumentation.current
+        return await (tracer === undefined ? block.execute(fn, suspended) : runTraced(tracer, block, fn, suspended))
+      } catch (error) {
+        // Per attempt, and never retried (retry.ts): the same lock would be waited for again.
+        throw watch === undefined ? error : watch.explain(error)
+      } finally {
+        watch?.stop()
+      }
+    }
+    const policy = options.retry ?? db.retry
+    if (policy === undefined || policy.maxAttempts === 1) return await attempt()
+    return await runWithRetry(policy, { database: db.alias, name: options.name }, attempt)
   } finally {
-    watch.stop()
+    enclosing.suspendedBy--
+    enclosing.release()
   }
 }
+
+/** SQLSTATE of a statement ended by a cancel request. */
+const QUERY_CANCELED = '57014'
 
 /** How often a requiresNew block's waiting statement is checked against its suspended transaction. */
 const SUSPENSION_CHECK_MS = 1000
 
 /** The self-deadlock watchdog of a requiresNew block (see {@link runIndependent}). */
 class SuspensionWatch {
-  private timer: NodeJS.Timeout | undefined = undefined
-  private inner: Transaction | undefined = undefined
+  private timer: NodeJS.Timeout | undefined
   private detected: { innerPid: number; outerPid: number } | undefined = undefined
   private checking = false
 
   constructor(
     private readonly db: DatabaseCore,
     private readonly outer: Transaction,
-  ) {}
-
-  watch(tx: Transaction): void {
-    this.inner = tx
-    this.timer ??= setInterval(() => void this.check(), SUSPENSION_CHECK_MS)
+    private readonly inner: Transaction,
+  ) {
+    this.timer = setInterval(() => void this.check(), SUSPENSION_CHECK_MS)
     this.timer.unref()
   }
 
@@ -262,9 +300,9 @@ class SuspensionWatch {
 
   private async check(): Promise<void> {
     const inner = this.inner
-    const innerPid = processId(inner?.client)
+    const innerPid = processId(inner.client)
     const outerPid = processId(this.outer.client)
-    if (this.checking || inner === undefined || innerPid === undefined || outerPid === undefined) return
+    if (this.checking || innerPid === undefined || outerPid === undefined) return
     if (!inner.wire.busy || this.detected !== undefined) return
     this.checking = true
     try {
@@ -284,7 +322,8 @@ class SuspensionWatch {
   /** The error the caller gets: the watchdog's finding when it cancelled the wait, else `error`. */
   explain(error: unknown): unknown {
     const found = this.detected
-    if (found === undefined) return error
+    // Only the cancellation it caused: an error that ended the wait first (a lock_timeout, say) stays.
+    if (found === undefined || sqlState(error) !== QUERY_CANCELED) return error
     return new SuspendedTransactionDeadlockError(
       `A requiresNew atomic() block of database '${this.db.alias}' (server process ${found.innerPid}) ` +
         `waited for a lock held by the transaction it suspended (server process ${found.outerPid}): ` +
@@ -323,6 +362,7 @@ async function enterNested<T>(
   fn: BlockBody<T>,
   outer: Frame | undefined,
   outermostForCode: boolean,
+  kit?: 'suspension',
 ): Promise<T> {
   const tx = parent.tx
   // The child's whole lifetime is one operation of its parent: siblings run one after another.
@@ -333,6 +373,7 @@ async function enterNested<T>(
     if (unusable !== undefined) throw unusable
     const block = new Block(tx, parent, outermostForCode ? { ...options, savepoint: true } : options)
     block.outermostForCode = outermostForCode
+    if (kit !== undefined) block.kit = kit
     tx.stack.push(block)
     return await (tx.scope === undefined ? block.execute(fn, outer) : executeTraced(block, fn, outer))
   } finally {
@@ -533,7 +574,11 @@ export class Block implements TransactionHandle {
    * enclosing block cannot deadlock behind the block that is running), else this block.
    */
   private route(): Block {
-    return this.contextBlock().builderTail()
+    const block = this.contextBlock().builderTail()
+    // A handle of a suspended transaction used inside the requiresNew block that suspended it
+    // would wait for that block's end: refuse it instead of hanging.
+    if (block.suspendedBy > 0 && suspendedHere(block.tx)) throw new TransactionManagementError(SUSPENDED_MESSAGE)
+    return block
   }
 
   /** {@link Block.route} for the modules that run operations on behalf of a handle (db.pool clients). @internal */
@@ -572,9 +617,11 @@ export class Block implements TransactionHandle {
    * transaction; `'test'`: one test's savepoint). Blocks entered in them are outermost from the
    * code's point of view.
    */
-  kit: 'root' | 'test' | undefined = undefined
+  kit: 'root' | 'test' | 'suspension' | undefined = undefined
   /** A kit root between tests: work reaching it is refused (it would outlive its test). */
   kitIdle = false
+  /** requiresNew blocks that hold this block's turn while its transaction is suspended (see runIndependent). */
+  suspendedBy = 0
   /** A block outermost from the code's point of view, nested in a test transaction. */
   outermostForCode = false
   /** {@link Block.closeBuilderBlock} has been called (by the builder, or by the enclosing block's exit). */
@@ -654,7 +701,13 @@ export class Block implements TransactionHandle {
     textOrConfig: string | QueryConfig,
     values?: readonly unknown[],
   ): Promise<QueryResult<R>> {
-    return this.route().run<R>(textOrConfig, values)
+    let block: Block
+    try {
+      block = this.route()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return block.run<R>(textOrConfig, values)
   }
 
   /** Runs a user statement in this block. @internal */

@@ -68,3 +68,9 @@ export function fatalError(cause: unknown): TransactionManagementError {
 export function withName(message: string, name: string | undefined): string {
   return name === undefined ? message : `${message} (block "${name}")`
 }
+
+/** A handle of a transaction used inside the requiresNew block that suspended it. */
+export const SUSPENDED_MESSAGE =
+  'This transaction is suspended by a requiresNew atomic() block that is running: it resumes when ' +
+  'that block ends, so work sent to it from inside the block would wait forever. Use the inner ' +
+  "block's handle (or db.query), or do this work before or after the requiresNew block."

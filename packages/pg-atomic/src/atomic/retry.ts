@@ -7,7 +7,13 @@
  * @module
  * @internal
  */
-import { CommitOutcomeUnknownError, OnCommitHookError, TransactionManagementError, sqlState } from '../errors'
+import {
+  CommitOutcomeUnknownError,
+  OnCommitHookError,
+  SuspendedTransactionDeadlockError,
+  TransactionManagementError,
+  sqlState,
+} from '../errors'
 import { retryChannel } from '../events'
 import type { RetryPolicy } from '../options'
 
@@ -21,7 +27,12 @@ function retryCode(error: unknown): string | undefined {
 function shouldRetry(policy: RetryPolicy, error: unknown): boolean {
   // An ambiguous commit may have committed, and a failed onCommit hook ran after a commit: never
   // run the work again on our own.
-  if (error instanceof CommitOutcomeUnknownError || error instanceof OnCommitHookError) return false
+  if (
+    error instanceof CommitOutcomeUnknownError ||
+    error instanceof OnCommitHookError ||
+    error instanceof SuspendedTransactionDeadlockError
+  )
+    return false
   if (typeof policy.retryOn === 'function') return policy.retryOn(error)
   const code = retryCode(error)
   return code !== undefined && policy.retryOn.has(code)
