@@ -2,8 +2,10 @@
  * The seam between the block state machine and a tracer (`pg-atomic/otel`): a nullable slot that an
  * instrumentation fills, and the few calls the state machine makes into it. With the slot empty
  * (the default), the core pays one property read per outermost block and one `undefined` check at
- * each call site below; nothing is allocated. The core imports no tracing library: only
- * `src/otel/` does, and it is loaded only through the `pg-atomic/otel` subpath.
+ * each call site below; no object is created. The traced paths are functions of their own in
+ * block.ts: a closure in a hot function would make V8 allocate a context on every call. The core
+ * imports no tracing library: only `src/otel/` does, loaded only through the `pg-atomic/otel`
+ * subpath.
  *
  * Why not only `node:diagnostics_channel`: a tracer must make its context (the transaction's span)
  * *active* while the block's callback runs, so that statements traced by other instrumentations
@@ -19,7 +21,7 @@
  *    {@link TransactionScope.run} around the whole transaction (checkout, body, COMMIT / ROLLBACK);
  *    {@link TransactionScope.connected} when the connection is checked out;
  *    {@link TransactionScope.nested} around each nested block with a savepoint, and
-    {@link TransactionScope.rolledBack} when it rolls back to its savepoint;
+ *    {@link TransactionScope.rolledBack} when it rolls back to its savepoint;
  *    {@link TransactionScope.end} once COMMIT or ROLLBACK has completed (before hooks run);
  *    {@link TransactionScope.outside} around each onCommit / onRollback hook, which runs outside
  *    the transaction.

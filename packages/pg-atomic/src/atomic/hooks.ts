@@ -152,8 +152,13 @@ export class Hooks {
 
   /** Runs a hook in the context the transaction was entered from, i.e. outside the transaction. */
   private outside(fn: Hook): unknown {
-    if (this.scope !== undefined) return this.scope.outside(() => this.runOutside(fn))
-    return this.runOutside(fn)
+    const scope = this.scope
+    return scope === undefined ? this.runOutside(fn) : this.outsideTraced(scope, fn)
+  }
+
+  /** Traced (pg-atomic/otel): out of the transaction's tracing context too (a method of its own: no closure above). */
+  private outsideTraced(scope: TransactionScope, fn: Hook): unknown {
+    return scope.outside(() => this.runOutside(fn))
   }
 
   private runOutside(fn: Hook): unknown {

@@ -140,14 +140,17 @@ class Scope implements TransactionScope {
   }
 
   run<T>(work: () => Promise<T>): Promise<T> {
-    return context.with(this.context, work).then(undefined, (error: unknown) => {
+    // The block's own promise goes back to the caller (observed on the side, no extra turn): which
+    // error Promise.all reports must not depend on whether tracing is on.
+    const promise = context.with(this.context, work)
+    promise.then(undefined, (error: unknown) => {
       // A non-robust onCommit hook failed after COMMIT (the span has ended as committed).
       if (error instanceof OnCommitHookError)
         this.instruments.hookFailures.add(1, { ...this.metricAttributes, 'pg_atomic.hook.kind': 'commit' })
       // An exit path that did not report its outcome (an internal error): the span still ends.
       if (!this.ended) this.end('rolled_back', error, 0)
-      throw error
     })
+    return promise
   }
 
   connected(client: PoolClient): void {
@@ -177,16 +180,12 @@ class Scope implements TransactionScope {
       if (rolledBack) this.instruments.savepointRollbacks.add(1, this.metricAttributes)
       span.end()
     }
-    return context.with(trace.setSpan(context.active(), span), work).then(
-      (result) => {
-        done(undefined, false)
-        return result
-      },
-      (error: unknown) => {
-        done(error, true)
-        throw error
-      },
+    const promise = context.with(trace.setSpan(context.active(), span), work)
+    promise.then(
+      () => done(undefined, false),
+      (error: unknown) => done(error, true),
     )
+    return promise
   }
 
   rolledBack(block: NestedBlockView): void {
@@ -234,11 +233,11 @@ class OtelInstrumentation implements Instrumentation {
     if (start.name !== undefined) attributes['pg_atomic.name'] = start.name
     const span = this.tracer.startSpan(start.name ?? TRANSACTION_SPAN_NAME, { kind: SpanKind.INTERNAL, attributes })
     const ctx = trace.setSpan(context.active(), span).setValue(RETRY_SCOPE, state)
-    return context.with(ctx, attempts).then(
-      (result) => {
+    const promise = context.with(ctx, attempts)
+    promise.then(
+      () => {
         span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': 'committed' })
         span.end()
-        return result
       },
       (error: unknown) => {
         // Like the last attempt's span: a failed onCommit hook ran after a COMMIT (no error status).
@@ -247,9 +246,9 @@ class OtelInstrumentation implements Instrumentation {
         span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': outcome })
         if (!committed) markError(span, error)
         span.end()
-        throw error
       },
     )
+    return promise
   }
 }
 
