@@ -140,6 +140,14 @@ test('node:test (before / after) runs the suite: every test passes, nothing is l
 
 const WORKERS = join(FIXTURES, 'workers')
 
+/**
+ * The parallel-workers runs start runners, servers and databases of their own: they run once per CI
+ * run, in the run on the machine's PostgreSQL (DATABASE_URL set, no pooler). The embedded and
+ * PgBouncer runs would only repeat them (the jest one starts its own embedded server anyway).
+ */
+const workersTest: typeof test =
+  process.env['DATABASE_URL'] !== undefined && process.env['PG_ATOMIC_TEST_POOLER_URL'] === undefined ? test : test.skip
+
 interface WorkerReport {
   file: string
   database: string
@@ -164,7 +172,7 @@ async function refused(port: number): Promise<boolean> {
   }
 }
 
-test(
+workersTest(
   'zero set-up under jest: no DATABASE_URL, an embedded server for the run, a database per worker from the ' +
     'template, all removed afterwards',
   async () => {
@@ -192,41 +200,49 @@ test(
   180_000,
 )
 
-test('vitest 4 with DATABASE_URL: a database per forked worker from the template, dropped after the run', async () => {
-  const dir = join(reports, 'vitest-workers')
-  await mkdir(dir)
-  const template = `kit_vitest_${process.pid}`
-  const report = join(reports, 'vitest-workers.json')
-  const outcome = await runNode(
-    [bin('vitest/vitest.mjs'), 'run', '--root', WORKERS, '--reporter=json', `--outputFile=${report}`],
-    testDb.directUrl,
-    { cwd: WORKERS, env: { KIT_REPORTS: dir, KIT_TEMPLATE: template } },
-  )
-  if (outcome.code !== 0) throw new Error(explain(outcome))
-  expect(await jsonCounts(report)).toEqual({ passed: 4, failed: 0 })
-  const seen = await workerReports(dir)
-  expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
-  expect([...new Set(seen.map((r) => r.database))].sort()).toEqual([`${template}_worker_1`, `${template}_worker_2`])
-  const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
-  expect(rows).toEqual([])
-}, 180_000)
+workersTest(
+  'vitest 4 with DATABASE_URL: a database per forked worker from the template, dropped after the run',
+  async () => {
+    const dir = join(reports, 'vitest-workers')
+    await mkdir(dir)
+    const template = `kit_vitest_${process.pid}`
+    const report = join(reports, 'vitest-workers.json')
+    const outcome = await runNode(
+      [bin('vitest/vitest.mjs'), 'run', '--root', WORKERS, '--reporter=json', `--outputFile=${report}`],
+      testDb.directUrl,
+      { cwd: WORKERS, env: { KIT_REPORTS: dir, KIT_TEMPLATE: template } },
+    )
+    if (outcome.code !== 0) throw new Error(explain(outcome))
+    expect(await jsonCounts(report)).toEqual({ passed: 4, failed: 0 })
+    const seen = await workerReports(dir)
+    expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
+    expect([...new Set(seen.map((r) => r.database))].sort()).toEqual([`${template}_worker_1`, `${template}_worker_2`])
+    const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
+    expect(rows).toEqual([])
+  },
+  180_000,
+)
 
-test('node:test from a run() script: a database per file process from the template, dropped afterwards', async () => {
-  const dir = join(reports, 'node-workers')
-  await mkdir(dir)
-  const template = `kit_node_${process.pid}`
-  const outcome = await runNode(['--require', '../register.js', 'run-node.ts'], testDb.directUrl, {
-    cwd: WORKERS,
-    env: { KIT_REPORTS: dir, KIT_TEMPLATE: template },
-  })
-  if (outcome.code !== 0) throw new Error(explain(outcome))
-  expect(tapCounts(outcome.stdout)).toEqual({ passed: 4, failed: 0 })
-  const seen = await workerReports(dir)
-  expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
-  // Each file is a process of its own, hence a worker of its own: four clones.
-  const databases = new Set(seen.map((r) => r.database))
-  expect(databases.size).toBe(4)
-  for (const name of databases) expect(name).toMatch(new RegExp(`^${template}_worker_\\d+$`))
-  const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
-  expect(rows).toEqual([])
-}, 180_000)
+workersTest(
+  'node:test from a run() script: a database per file process from the template, dropped afterwards',
+  async () => {
+    const dir = join(reports, 'node-workers')
+    await mkdir(dir)
+    const template = `kit_node_${process.pid}`
+    const outcome = await runNode(['--require', '../register.js', 'run-node.ts'], testDb.directUrl, {
+      cwd: WORKERS,
+      env: { KIT_REPORTS: dir, KIT_TEMPLATE: template },
+    })
+    if (outcome.code !== 0) throw new Error(explain(outcome))
+    expect(tapCounts(outcome.stdout)).toEqual({ passed: 4, failed: 0 })
+    const seen = await workerReports(dir)
+    expect(seen.map((r) => r.file)).toEqual(['a', 'b', 'c', 'd'])
+    // Each file is a process of its own, hence a worker of its own: four clones.
+    const databases = new Set(seen.map((r) => r.database))
+    expect(databases.size).toBe(4)
+    for (const name of databases) expect(name).toMatch(new RegExp(`^${template}_worker_\\d+$`))
+    const { rows } = await admin.query('select datname from pg_database where starts_with(datname, $1)', [template])
+    expect(rows).toEqual([])
+  },
+  180_000,
+)
