@@ -346,3 +346,28 @@ test('a failing onCommit hook: the transaction committed, no error status on its
   expect(notify?.attributes['pg_atomic.outcome']).toBe('committed')
   expect(await h.column('select x from t')).toEqual([1])
 })
+
+test('a requiresNew block is a transaction span of its own, under the block that suspended it', async () => {
+  const error = await rejection(
+    atomic({ name: 'checkout' }, async () => {
+      await h.db.query(INSERT, [1])
+      await atomic({ name: 'audit', propagation: 'requiresNew' }, () => h.db.query(INSERT, [2]))
+      throw new Boom()
+    }),
+  )
+  expect(error).toBeInstanceOf(Boom)
+  // Its own connection (the outer one is held), its own COMMIT, committed while the outer rolls back.
+  expect(tree()).toBe(
+    [
+      'checkout [ERROR] pg_atomic.outcome="rolled_back" error.type="Boom"',
+      '  pg-pool.connect',
+      '  pg.query:INSERT <db> db.query.text="insert into t (x) values ($1)"',
+      '  audit pg_atomic.outcome="committed"',
+      '    pg-pool.connect',
+      '    pg.query:INSERT <db> db.query.text="insert into t (x) values ($1)"',
+      '    pg.query:COMMIT <db> db.query.text="COMMIT"',
+      '  pg.query:ROLLBACK <db> db.query.text="ROLLBACK"',
+    ].join('\n'),
+  )
+  expect(await h.column<number>('select x from t')).toEqual([2])
+})
