@@ -128,7 +128,7 @@ describeWithReplica('read replicas: per-request read your writes (Express, real 
     expect(await call('GET', '/items')).toEqual({ status: 200, body: { ids: [], standby: true } })
   }, 30_000)
 
-  test('Fastify: a request that committed reads its row on the primary; other requests read the older replica', async () => {
+  test('Fastify: a request that committed reads its row on the primary; other requests read the replica', async () => {
     await served?.close()
     served = undefined
     const { app, url } = await fastifyApp()
