@@ -415,7 +415,20 @@ export class DatabaseImpl implements Database, DatabaseCore {
     let failure: unknown
     try {
       const result = await client.query<R>(config)
-      if (server === 'primary') await this.noteAutocommit(client)
+      if (server === 'primary' && this.hasReplicas) {
+        try {
+          await this.noteAutocommit(client)
+        } catch (error) {
+          // The statement committed: its result stands. Only its WAL position is unknown (the
+          // connection failed right after it), so the connection is destroyed and this is logged.
+          failure = error
+          this.logger.error(
+            `The WAL position after a statement of database '${this.alias}' could not be read, so reads of ` +
+              'this context on replicas may not see that statement yet; the error is attached.',
+            error,
+          )
+        }
+      }
       return result
     } catch (error) {
       failure = error
@@ -438,7 +451,6 @@ export class DatabaseImpl implements Database, DatabaseCore {
    * your writes of the context (one more round trip; a block's COMMIT carries it without one).
    */
   private async noteAutocommit(client: PoolClient): Promise<void> {
-    if (!this.hasReplicas) return
     const { rows } = await client.query<{ lsn: string }>(WAL_INSERT_LSN_QUERY)
     this.committedAt(rows[0]?.lsn)
   }

@@ -1,14 +1,17 @@
 /**
- * Read replicas with the per-request integrations (issue 12 §2): a real Express 5 app over real
- * HTTP, a real standby with delayed replay. Each request is a read-your-writes context of its own:
+ * Read replicas with the per-request integrations (issue 12 §2): real Express 5 and Fastify 5 apps
+ * over real HTTP, a real standby with delayed replay. Each request is a read-your-writes context of its own:
  * a request that committed reads its row (on the primary), while another request reads the
  * replica's older state; a request whose whole transaction is readOnly runs on the replica.
  */
 import express from 'express'
 import type { Express } from 'express'
+import Fastify from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import { createDatabase } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { atomicRequests, atomicRoute, nonAtomic } from 'pg-atomic/express'
+import { atomicRequests as atomicRequestsPlugin } from 'pg-atomic/fastify'
 import { describeWithReplica, setupReplicaPair } from '../support/replica'
 import type { ReplicaPair } from '../support/replica'
 import { serve } from '../web/server'
@@ -49,8 +52,24 @@ function app(): Express {
   return a
 }
 
+/** The same routes on Fastify: `config: { atomic: false }` for the autocommit ones. */
+async function fastifyApp(): Promise<{ app: FastifyInstance; url: string }> {
+  const app = Fastify({ logger: false, forceCloseConnections: true })
+  await app.register(atomicRequestsPlugin)
+  app.post<{ Params: { id: string } }>('/items/:id', { config: { atomic: false } }, async (req) => {
+    await db.atomic(() => db.query('insert into items values ($1)', [Number(req.params.id)]))
+    return (await db.replica.query<Read>(READ)).rows[0]
+  })
+  app.get('/items', { config: { atomic: false } }, async () => (await db.replica.query<Read>(READ)).rows[0])
+  app.get('/report', { config: { atomic: { readOnly: true } } }, async () => (await db.query<Read>(READ)).rows[0])
+  const url = await app.listen({ port: 0, host: '127.0.0.1' })
+  return { app, url }
+}
+
+let baseUrl: string | undefined
+
 async function call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: Read }> {
-  const response = await fetch(`${(served as Served).url}${path}`, { method })
+  const response = await fetch(`${baseUrl ?? (served as Served).url}${path}`, { method })
   return { status: response.status, body: (await response.json()) as Read }
 }
 
@@ -107,5 +126,21 @@ describeWithReplica('read replicas: per-request read your writes (Express, real 
     await pair.setApplyDelay(APPLY_DELAY_MS)
     expect(await call('POST', '/atomic/3')).toEqual({ status: 200, body: { ids: [3], standby: false } })
     expect(await call('GET', '/items')).toEqual({ status: 200, body: { ids: [], standby: true } })
+  }, 30_000)
+
+  test('Fastify: a request that committed reads its row on the primary; other requests read the replica', async () => {
+    await served?.close()
+    served = undefined
+    const { app, url } = await fastifyApp()
+    baseUrl = url
+    try {
+      await pair.setApplyDelay(APPLY_DELAY_MS)
+      expect(await call('POST', '/items/4')).toEqual({ status: 200, body: { ids: [4], standby: false } })
+      expect(await call('GET', '/items')).toEqual({ status: 200, body: { ids: [], standby: true } })
+      expect(await call('GET', '/report')).toEqual({ status: 200, body: { ids: [], standby: true } })
+    } finally {
+      baseUrl = undefined
+      await app.close()
+    }
   }, 30_000)
 })
