@@ -263,6 +263,28 @@ async function main(): Promise<void> {
     }
     outcome('the first was committed, then answered 200; the second failed at COMMIT and was answered 500')
 
+    section("11. propagation: 'requiresNew': an audit row that survives the caller's rollback")
+    class AuditLog {
+      // An independent transaction on another connection; the caller's is suspended meanwhile.
+      @Atomic({ propagation: 'requiresNew' })
+      async record(note: string): Promise<void> {
+        await db.query('insert into demo_audit (note) values ($1)', [note])
+      }
+    }
+    try {
+      await atomic(async () => {
+        await db.query('update demo_accounts set balance = balance - 10 where id = 2')
+        await new AuditLog().record('refund attempted')
+        throw new Error('the payment provider said no')
+      })
+    } catch (error) {
+      console.log(`   ✗ ${(error as Error).message}: the caller's transaction rolled back`)
+    }
+    const audit = (
+      await setup.query<{ note: string }>("select note from demo_audit where note = 'refund attempted'")
+    ).rows.map((r) => r.note)
+    outcome(`audit ${JSON.stringify(audit)} committed on its own; balances unchanged: ${await balances()}`)
+
     const idle = (
       await setup.query("select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'")
     ).rows[0].n
