@@ -392,6 +392,18 @@ export class DatabaseImpl implements Database, DatabaseCore {
     textOrConfig: string | QueryConfig,
     values?: readonly unknown[],
   ): Promise<QueryResult<R>> {
+    return this.routeQuery<R>(textOrConfig, values, 'primary')
+  }
+
+  /**
+   * A statement of `db.query()` (`server` 'primary') or `db.replica.query()` ('replica'): in the
+   * current block when there is one, else in autocommit on `server`. @internal
+   */
+  routeQuery<R extends QueryResultRow>(
+    textOrConfig: string | QueryConfig,
+    values: readonly unknown[] | undefined,
+    server: Server,
+  ): Promise<QueryResult<R>> {
     let block: Block | undefined
     try {
       block = this.activeBlock()
@@ -399,7 +411,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
       return Promise.reject(error)
     }
     if (block !== undefined) return block.run<R>(textOrConfig, values)
-    return this.queryOutside<R>(textOrConfig, values)
+    return this.queryOutside<R>(textOrConfig, values, server)
   }
 
   /** Autocommit query on a pooled connection, which is checked before it goes back. */
@@ -621,14 +633,7 @@ function createReplicaReader(db: DatabaseImpl): ReplicaReader {
       textOrConfig: string | QueryConfig,
       values?: readonly unknown[],
     ): Promise<QueryResult<R>> {
-      let block: Block | undefined
-      try {
-        block = db.activeBlock()
-      } catch (error) {
-        return Promise.reject(error)
-      }
-      if (block !== undefined) return block.run<R>(textOrConfig, values)
-      return db.queryOutside<R>(textOrConfig, values, 'replica')
+      return db.routeQuery<R>(textOrConfig, values, 'replica')
     },
     cursor<R extends QueryResultRow = QueryResultRow>(
       text: string,
