@@ -1032,13 +1032,12 @@ export class Block implements TransactionHandle {
       if (state.kind === 'doomed' && state.byError)
         throw new TransactionManagementError(withName(SWALLOWED_MESSAGE, this.name), { cause: state.cause })
       return result
-    } catch (error) {
-      // An exit path that did not tell the tracer (an internal error): its span still ends. A no-op
-      // when the outcome was reported (the scope ends once).
-      traceEnd(tx, 'rolled_back', error)
-      throw error
     } finally {
       tx.ended = true
+      // An exit path that did not tell the tracer (an internal error): its span still ends. A no-op
+      // when the outcome was reported (a scope ends once). No catch clause for its error: it would
+      // cost every untraced block's frame.
+      traceEnd(tx, 'rolled_back', undefined)
       if (tx.client !== undefined)
         tx.wire.release(new Error('pg-atomic released a connection after an unexpected exit path'))
       tx.db.transactionEnded(tx)
