@@ -5,7 +5,16 @@
  * @module
  */
 import diagnostics_channel from 'node:diagnostics_channel'
-import { SpanKind, SpanStatusCode, ValueType, context, createContextKey, diag, metrics, trace } from '@opentelemetry/api'
+import {
+  SpanKind,
+  SpanStatusCode,
+  ValueType,
+  context,
+  createContextKey,
+  diag,
+  metrics,
+  trace,
+} from '@opentelemetry/api'
 import type {
   Attributes,
   BatchObservableCallback,
@@ -44,7 +53,7 @@ export interface PgAtomicInstrumentationOptions {
 export interface PgAtomicInstrumentation {
   /**
    * Stops creating spans and recording metrics for blocks that start from now on (blocks already
-   * running finish their spans), and removes the pool gauges' callback. Calling it again does
+   * running finish their spans), and removes the pool metrics' callback. Calling it again does
    * nothing.
    */
   disable(): void
@@ -401,7 +410,7 @@ export function instrumentPgAtomic(options: PgAtomicInstrumentationOptions = {})
       advice: { explicitBucketBoundaries: [...DURATION_BUCKETS] },
     }),
     savepointRollbacks: meter.createCounter('pg_atomic.savepoint.rollbacks', {
-      description: 'Nested blocks (and query builders\' nested transactions) rolled back to their savepoint.',
+      description: "Nested blocks (and query builders' nested transactions) rolled back to their savepoint.",
       unit: '{savepoint}',
     }),
     hookFailures: meter.createCounter('pg_atomic.hook.failures', {

@@ -6,7 +6,7 @@
 import { SpanStatusCode } from '@opentelemetry/api'
 import type { Attributes } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
-import { InstrumentType } from '@opentelemetry/sdk-metrics'
+import { DataPointType } from '@opentelemetry/sdk-metrics'
 import type { Histogram } from '@opentelemetry/sdk-metrics'
 import { CommitOutcomeUnknownError, atomic, createDatabase, onRollback, setRollback } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
@@ -231,7 +231,9 @@ test('metrics after a known workload', async () => {
   const pool = { 'db.client.connection.pool.name': 'default' }
   const ofPool = (name: string): Array<[Attributes, number]> =>
     points(m.get(name)).filter(([a]) => a['db.client.connection.pool.name'] === 'default')
-  expect(m.get('db.client.connection.count')?.descriptor.type).toBe(InstrumentType.OBSERVABLE_UP_DOWN_COUNTER)
+  // Up-down counters: sums that are not monotonic (a gauge would be DataPointType.GAUGE).
+  for (const name of ['db.client.connection.count', 'db.client.connection.pending_requests'])
+    expect(m.get(name)).toMatchObject({ dataPointType: DataPointType.SUM, isMonotonic: false })
   expect(sorted(ofPool('db.client.connection.count'))).toEqual(
     sorted([
       [{ ...pool, 'db.client.connection.state': 'idle' }, h.pool.totalCount],

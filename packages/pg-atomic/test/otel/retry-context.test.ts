@@ -66,7 +66,7 @@ test('requiresNew blocks inside an attempt are transactions of their own, not at
   )
 })
 
-test("a retried block's hooks run in the context it was entered from: their spans and transactions are not its children", async () => {
+test("a retried block's hooks run where it was entered: their spans and blocks are not its children", async () => {
   const app = telemetry.tracerProvider.getTracer('app')
   await atomic({ name: 'order', retry: RETRY }, async () => {
     await h.db.query('select 1')
@@ -128,7 +128,7 @@ test('a retried block that rolls back on purpose (setRollback(true)): rolled_bac
   )
 })
 
-test('an inner requiresNew onCommit failure left uncaught: the retried block rolled back, the failure counted once', async () => {
+test('an uncaught inner requiresNew onCommit failure: the retried block rolled back, counted once', async () => {
   const before = points((await telemetry.collect()).get('pg_atomic.hook.failures'))
   const error = await rejection(
     atomic({ name: 'outer', retry: RETRY }, async () => {

@@ -148,14 +148,7 @@ async function workload(db: Database): Promise<Seen> {
 }
 
 const EXPECTED: Seen = {
-  results: [
-    'one',
-    'Boom: inner fails',
-    'Boom: outer fails',
-    'attempts 2',
-    'dry run',
-    'requiresNew',
-  ],
+  results: ['one', 'Boom: inner fails', 'Boom: outer fails', 'attempts 2', 'dry run', 'requiresNew'],
   hooks: [
     'commit 1',
     'rollback 3',
@@ -248,7 +241,8 @@ describe.each([
     expect(unhandled).toEqual([])
     // Each failure was reported, never thrown.
     expect(diagErrors.length).toBeGreaterThan(0)
-    for (const message of diagErrors) expect(message).toMatch(/^pg-atomic\/otel: .* failed; the transaction is not affected\.$/)
+    for (const message of diagErrors)
+      expect(message).toMatch(/^pg-atomic\/otel: .* failed; the transaction is not affected\.$/)
     // onStart: no span could start (each block ran untraced). Otherwise the spans were made and
     // exported (the throwing processor comes after the exporter's).
     const names = new Set(exporter.getFinishedSpans().map((s) => s.name))
@@ -284,5 +278,9 @@ test('a rejection nobody handles is an unhandled rejection, traced or not (outer
     stdout: JSON.stringify({ unhandled: unhandledMessages, traced: false }) + '\n',
     stderr: '',
   })
-  expect(on).toEqual({ code: 0, stdout: JSON.stringify({ unhandled: unhandledMessages, traced: true }) + '\n', stderr: '' })
+  expect(on).toEqual({
+    code: 0,
+    stdout: JSON.stringify({ unhandled: unhandledMessages, traced: true }) + '\n',
+    stderr: '',
+  })
 }, 30_000)

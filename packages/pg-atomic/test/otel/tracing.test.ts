@@ -290,7 +290,7 @@ test('no bind value, server message or password in any attribute, event or pg-at
   expect(pgAtomicSpans().map((s) => s.attributes['error.type'])).toEqual(['22P02', '22P02', '22P02'])
 })
 
-test('Promise.all of two failing sibling blocks: each savepoint span holds its statements; same error as untraced', async () => {
+test('Promise.all of two failing siblings: savepoint spans hold their statements; same error as untraced', async () => {
   const run = (): Promise<unknown> =>
     rejection(
       atomic({ name: 'batch' }, async () => {
