@@ -69,7 +69,10 @@ export interface TransactionScope {
   run<T>(work: () => Promise<T>): Promise<T>
   /** The transaction checked out `client`. */
   connected(client: PoolClient): void
-  /** Runs a nested block's whole lifetime. */
+  /**
+   * Runs a nested block's whole lifetime. The promise is the state machine's (enterNested() awaits
+   * it), never the application's: the tracer may observe it, with handlers that do not throw.
+   */
   nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T>
   /** `block` (inside {@link TransactionScope.nested}) rolled back to its savepoint, with an error or silently. */
   rolledBack(block: NestedBlockView): void

@@ -220,7 +220,7 @@ class Scope implements TransactionScope {
     guard('setting span attributes', () => this.span.setAttributes(attributes))
   }
 
-  async nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T> {
+  nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T> {
     const attributes: Attributes = { 'pg_atomic.depth': block.depth }
     if (block.savepointName !== undefined) attributes['pg_atomic.savepoint'] = block.savepointName
     if (block.name !== undefined) attributes['pg_atomic.name'] = block.name
@@ -231,17 +231,15 @@ class Scope implements TransactionScope {
       report('starting a span', error)
       return work()
     }
-    // Awaited here, so the promise the caller gets is this function's: a rejection nobody handles
-    // stays unhandled.
-    let result: T
-    try {
-      result = await context.with(trace.setSpan(context.active(), span), work)
-    } catch (error) {
-      this.nestedEnded(span, block, error, true)
-      throw error
-    }
-    this.nestedEnded(span, block, undefined, false)
-    return result
+    const promise = context.with(trace.setSpan(context.active(), span), work)
+    // Observed on the side, with handlers that never throw (the promise they return never rejects),
+    // and no extra turn. This promise is the state machine's own (enterNested() awaits it), never the
+    // one the application gets, so observing it leaves an unhandled rejection of the block unhandled.
+    promise.then(
+      () => this.nestedEnded(span, block, undefined, false),
+      (error: unknown) => this.nestedEnded(span, block, error, true),
+    )
+    return promise
   }
 
   private nestedEnded(span: Span, block: NestedBlockView, error: unknown, failed: boolean): void {

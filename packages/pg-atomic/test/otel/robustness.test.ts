@@ -11,7 +11,7 @@ import { DiagLogLevel, createNoopMeter, diag } from '@opentelemetry/api'
 import type { Counter, Histogram, Meter, MeterProvider } from '@opentelemetry/api'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base'
-import { createDatabase, onCommit, onRollback, setRollback } from 'pg-atomic'
+import { atomic, createDatabase, onCommit, onRollback, setRollback } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { instrumentPgAtomic } from 'pg-atomic/otel'
 import { Boom, rejection } from '../support/errors'
@@ -284,3 +284,40 @@ test('a rejection nobody handles is an unhandled rejection, traced or not (outer
     stderr: '',
   })
 }, 30_000)
+
+test('a failing nested block settles on the same microtask traced or not (a race against other promises)', async () => {
+  /** Rejects with `other` after `k` microtask hops. */
+  const hops = async (k: number): Promise<never> => {
+    for (let i = 0; i < k; i++) await Promise.resolve()
+    throw new Boom('other')
+  }
+  // Which of the two rejections Promise.all reports, for 0 to 11 hops: `B` the block's, `o` the other's.
+  const race = async (): Promise<string> => {
+    let seen = ''
+    for (let k = 0; k < 12; k++) {
+      const error = await h.db.atomic(async () => {
+        await h.db.query('select 1')
+        return rejection(
+          atomic(async () => {
+            await Promise.all([
+              atomic(async () => {
+                throw new Boom('block')
+              }),
+              hops(k),
+            ])
+          }),
+        )
+      })
+      seen += (error as Error).message === 'block' ? 'B' : 'o'
+    }
+    return seen
+  }
+  const untraced = await race()
+  expect(untraced).toMatch(/^o+B+$/)
+  const otel = instrumentPgAtomic({ tracerProvider: telemetry.tracerProvider, meterProvider: telemetry.meterProvider })
+  try {
+    expect(await race()).toBe(untraced)
+  } finally {
+    otel.disable()
+  }
+})
