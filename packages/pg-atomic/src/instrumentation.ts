@@ -13,6 +13,9 @@
  * Channels can only report; `TracingChannel#bindStore` could activate a store, but OpenTelemetry's
  * context manager does not expose its `AsyncLocalStorage`. So the tracer wraps the work instead.
  *
+ * An instrumentation never throws from these calls, and never attaches a handler to a promise the
+ * state machine returns to the application (an unobserved rejection must stay unhandled).
+ *
  * Calls, in the order they happen:
  *
  * 1. {@link Instrumentation.retrying} wraps the attempts of an outermost block that may be retried.
@@ -23,6 +26,7 @@
  *    {@link TransactionScope.nested} around each nested block with a savepoint, and
  *    {@link TransactionScope.rolledBack} when it rolls back to its savepoint;
  *    {@link TransactionScope.end} once COMMIT or ROLLBACK has completed (before hooks run);
+ *    {@link TransactionScope.commitHookFailed} when a non-robust onCommit hook fails;
  *    {@link TransactionScope.outside} around each onCommit / onRollback hook, which runs outside
  *    the transaction.
  *
@@ -65,7 +69,10 @@ export interface TransactionScope {
   run<T>(work: () => Promise<T>): Promise<T>
   /** The transaction checked out `client`. */
   connected(client: PoolClient): void
-  /** Runs a nested block's whole lifetime. */
+  /**
+   * Runs a nested block's whole lifetime. The promise is the state machine's (enterNested() awaits
+   * it), never the application's: the tracer may observe it, with handlers that do not throw.
+   */
   nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T>
   /** `block` (inside {@link TransactionScope.nested}) rolled back to its savepoint, with an error or silently. */
   rolledBack(block: NestedBlockView): void
@@ -75,6 +82,8 @@ export interface TransactionScope {
    * (`setRollback(true)`). `roundTrips`: made on the connection.
    */
   end(outcome: TransactionOutcome, error: unknown, roundTrips: number): void
+  /** A non-robust onCommit hook failed (after COMMIT, after {@link TransactionScope.end}). */
+  commitHookFailed(): void
   /** Runs an onCommit / onRollback hook in the context the transaction was entered from. */
   outside<T>(hook: () => T): T
 }
@@ -83,7 +92,7 @@ export interface TransactionScope {
 export interface Instrumentation {
   /** A transaction starts; `undefined` when it is not to be traced. */
   transaction(start: TransactionStart): TransactionScope | undefined
-  /** Runs the attempts of an outermost block that has a retry policy. */
+  /** Runs the attempts of an outermost (or requiresNew) block that has a retry policy. */
   retrying<T>(start: BlockStart, attempts: () => Promise<T>): Promise<T>
 }
 

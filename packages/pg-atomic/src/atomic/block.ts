@@ -28,7 +28,7 @@ import {
   lockNotAvailableFrom,
 } from '../errors'
 import { instrumentation } from '../instrumentation'
-import type { Instrumentation, TransactionOutcome } from '../instrumentation'
+import type { Instrumentation, TransactionOutcome, TransactionScope } from '../instrumentation'
 import type { ResolvedOptions, RetryPolicy } from '../options'
 import { outermostBlockServer } from '../replicas/route'
 import {
@@ -265,7 +265,11 @@ async function runIndependent<T>(
     }
     const policy = options.retry ?? db.retry
     if (policy === undefined || policy.maxAttempts === 1) return await attempt()
-    return await runWithRetry(policy, { database: db.alias, name: options.name }, attempt)
+    const label = { database: db.alias, name: options.name }
+    const tracer = instrumentation.current
+    // Traced like an outermost block's retries (retryTransaction): the attempts under the block's span.
+    if (tracer === undefined) return await runWithRetry(policy, label, attempt)
+    return await tracer.retrying(label, () => runWithRetry(policy, label, attempt))
   } finally {
     enclosing.suspendedBy--
     enclosing.release()
@@ -453,7 +457,13 @@ function runTransaction<T>(
 function runTraced<T>(tracer: Instrumentation, block: Block, fn: BlockBody<T>, outer: Frame | undefined): Promise<T> {
   const tx = block.tx
   const c = tx.characteristics
-  const scope = tracer.transaction({ id: tx.id, database: tx.db.alias, name: block.options.name, ...c })
+  let scope: TransactionScope | undefined
+  try {
+    scope = tracer.transaction({ id: tx.id, database: tx.db.alias, name: block.options.name, ...c })
+  } catch {
+    // The tracer must never change the outcome (pg-atomic/otel does not throw; any other may).
+    scope = undefined
+  }
   if (scope === undefined) return block.execute(fn, outer)
   tx.hooks.scope = scope
   return scope.run(() => block.execute(fn, outer))
@@ -1024,6 +1034,10 @@ export class Block implements TransactionHandle {
       return result
     } finally {
       tx.ended = true
+      // An exit path that did not tell the tracer (an internal error): its span still ends. A no-op
+      // when the outcome was reported (a scope ends once). No catch clause for its error: it would
+      // cost every untraced block's frame.
+      traceEnd(tx, 'rolled_back', undefined)
       if (tx.client !== undefined)
         tx.wire.release(new Error('pg-atomic released a connection after an unexpected exit path'))
       tx.db.transactionEnded(tx)

@@ -138,6 +138,7 @@ export class Hooks {
         await this.outside(h.fn)
       } catch (error) {
         if (!h.robust) {
+          this.scope?.commitHookFailed()
           throw new OnCommitHookError(
             `The transaction was committed, but the onCommit hook ${hookName(h.fn)} failed, ` +
               `so the hooks registered after it were not run. Do not retry the transaction: ` +

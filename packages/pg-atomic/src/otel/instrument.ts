@@ -5,7 +5,16 @@
  * @module
  */
 import diagnostics_channel from 'node:diagnostics_channel'
-import { SpanKind, SpanStatusCode, ValueType, context, createContextKey, metrics, trace } from '@opentelemetry/api'
+import {
+  SpanKind,
+  SpanStatusCode,
+  ValueType,
+  context,
+  createContextKey,
+  diag,
+  metrics,
+  trace,
+} from '@opentelemetry/api'
 import type {
   Attributes,
   BatchObservableCallback,
@@ -18,7 +27,7 @@ import type {
   TracerProvider,
 } from '@opentelemetry/api'
 import type { PoolClient } from 'pg'
-import { AtomicError, CommitOutcomeUnknownError, OnCommitHookError, sqlState } from '../errors'
+import { AtomicError, sqlState } from '../errors'
 import { HOOK_ERROR_CHANNEL, RETRY_CHANNEL } from '../events'
 import type { HookErrorEvent, RetryEvent } from '../events'
 import { instrumentation } from '../instrumentation'
@@ -44,7 +53,7 @@ export interface PgAtomicInstrumentationOptions {
 export interface PgAtomicInstrumentation {
   /**
    * Stops creating spans and recording metrics for blocks that start from now on (blocks already
-   * running finish their spans), and removes the pool gauges' callback. Calling it again does
+   * running finish their spans), and removes the pool metrics' callback. Calling it again does
    * nothing.
    */
   disable(): void
@@ -64,6 +73,17 @@ export const ATTEMPT_SPAN_NAME = 'pg-atomic.attempt'
 
 const RETRY_SCOPE = createContextKey('pg-atomic retry scope')
 
+const POOL_NAME = 'db.client.connection.pool.name'
+const CONNECTION_STATE = 'db.client.connection.state'
+
+/**
+ * Bucket boundaries, in seconds, of the duration histograms: those OpenTelemetry's database
+ * conventions recommend for `db.client.operation.duration` (the SDK's default ones suit milliseconds).
+ */
+export const DURATION_BUCKETS: readonly number[] = Object.freeze([
+  0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+])
+
 interface Instruments {
   readonly transactions: Counter
   readonly retries: Counter
@@ -71,6 +91,27 @@ interface Instruments {
   readonly hold: Histogram
   readonly savepointRollbacks: Counter
   readonly hookFailures: Counter
+}
+
+/**
+ * Reports a failure of the tracer or meter (a throwing span processor, exporter or instrument) to
+ * OpenTelemetry's diagnostic logger. Never throws: the tracer must not change the application's outcome.
+ */
+function report(what: string, error: unknown): void {
+  try {
+    diag.error(`pg-atomic/otel: ${what} failed; the transaction is not affected.`, error)
+  } catch {
+    // A throwing diagnostic logger: nothing else can be told.
+  }
+}
+
+/** Runs one call into the OpenTelemetry API; an exception is reported, never thrown. */
+function guard(what: string, call: () => void): void {
+  try {
+    call()
+  } catch (error) {
+    report(what, error)
+  }
 }
 
 /** The SQLSTATE of an error, or of the cause of pg-atomic's own error (a swallowed error, a lost connection). */
@@ -91,23 +132,35 @@ function errorType(error: unknown): string {
   return '_OTHER'
 }
 
-/** Sets `error.type`, `db.response.status_code` and the error status. */
+/** Sets `error.type`, `db.response.status_code` and the error status (never throws). */
 function markError(span: Span, error: unknown): void {
-  const code = statusCode(error)
-  const attributes: Attributes = { 'error.type': errorType(error) }
-  if (code !== undefined) attributes['db.response.status_code'] = code
-  span.setAttributes(attributes)
-  span.setStatus({ code: SpanStatusCode.ERROR })
+  guard('recording an error on a span', () => {
+    const code = statusCode(error)
+    const attributes: Attributes = { 'error.type': errorType(error) }
+    if (code !== undefined) attributes['db.response.status_code'] = code
+    span.setAttributes(attributes)
+    span.setStatus({ code: SpanStatusCode.ERROR })
+  })
 }
 
-/** One attempt's position in a retried block (stored in the context of the block's span). */
+/** A retried block (stored in the context of its span, and cleared in the context of each attempt). */
 interface RetryState {
+  /** Attempts started. */
   attempts: number
+  /** The context the retried block was entered from: its attempts' hooks run there. */
+  readonly outer: Context
+  /** How the last attempt ended (`undefined`: it has not ended, or was not traced). */
+  outcome: TransactionOutcome | undefined
+  /** The error the last attempt recorded (`undefined` for a commit and an intentional rollback). */
+  error: unknown
 }
 
 class Scope implements TransactionScope {
   private readonly span: Span
   private readonly context: Context
+  /** Where hooks run: the context the block (the retried block, for an attempt) was entered from. */
+  private readonly outer: Context
+  private readonly retry: RetryState | undefined
   private readonly started = performance.now()
   private connectedAt: number | undefined = undefined
   private ended = false
@@ -115,10 +168,11 @@ class Scope implements TransactionScope {
   private readonly savepointsRolledBack = new WeakSet<NestedBlockView>()
   private readonly metricAttributes: Attributes
 
+  /** @throws whatever the tracer throws while the span starts ({@link OtelInstrumentation.transaction} falls back). */
   constructor(
     private readonly tracer: Tracer,
     private readonly instruments: Instruments,
-    private readonly parent: Context,
+    parent: Context,
     start: TransactionStart,
   ) {
     const retry = parent.getValue(RETRY_SCOPE) as RetryState | undefined
@@ -132,25 +186,27 @@ class Scope implements TransactionScope {
     if (start.isolationLevel !== undefined) attributes['pg_atomic.isolation_level'] = start.isolationLevel
     if (start.readOnly !== undefined) attributes['pg_atomic.read_only'] = start.readOnly
     if (start.deferrable !== undefined) attributes['pg_atomic.deferrable'] = start.deferrable
-    if (retry !== undefined) attributes['pg_atomic.attempt'] = ++retry.attempts
     const name = retry !== undefined ? ATTEMPT_SPAN_NAME : (start.name ?? TRANSACTION_SPAN_NAME)
+    if (retry !== undefined) attributes['pg_atomic.attempt'] = retry.attempts + 1
     this.span = tracer.startSpan(name, { kind: SpanKind.INTERNAL, attributes }, parent)
-    this.context = trace.setSpan(parent, this.span)
+    // The retry state belongs to this attempt only: a requiresNew block inside it, or a transaction
+    // opened in its hooks, is no attempt of it.
+    this.context = trace.setSpan(parent, this.span).deleteValue(RETRY_SCOPE)
+    this.outer = retry === undefined ? parent : retry.outer
     this.metricAttributes = { 'pg_atomic.database': start.database }
+    this.retry = retry
+    if (retry !== undefined) {
+      retry.attempts++
+      retry.outcome = undefined
+      retry.error = undefined
+    }
   }
 
   run<T>(work: () => Promise<T>): Promise<T> {
-    // The block's own promise goes back to the caller (observed on the side, no extra turn): which
-    // error Promise.all reports must not depend on whether tracing is on.
-    const promise = context.with(this.context, work)
-    promise.then(undefined, (error: unknown) => {
-      // A non-robust onCommit hook failed after COMMIT (the span has ended as committed).
-      if (error instanceof OnCommitHookError)
-        this.instruments.hookFailures.add(1, { ...this.metricAttributes, 'pg_atomic.hook.kind': 'commit' })
-      // An exit path that did not report its outcome (an internal error): the span still ends.
-      if (!this.ended) this.end('rolled_back', error, 0)
-    })
-    return promise
+    // The block's own promise goes back to the caller, with no handler attached: an unobserved
+    // rejection stays unhandled, and which error Promise.all reports does not depend on tracing.
+    // The span ends from the state machine (end()).
+    return context.with(this.context, work)
   }
 
   connected(client: PoolClient): void {
@@ -161,53 +217,74 @@ class Scope implements TransactionScope {
     if (typeof p.database === 'string') attributes['db.namespace'] = p.database
     if (typeof p.host === 'string') attributes['server.address'] = p.host
     if (typeof p.port === 'number') attributes['server.port'] = p.port
-    this.span.setAttributes(attributes)
+    guard('setting span attributes', () => this.span.setAttributes(attributes))
   }
 
   nested<T>(block: NestedBlockView, work: () => Promise<T>): Promise<T> {
     const attributes: Attributes = { 'pg_atomic.depth': block.depth }
     if (block.savepointName !== undefined) attributes['pg_atomic.savepoint'] = block.savepointName
     if (block.name !== undefined) attributes['pg_atomic.name'] = block.name
-    const span = this.tracer.startSpan(
-      block.name ?? SAVEPOINT_SPAN_NAME,
-      { kind: SpanKind.INTERNAL, attributes },
-      context.active(),
-    )
-    const done = (error: unknown, failed: boolean): void => {
-      const rolledBack = this.savepointsRolledBack.has(block)
-      span.setAttribute('pg_atomic.outcome', failed || rolledBack ? 'rolled_back' : 'released')
-      if (failed) markError(span, error)
-      if (rolledBack) this.instruments.savepointRollbacks.add(1, this.metricAttributes)
-      span.end()
+    let span: Span
+    try {
+      span = this.tracer.startSpan(block.name ?? SAVEPOINT_SPAN_NAME, { kind: SpanKind.INTERNAL, attributes })
+    } catch (error) {
+      report('starting a span', error)
+      return work()
     }
     const promise = context.with(trace.setSpan(context.active(), span), work)
+    // Observed on the side, with handlers that never throw (the promise they return never rejects),
+    // and no extra turn. This promise is the state machine's own (enterNested() awaits it), never the
+    // one the application gets, so observing it leaves an unhandled rejection of the block unhandled.
     promise.then(
-      () => done(undefined, false),
-      (error: unknown) => done(error, true),
+      () => this.nestedEnded(span, block, undefined, false),
+      (error: unknown) => this.nestedEnded(span, block, error, true),
     )
     return promise
   }
 
+  private nestedEnded(span: Span, block: NestedBlockView, error: unknown, failed: boolean): void {
+    const rolledBack = this.savepointsRolledBack.has(block)
+    guard('setting span attributes', () =>
+      span.setAttribute('pg_atomic.outcome', failed || rolledBack ? 'rolled_back' : 'released'),
+    )
+    if (failed) markError(span, error)
+    guard('ending a span', () => span.end())
+  }
+
   rolledBack(block: NestedBlockView): void {
     this.savepointsRolledBack.add(block)
+    // Counted here, for every nested block (a query builder's nested transaction too).
+    guard('recording a metric', () => this.instruments.savepointRollbacks.add(1, this.metricAttributes))
   }
 
   end(outcome: TransactionOutcome, error: unknown, roundTrips: number): void {
     if (this.ended) return
     this.ended = true
+    if (this.retry !== undefined) {
+      this.retry.outcome = outcome
+      this.retry.error = error
+    }
     const now = performance.now()
-    this.span.setAttributes({ 'pg_atomic.outcome': outcome, 'pg_atomic.round_trips': roundTrips })
+    guard('setting span attributes', () =>
+      this.span.setAttributes({ 'pg_atomic.outcome': outcome, 'pg_atomic.round_trips': roundTrips }),
+    )
     if (error !== undefined) markError(this.span, error)
-    this.span.end()
+    guard('ending a span', () => this.span.end())
     const attributes = { ...this.metricAttributes, 'pg_atomic.outcome': outcome }
-    this.instruments.transactions.add(1, attributes)
-    this.instruments.duration.record((now - this.started) / 1000, attributes)
-    if (this.connectedAt !== undefined)
-      this.instruments.hold.record((now - this.connectedAt) / 1000, this.metricAttributes)
+    guard('recording a metric', () => this.instruments.transactions.add(1, attributes))
+    guard('recording a metric', () => this.instruments.duration.record((now - this.started) / 1000, attributes))
+    const connectedAt = this.connectedAt
+    if (connectedAt !== undefined)
+      guard('recording a metric', () => this.instruments.hold.record((now - connectedAt) / 1000, this.metricAttributes))
+  }
+
+  commitHookFailed(): void {
+    const attributes = { ...this.metricAttributes, 'pg_atomic.hook.kind': 'commit' }
+    guard('recording a metric', () => this.instruments.hookFailures.add(1, attributes))
   }
 
   outside<T>(hook: () => T): T {
-    return context.with(this.parent, hook)
+    return context.with(this.outer, hook)
   }
 }
 
@@ -223,32 +300,51 @@ class OtelInstrumentation implements Instrumentation {
     private readonly instruments: Instruments,
   ) {}
 
-  transaction(start: TransactionStart): TransactionScope {
-    return new Scope(this.tracer, this.instruments, context.active(), start)
+  transaction(start: TransactionStart): TransactionScope | undefined {
+    try {
+      return new Scope(this.tracer, this.instruments, context.active(), start)
+    } catch (error) {
+      // Not traced: the transaction runs as if no tracer were installed.
+      report('starting a span', error)
+      return undefined
+    }
   }
 
-  retrying<T>(start: BlockStart, attempts: () => Promise<T>): Promise<T> {
-    const state: RetryState = { attempts: 0 }
+  async retrying<T>(start: BlockStart, attempts: () => Promise<T>): Promise<T> {
     const attributes: Attributes = { 'db.system.name': 'postgresql', 'pg_atomic.database': start.database }
     if (start.name !== undefined) attributes['pg_atomic.name'] = start.name
-    const span = this.tracer.startSpan(start.name ?? TRANSACTION_SPAN_NAME, { kind: SpanKind.INTERNAL, attributes })
-    const ctx = trace.setSpan(context.active(), span).setValue(RETRY_SCOPE, state)
-    const promise = context.with(ctx, attempts)
-    promise.then(
-      () => {
-        span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': 'committed' })
-        span.end()
-      },
-      (error: unknown) => {
-        // Like the last attempt's span: a failed onCommit hook ran after a COMMIT (no error status).
-        const committed = error instanceof OnCommitHookError
-        const outcome = committed ? 'committed' : error instanceof CommitOutcomeUnknownError ? 'unknown' : 'rolled_back'
-        span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': outcome })
-        if (!committed) markError(span, error)
-        span.end()
-      },
+    const outer = context.active()
+    const state: RetryState = { attempts: 0, outer, outcome: undefined, error: undefined }
+    let span: Span
+    try {
+      span = this.tracer.startSpan(start.name ?? TRANSACTION_SPAN_NAME, { kind: SpanKind.INTERNAL, attributes })
+    } catch (error) {
+      report('starting a span', error)
+      return attempts()
+    }
+    const ctx = trace.setSpan(outer, span).setValue(RETRY_SCOPE, state)
+    // Awaited here, so the promise the caller gets is this function's: a rejection nobody handles
+    // stays unhandled.
+    let result: T
+    try {
+      result = await context.with(ctx, attempts)
+    } catch (error) {
+      // The last attempt's outcome and error, as its span recorded them; the block's error when no
+      // attempt was traced to its end (the database was closed before it started, say).
+      const ended = state.outcome !== undefined
+      this.retried(span, state, ended ? state.outcome : 'rolled_back', ended ? state.error : error)
+      throw error
+    }
+    this.retried(span, state, state.outcome ?? 'committed', state.error)
+    return result
+  }
+
+  private retried(span: Span, state: RetryState, outcome: TransactionOutcome | undefined, error: unknown): void {
+    guard('setting span attributes', () =>
+      span.setAttributes({ 'pg_atomic.attempts': state.attempts, 'pg_atomic.outcome': outcome }),
     )
-    return promise
+    if (error !== undefined) markError(span, error)
+    guard('ending a span', () => span.end())
   }
 }
 
@@ -261,11 +357,13 @@ class OtelInstrumentation implements Instrumentation {
  *    `db.pool`, and COMMIT / ROLLBACK) are its children; a child span per nested block with a
  *    savepoint; with a retry policy, one `pg-atomic.attempt` span per attempt under the block's.
  * 2. Metrics: transactions by outcome, retries by SQLSTATE, transaction duration and
- *    connection-hold histograms, savepoint rollbacks, hook failures, and each database's pool
- *    (total, idle, waiting).
+ *    connection-hold histograms (in seconds, with the buckets of {@link DURATION_BUCKETS}),
+ *    savepoint rollbacks, hook failures, and each database's pool (`db.client.connection.count` by
+ *    state, `db.client.connection.pending_requests`).
  *
  * No bind value, server message or password is ever put in an attribute. Only one instrumentation
- * can be enabled at a time.
+ * can be enabled at a time. A tracer or meter that throws (a failing span processor, say) never
+ * changes a transaction's outcome: the failure goes to OpenTelemetry's `diag` logger.
  *
  * @param options - where spans and metrics go; defaults to the global providers.
  * @returns a handle whose `disable()` turns it off again.
@@ -301,14 +399,16 @@ export function instrumentPgAtomic(options: PgAtomicInstrumentationOptions = {})
       description: 'Duration of a transaction, from the start of its block to the end of COMMIT or ROLLBACK.',
       unit: 's',
       valueType: ValueType.DOUBLE,
+      advice: { explicitBucketBoundaries: [...DURATION_BUCKETS] },
     }),
     hold: meter.createHistogram('pg_atomic.connection.hold_time', {
       description: 'How long a transaction held its connection, from checkout to the end of COMMIT or ROLLBACK.',
       unit: 's',
       valueType: ValueType.DOUBLE,
+      advice: { explicitBucketBoundaries: [...DURATION_BUCKETS] },
     }),
     savepointRollbacks: meter.createCounter('pg_atomic.savepoint.rollbacks', {
-      description: 'Nested blocks rolled back to their savepoint.',
+      description: "Nested blocks (and query builders' nested transactions) rolled back to their savepoint.",
       unit: '{savepoint}',
     }),
     hookFailures: meter.createCounter('pg_atomic.hook.failures', {
@@ -316,49 +416,60 @@ export function instrumentPgAtomic(options: PgAtomicInstrumentationOptions = {})
       unit: '{hook}',
     }),
   }
-  const total = meter.createObservableGauge('pg_atomic.pool.total', {
-    description: 'Connections of the database pool, idle or checked out.',
+  // The pool, in the stable database client conventions (db.client.connection.*).
+  const connections = meter.createObservableUpDownCounter('db.client.connection.count', {
+    description: 'Connections of the database pool, by state (idle or used).',
     unit: '{connection}',
   })
-  const idle = meter.createObservableGauge('pg_atomic.pool.idle', {
-    description: 'Idle connections of the database pool.',
-    unit: '{connection}',
-  })
-  const waiting = meter.createObservableGauge('pg_atomic.pool.waiting', {
+  const pending = meter.createObservableUpDownCounter('db.client.connection.pending_requests', {
     description: 'Checkouts waiting for a connection of the database pool.',
     unit: '{request}',
   })
   const observePools: BatchObservableCallback = (result) => {
-    for (const db of registeredDatabases()) {
-      const pool = db.realPool
-      const attributes = { 'pg_atomic.database': db.alias }
-      result.observe(total, pool.totalCount, attributes)
-      result.observe(idle, pool.idleCount, attributes)
-      result.observe(waiting, pool.waitingCount, attributes)
+    try {
+      for (const db of registeredDatabases()) {
+        const pool = db.realPool
+        const name = db.alias
+        const idle = pool.idleCount
+        result.observe(connections, idle, { [POOL_NAME]: name, [CONNECTION_STATE]: 'idle' })
+        result.observe(connections, pool.totalCount - idle, { [POOL_NAME]: name, [CONNECTION_STATE]: 'used' })
+        result.observe(pending, pool.waitingCount, { [POOL_NAME]: name })
+      }
+    } catch (error) {
+      report('observing the pools', error)
     }
   }
-  meter.addBatchObservableCallback(observePools, [total, idle, waiting])
+  meter.addBatchObservableCallback(observePools, [connections, pending])
 
+  // Subscribers run inside the state machine's publish(): an exception here would escape there.
   const onRetry = (message: unknown): void => {
-    const event = message as RetryEvent
-    const attributes: Attributes = { 'pg_atomic.database': event.database }
-    if (event.code !== undefined) attributes['db.response.status_code'] = event.code
-    instruments.retries.add(1, attributes)
-    // Published inside the retried block's context, after the failed attempt's span has ended.
-    const span = trace.getSpan(context.active())
-    if (span !== undefined && context.active().getValue(RETRY_SCOPE) !== undefined) {
-      const eventAttributes: Attributes = {
-        'pg_atomic.attempt': event.attempt,
-        'pg_atomic.retry.delay_ms': event.delayMs,
-        'error.type': errorType(event.error),
+    try {
+      const event = message as RetryEvent
+      const attributes: Attributes = { 'pg_atomic.database': event.database }
+      if (event.code !== undefined) attributes['db.response.status_code'] = event.code
+      guard('recording a metric', () => instruments.retries.add(1, attributes))
+      // Published inside the retried block's context, after the failed attempt's span has ended.
+      const span = trace.getSpan(context.active())
+      if (span !== undefined && context.active().getValue(RETRY_SCOPE) !== undefined) {
+        const eventAttributes: Attributes = {
+          'pg_atomic.attempt': event.attempt,
+          'pg_atomic.retry.delay_ms': event.delayMs,
+          'error.type': errorType(event.error),
+        }
+        if (event.code !== undefined) eventAttributes['db.response.status_code'] = event.code
+        span.addEvent('pg_atomic.retry', eventAttributes)
       }
-      if (event.code !== undefined) eventAttributes['db.response.status_code'] = event.code
-      span.addEvent('pg_atomic.retry', eventAttributes)
+    } catch (error) {
+      report('recording a retry', error)
     }
   }
   const onHookError = (message: unknown): void => {
-    const event = message as HookErrorEvent
-    instruments.hookFailures.add(1, { 'pg_atomic.database': event.database, 'pg_atomic.hook.kind': event.kind })
+    try {
+      const event = message as HookErrorEvent
+      instruments.hookFailures.add(1, { 'pg_atomic.database': event.database, 'pg_atomic.hook.kind': event.kind })
+    } catch (error) {
+      report('recording a hook failure', error)
+    }
   }
   diagnostics_channel.subscribe(RETRY_CHANNEL, onRetry)
   diagnostics_channel.subscribe(HOOK_ERROR_CHANNEL, onHookError)
@@ -373,7 +484,7 @@ export function instrumentPgAtomic(options: PgAtomicInstrumentationOptions = {})
       if (instrumentation.current === installed) instrumentation.current = undefined
       diagnostics_channel.unsubscribe(RETRY_CHANNEL, onRetry)
       diagnostics_channel.unsubscribe(HOOK_ERROR_CHANNEL, onHookError)
-      meter.removeBatchObservableCallback(observePools, [total, idle, waiting])
+      meter.removeBatchObservableCallback(observePools, [connections, pending])
     },
   }
 }

@@ -4,10 +4,13 @@
  * proxy); and the metrics after a known workload.
  */
 import { SpanStatusCode } from '@opentelemetry/api'
+import type { Attributes } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
+import { DataPointType } from '@opentelemetry/sdk-metrics'
+import type { Histogram } from '@opentelemetry/sdk-metrics'
 import { CommitOutcomeUnknownError, atomic, createDatabase, onRollback, setRollback } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
-import { instrumentPgAtomic } from 'pg-atomic/otel'
+import { DURATION_BUCKETS, instrumentPgAtomic } from 'pg-atomic/otel'
 import type { PgAtomicInstrumentation } from 'pg-atomic/otel'
 import { startFaultProxy, targetOf } from '../support/fault-proxy'
 import type { FaultProxy } from '../support/fault-proxy'
@@ -214,13 +217,32 @@ test('metrics after a known workload', async () => {
       [proxied, 1],
     ]),
   )
-  // The pools now: the harness's pool (max 5) after the workload, every connection idle.
-  const pool = (name: string): number | undefined =>
-    points(m.get(name)).find(([a]) => a['pg_atomic.database'] === 'default')?.[1]
-  expect(pool('pg_atomic.pool.total')).toBe(h.pool.totalCount)
-  expect(pool('pg_atomic.pool.idle')).toBe(h.pool.totalCount)
-  expect(pool('pg_atomic.pool.waiting')).toBe(0)
+  // Seconds, with the database conventions' buckets (not the SDK's millisecond-oriented defaults).
+  for (const name of ['pg_atomic.transaction.duration', 'pg_atomic.connection.hold_time']) {
+    const histogram = m.get(name)
+    expect(histogram?.descriptor.unit).toBe('s')
+    const boundaries = (histogram?.dataPoints ?? []).map((p) => (p.value as Histogram).buckets.boundaries)
+    expect(boundaries.length).toBeGreaterThan(0)
+    for (const b of boundaries) expect(b).toEqual([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+  }
+  expect(DURATION_BUCKETS).toEqual([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+  // The pools now, in the stable conventions: the harness's pool after the workload, every
+  // connection idle, nothing waiting.
+  const pool = { 'db.client.connection.pool.name': 'default' }
+  const ofPool = (name: string): Array<[Attributes, number]> =>
+    points(m.get(name)).filter(([a]) => a['db.client.connection.pool.name'] === 'default')
+  // Up-down counters: sums that are not monotonic (a gauge would be DataPointType.GAUGE).
+  for (const name of ['db.client.connection.count', 'db.client.connection.pending_requests'])
+    expect(m.get(name)).toMatchObject({ dataPointType: DataPointType.SUM, isMonotonic: false })
+  expect(sorted(ofPool('db.client.connection.count'))).toEqual(
+    sorted([
+      [{ ...pool, 'db.client.connection.state': 'idle' }, h.pool.totalCount],
+      [{ ...pool, 'db.client.connection.state': 'used' }, 0],
+    ]),
+  )
+  expect(ofPool('db.client.connection.pending_requests')).toEqual([[pool, 0]])
   expect(h.pool.totalCount).toBeGreaterThan(0)
+  expect([...m.keys()].filter((name) => name.startsWith('pg_atomic.pool'))).toEqual([])
 })
 
 function sorted<T>(list: T[]): T[] {

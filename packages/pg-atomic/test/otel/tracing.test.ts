@@ -290,7 +290,7 @@ test('no bind value, server message or password in any attribute, event or pg-at
   expect(pgAtomicSpans().map((s) => s.attributes['error.type'])).toEqual(['22P02', '22P02', '22P02'])
 })
 
-test('Promise.all of sibling blocks: each savepoint span holds its statements; same error as untraced', async () => {
+test('Promise.all of two failing siblings: savepoint spans hold their statements; same error as untraced', async () => {
   const run = (): Promise<unknown> =>
     rejection(
       atomic({ name: 'batch' }, async () => {
@@ -301,6 +301,7 @@ test('Promise.all of sibling blocks: each savepoint span holds its statements; s
           }),
           atomic({ name: 'second' }, async () => {
             await h.db.query(INSERT, [2])
+            await h.db.query('select 1/0')
           }),
         ])
       }),
@@ -315,8 +316,10 @@ test('Promise.all of sibling blocks: each savepoint span holds its statements; s
       '    pg-pool.connect',
       '    pg.query:INSERT <db> db.query.text="insert into t (x) values ($1)"',
       '    pg.query:INSERT <db> [ERROR] db.query.text="insert into t (x) values ($1)"',
-      '  second pg_atomic.savepoint="pga_2" pg_atomic.outcome="released"',
+      '  second [ERROR] pg_atomic.savepoint="pga_2" pg_atomic.outcome="rolled_back" error.type="22012" ' +
+        'db.response.status_code="22012"',
       '    pg.query:INSERT <db> db.query.text="insert into t (x) values ($1)"',
+      '    pg.query:SELECT <db> [ERROR] db.query.text="select 1/0"',
       '  pg.query:ROLLBACK <db> db.query.text="ROLLBACK"',
     ].join('\n'),
   )
