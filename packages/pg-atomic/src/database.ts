@@ -33,7 +33,7 @@ import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 import { formatLsn, parseLsn } from './replicas/lsn'
 import type { Server } from './replicas/route'
 import { ReplicaSet } from './replicas/router'
-import { noteCommit, requiredLsn } from './replicas/session'
+import { forgetDatabase, noteCommit, requiredLsn } from './replicas/session'
 import { WAL_INSERT_LSN_QUERY } from './sql/replicas'
 
 /** How long a requiresNew block waits for its second connection when the database sets no acquireTimeoutMs. */
@@ -621,6 +621,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
     }
     this.closed = true
     unregister(this)
+    forgetDatabase(this)
     await this.replicaSet?.end()
     if (this.ownsPool) await this.realPool.end()
   }

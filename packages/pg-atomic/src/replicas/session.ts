@@ -6,7 +6,10 @@
  *    per-request integrations (`pg-atomic/web`, `/express`, `/fastify`, `/nestjs`) runs in one.
  *    Its own AsyncLocalStorage (not the block frames of context.ts): a context outlives the blocks
  *    that commit in it, and the request integrations leave the frames of earlier blocks behind.
- * 2. Outside any context, the process is the context: every commit of the process counts.
+ * 2. Outside any context, the process is the context: every commit of the process counts. A context
+ *    opened outside any other starts from the process's positions at that moment, so the commits
+ *    made just before it (a request's middleware or hooks that run before the integration opens
+ *    the request's context) count for its reads.
  * 3. A context nested in another sees the outer context's commits, and its commits count for the
  *    outer one too (a request's helper that opens its own context must not lose the request's writes).
  *
@@ -18,12 +21,21 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 interface ReadContext {
   readonly commits: Map<object, bigint>
   readonly outer: ReadContext | undefined
+  /** For a context opened outside any other: the process's positions when it was opened. */
+  readonly before: ProcessCommits | undefined
 }
+
+/** The process's commit positions, per database, copied on write so a context can keep a snapshot. */
+type ProcessCommits = ReadonlyMap<object, bigint>
 
 const readContexts = new AsyncLocalStorage<ReadContext>()
 
-/** Commit positions of the process, per database: the context of code outside any other. */
-const processCommits = new WeakMap<object, bigint>()
+/**
+ * Commit positions of the process, per database: the context of code outside any other. Replaced
+ * (never mutated) on each commit, so that opening a context only keeps a reference. A closed
+ * database is removed by {@link forgetDatabase}.
+ */
+let processCommits: ProcessCommits = new Map()
 
 /**
  * Runs `fn` in a read-your-writes context of its own: after a block (or a statement outside
@@ -44,7 +56,8 @@ const processCommits = new WeakMap<object, bigint>()
  */
 export function withReadYourWrites<T>(fn: () => T): T {
   if (typeof fn !== 'function') throw new TypeError('withReadYourWrites() expects a function.')
-  return readContexts.run({ commits: new Map(), outer: readContexts.getStore() }, fn)
+  const outer = readContexts.getStore()
+  return readContexts.run({ commits: new Map(), outer, before: outer === undefined ? processCommits : undefined }, fn)
 }
 
 /** Records that the current context committed on `db`'s primary at `lsn`. @internal */
@@ -54,7 +67,15 @@ export function noteCommit(db: object, lsn: bigint): void {
     if (known === undefined || known < lsn) c.commits.set(db, lsn)
   }
   const known = processCommits.get(db)
-  if (known === undefined || known < lsn) processCommits.set(db, lsn)
+  if (known === undefined || known < lsn) processCommits = new Map(processCommits).set(db, lsn)
+}
+
+/** Forgets the process's positions of a closed database. @internal */
+export function forgetDatabase(db: object): void {
+  if (!processCommits.has(db)) return
+  const next = new Map(processCommits)
+  next.delete(db)
+  processCommits = next
 }
 
 /** The position a replica must have replayed before it may answer a read of the current context. @internal */
@@ -65,6 +86,8 @@ export function requiredLsn(db: object): bigint | undefined {
   for (; context !== undefined; context = context.outer) {
     const lsn = context.commits.get(db)
     if (lsn !== undefined && (required === undefined || lsn > required)) required = lsn
+    const before = context.before?.get(db)
+    if (before !== undefined && (required === undefined || before > required)) required = before
   }
   return required
 }

@@ -164,6 +164,19 @@ describeWithReplica('read replicas: read your writes', () => {
     expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
   }, 30_000)
 
+  test('a context opened after a commit of the process outside any context starts from it (middleware writes)', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    // A hook or middleware that runs before the integration opens the request's context.
+    await db.query('insert into items values (8)')
+    const lsn = db.replica.lastCommitLsn()
+    expect(lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/)
+    await withReadYourWrites(async () => {
+      expect(db.replica.lastCommitLsn()).toBe(lsn)
+      expect(await readReplica()).toEqual({ ids: [8], standby: false })
+      expect(await readInReadOnlyBlock()).toEqual({ ids: [8], standby: false })
+    })
+  }, 30_000)
+
   test('a read-only block commits no WAL position: the context keeps reading on the replica', async () => {
     await withReadYourWrites(async () => {
       const server = await db.atomic({ readOnly: true }, async () => (await db.query<ServerIdentity>(WHO)).rows[0])
