@@ -16,7 +16,13 @@ import { normalizeQuery, refuseTransactionControl, resolveBatchSize } from './at
 import type { DatabaseCore, Transaction } from './atomic/transaction'
 import type { CapturedHook } from './atomic/hooks'
 import { currentBlock } from './context'
-import { AcquireTimeoutError, InvalidOptionError, TransactionManagementError, isConnectionLoss } from './errors'
+import {
+  AcquireTimeoutError,
+  InvalidOptionError,
+  TransactionManagementError,
+  isConnectionLoss,
+  sqlState,
+} from './errors'
 import { resolveAtomicOptions, resolveDatabaseConfig } from './options'
 import { createPoolFacade, onCheckedOutClientError } from './pool-facade'
 import { findDatabase, register, unregister } from './registry'
@@ -33,7 +39,7 @@ import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 import { formatLsn, parseLsn } from './replicas/lsn'
 import type { Server } from './replicas/route'
 import { ReplicaSet } from './replicas/router'
-import { forgetDatabase, noteCommit, requiredLsn } from './replicas/session'
+import { UNKNOWN_LSN, forgetDatabase, noteCommit, requiredLsn } from './replicas/session'
 import { WAL_INSERT_LSN_QUERY } from './sql/replicas'
 
 /** How long a requiresNew block waits for its second connection when the database sets no acquireTimeoutMs. */
@@ -76,7 +82,9 @@ export interface ReplicaReader {
   /**
    * The primary's WAL position (`'0/3000148'`) at the current read-your-writes context's last commit
    * on this database — what a replica must have replayed to serve the context's reads — or
-   * `undefined` when it has committed nothing there (or the database has no replicas).
+   * `undefined` when it has committed nothing there (or the database has no replicas). After a
+   * commit whose position could not be read, `'FFFFFFFF/FFFFFFFF'` (no replica has replayed it: the
+   * context reads on the primary) until a later commit's position is known.
    */
   lastCommitLsn(): string | undefined
 }
@@ -199,7 +207,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
   }
 
   private async connectForRead(replicas: ReplicaSet, independent: boolean): Promise<PoolClient> {
-    const found = await replicas.checkout(requiredLsn(this))
+    const required = requiredLsn(this)
+    // A commit of the context whose position is unknown: no replica can be shown to have replayed it.
+    if (required === UNKNOWN_LSN) return this.connectPrimary(independent)
+    const found = await replicas.checkout(required)
     return found.kind === 'replica' ? found.client : this.connectPrimary(independent)
   }
 
@@ -207,6 +218,23 @@ export class DatabaseImpl implements Database, DatabaseCore {
   committedAt(lsn: string | undefined): void {
     const position = parseLsn(lsn)
     if (position !== undefined) noteCommit(this, position)
+  }
+
+  /**
+   * A commit on the primary whose WAL position could not be read: logged (the SQLSTATE or error
+   * class, never the server's message), and remembered as unknown, so the context's replica reads go
+   * to the primary until a later commit's position is known (WAL positions only grow: any position
+   * read after this commit covers it).
+   */
+  commitPositionUnknown(error: unknown): void {
+    noteCommit(this, UNKNOWN_LSN)
+    const code = sqlState(error)
+    const what = code !== undefined ? `SQLSTATE ${code}` : error instanceof Error ? error.name : typeof error
+    this.logger.error(
+      `A transaction of database '${this.alias}' committed, but reading the primary's WAL position right ` +
+        `after it failed (${what}): until a later commit's position is known, this context's replica ` +
+        'reads go to the primary.',
+    )
   }
 
   /** The current context's last commit position, formatted; see {@link ReplicaReader.lastCommitLsn}. */
@@ -431,14 +459,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
         try {
           await this.noteAutocommit(client)
         } catch (error) {
-          // The statement committed: its result stands. Only its WAL position is unknown (the
-          // connection failed right after it), so the connection is destroyed and this is logged.
+          // The statement committed: its result stands. Only its WAL position is unknown, so the
+          // connection is destroyed, this is logged, and the context reads on the primary.
           failure = error
-          this.logger.error(
-            `The WAL position after a statement of database '${this.alias}' could not be read, so reads of ` +
-              'this context on replicas may not see that statement yet; the error is attached.',
-            error,
-          )
+          this.commitPositionUnknown(error)
         }
       }
       return result

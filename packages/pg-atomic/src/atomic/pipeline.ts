@@ -153,3 +153,46 @@ export function runPipelined<R extends QueryResultRow>(
     client.query(query)
   })
 }
+
+const SimpleQuery = pg.Query as unknown as new (
+  config: QueryConfig,
+  values: undefined,
+  callback: (error: Error | undefined, result: unknown) => void,
+) => QueryInternals
+
+/** pg's `Query` (simple protocol) that also records the command tag of each statement that completed. */
+class TaggingQuery extends SimpleQuery {
+  constructor(
+    text: string,
+    private readonly tags: string[],
+    callback: (error: Error | undefined, result: unknown) => void,
+  ) {
+    super({ text }, undefined, callback)
+  }
+
+  override handleCommandComplete(msg: unknown, connection: ProtocolConnection): void {
+    const text = (msg as { text?: unknown }).text
+    this.tags.push(typeof text === 'string' ? text : '')
+    super.handleCommandComplete(msg, connection)
+  }
+}
+
+/**
+ * Sends `sql` (one or more statements, simple protocol) on `client`, as `client.query(sql)` does,
+ * and pushes onto `tags` the command tag (`COMMIT`, `ROLLBACK`, `SELECT 1`) of each statement whose
+ * CommandComplete arrived, in order: after a rejection, `tags.length` says how many statements
+ * had completed before the error (COMMIT's own tag says whether it committed).
+ */
+export function queryRecordingTags(
+  client: SubmittingClient,
+  sql: string,
+  tags: string[],
+): Promise<QueryResult | QueryResult[]> {
+  return new Promise((resolve, reject) => {
+    const query = new TaggingQuery(sql, tags, (error, result) => {
+      if (error !== undefined && error !== null) reject(error)
+      else resolve(result as QueryResult | QueryResult[])
+    })
+    client.query(query)
+  })
+}

@@ -28,7 +28,7 @@ import type { StatementKind } from '../events'
 import type { TransactionScope } from '../instrumentation'
 import { COMMIT, ROLLBACK } from '../sql/transaction'
 import { COMMIT_ANSWERED_ROLLBACK_MESSAGE, COMMIT_UNKNOWN_MESSAGE, fatalError, lostError } from './messages'
-import { runPipelined } from './pipeline'
+import { queryRecordingTags, runPipelined } from './pipeline'
 import type { Server } from '../replicas/route'
 import { WAL_INSERT_LSN_QUERY } from '../sql/replicas'
 import type { TransactionState } from './state'
@@ -55,6 +55,11 @@ export interface WireDatabase {
   connect(server?: Server, independent?: boolean): Promise<PoolClient>
   /** Records the primary's WAL position after a commit (read your writes); see {@link WireOwner.commitLsn}. */
   committedAt(lsn: string | undefined): void
+  /**
+   * A commit whose WAL position could not be read (`error`, from the statement after COMMIT): logs
+   * it and makes the context's reads go to the primary until a later position is known.
+   */
+  commitPositionUnknown(error: unknown): void
   /** Sends a protocol cancel request for the statement `client` may be running (bounded in time). */
   cancelStatement(client: PoolClient): Promise<void>
 }
@@ -291,21 +296,30 @@ export class Wire {
    * Sends control statements as one simple-protocol round trip and publishes them. `trailer`, a
    * statement of the library's own (the WAL position after COMMIT), ends the same string unpublished.
    */
-  async send(statements: readonly ControlStatement[], trailer?: string): Promise<QueryResult | QueryResult[]> {
+  async send(
+    statements: readonly ControlStatement[],
+    trailer?: { readonly sql: string; readonly tags: string[] },
+  ): Promise<QueryResult | QueryResult[]> {
     const client = this.client as PoolClient
     let sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map(sqlOf).join('; ')
-    if (trailer !== undefined) sql = `${sql}; ${trailer}`
+    if (trailer !== undefined) sql = `${sql}; ${trailer.sql}`
     this.roundTrips++
-    if (!statementChannel.hasSubscribers) return client.query(sql) as Promise<QueryResult | QueryResult[]>
+    const run = (): Promise<QueryResult | QueryResult[]> =>
+      trailer === undefined
+        ? (client.query(sql) as Promise<QueryResult | QueryResult[]>)
+        : queryRecordingTags(client, sql, trailer.tags)
+    if (!statementChannel.hasSubscribers) return run()
     const start = performance.now()
     let error: unknown
     try {
-      return (await client.query(sql)) as QueryResult | QueryResult[]
+      return await run()
     } catch (e) {
       error = e
       throw e
     } finally {
-      this.publish(statements, performance.now() - start, error, 0, false)
+      // With a trailer, the statements whose CommandComplete arrived before the error succeeded.
+      const failedAt = trailer === undefined ? 0 : Math.min(trailer.tags.length, statements.length)
+      this.publish(statements, performance.now() - start, error, failedAt, false)
     }
   }
 
@@ -371,13 +385,30 @@ export class Wire {
     this.pending = []
     statements.push(this.terminal('commit'))
     let result: QueryResult | QueryResult[]
+    // Read your writes: the WAL position rides after COMMIT in the same string, no round trip of
+    // its own. If COMMIT fails the server skips it; after a COMMIT answered ROLLBACK it is ignored.
+    // The command tags that arrived say whether an error came from COMMIT or from after it.
+    const trailer = this.owner.commitLsn ? { sql: WAL_INSERT_LSN_QUERY, tags: [] as string[] } : undefined
     this.busy = true
     try {
-      // Read your writes: the WAL position rides after COMMIT in the same string, no round trip of
-      // its own. If COMMIT fails the server skips it; after a COMMIT answered ROLLBACK it is ignored.
-      result = await this.send(statements, this.owner.commitLsn ? WAL_INSERT_LSN_QUERY : undefined)
+      result = await this.send(statements, trailer)
     } catch (error) {
       this.busy = false
+      const commitTag = trailer?.tags[statements.length - 1]
+      if (commitTag === 'COMMIT') {
+        // COMMIT completed and the statement after it failed (cancelled, statement_timeout, no
+        // EXECUTE on pg_current_wal_insert_lsn(), connection lost): committed, position unknown.
+        await this.endAfterCommit(error)
+        this.owner.db.commitPositionUnknown(error)
+        return
+      }
+      if (commitTag === 'ROLLBACK') {
+        await this.endAfterCommit(error)
+        const s = this.owner.state
+        throw new TransactionManagementError(COMMIT_ANSWERED_ROLLBACK_MESSAGE, {
+          cause: s.kind === 'ok' ? undefined : s.cause,
+        })
+      }
       const now = this.owner.state
       if (now.kind === 'lost' || isConnectionLoss(error)) {
         this.owner.connectionLost(error)
@@ -403,6 +434,21 @@ export class Wire {
     }
     if (this.owner.commitLsn) this.owner.db.committedAt((results[statements.length]?.rows[0] as { lsn?: string })?.lsn)
     this.release()
+  }
+
+  /**
+   * The round trip of COMMIT and the WAL position failed after COMMIT's CommandComplete: the
+   * transaction has ended. Returns the connection (destroyed unless it is idle), and, when COMMIT
+   * committed, tells the database its position is unknown (its read-your-writes then go to the
+   * primary). Never throws: the block committed.
+   */
+  private async endAfterCommit(error: unknown): Promise<void> {
+    const client = this.client
+    if (isConnectionLoss(error) || this.owner.state.kind === 'lost' || client === undefined) this.release(error)
+    else {
+      await readyForQuery(client)
+      this.release(client.getTransactionStatus?.() === 'I' ? undefined : error)
+    }
   }
 
   private async rollbackIfStillOpen(): Promise<void> {

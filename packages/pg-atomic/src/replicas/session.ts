@@ -60,14 +60,24 @@ export function withReadYourWrites<T>(fn: () => T): T {
   return readContexts.run({ commits: new Map(), outer, before: outer === undefined ? processCommits : undefined }, fn)
 }
 
-/** Records that the current context committed on `db`'s primary at `lsn`. @internal */
+/**
+ * The position of a commit whose WAL position could not be read: past any real one (no replica has
+ * replayed it), so the context's reads go to the primary. A later known position replaces it: it
+ * was read after that commit, and WAL positions only grow. @internal
+ */
+export const UNKNOWN_LSN = 0xffffffffffffffffn
+
+/** Whether a commit at `lsn` replaces the `known` position of a context. */
+function supersedes(lsn: bigint, known: bigint | undefined): boolean {
+  return known === undefined || known < lsn || (known === UNKNOWN_LSN && lsn !== UNKNOWN_LSN)
+}
+
+/** Records that the current context committed on `db`'s primary at `lsn` ({@link UNKNOWN_LSN}: unknown). @internal */
 export function noteCommit(db: object, lsn: bigint): void {
   for (let c = readContexts.getStore(); c !== undefined; c = c.outer) {
-    const known = c.commits.get(db)
-    if (known === undefined || known < lsn) c.commits.set(db, lsn)
+    if (supersedes(lsn, c.commits.get(db))) c.commits.set(db, lsn)
   }
-  const known = processCommits.get(db)
-  if (known === undefined || known < lsn) processCommits = new Map(processCommits).set(db, lsn)
+  if (supersedes(lsn, processCommits.get(db))) processCommits = new Map(processCommits).set(db, lsn)
 }
 
 /** Forgets the process's positions of a closed database. @internal */

@@ -10,9 +10,11 @@
  * simple-protocol string) or after an autocommit statement: it is at or past the end of the commit
  * record just written, so a replica that has replayed it sees the commit. The insert position
  * rather than `pg_current_wal_lsn()` (the write position): with `synchronous_commit = off` the
- * commit record may not be written yet when COMMIT returns. It cannot fail after a COMMIT that
- * succeeded (which would report a committed block as failed): on a server in recovery, where the
- * function raises an error, the CASE answers NULL instead (and nothing is remembered).
+ * commit record may not be written yet when COMMIT returns. On a server in recovery, where the
+ * function raises an error, the CASE answers NULL instead (and nothing is remembered). It can still
+ * fail after a COMMIT that succeeded (cancelled, statement_timeout, EXECUTE revoked, connection
+ * lost): the wire tells that from a failed COMMIT by COMMIT's CommandComplete, and reports the block
+ * as committed with its position unknown (wire.ts, `commitPositionUnknown`).
  * @internal
  */
 export const WAL_INSERT_LSN_QUERY =

@@ -177,6 +177,51 @@ describeWithReplica('read replicas: read your writes', () => {
     })
   }, 30_000)
 
+  test('a commit whose WAL position cannot be read is committed, logged, and its context reads on the primary', async () => {
+    const role = 'pga_ryw_no_lsn'
+    await pair.admin.query(
+      `do $$ begin if not exists (select from pg_roles where rolname = '${role}') then create role ${role} login; end if; end $$`,
+    )
+    await pair.admin.query(`grant all on items to ${role}`)
+    // The statement after COMMIT fails with 42501 (insufficient privilege) once COMMIT has completed.
+    await pair.admin.query('revoke execute on function pg_current_wal_insert_lsn() from public')
+    const logged: unknown[][] = []
+    const url = new URL(pair.primaryUrl)
+    url.username = role
+    const app = createDatabase({
+      alias: 'ryw-no-lsn',
+      connectionString: url.href,
+      max: 2,
+      replicas: [pair.replicaUrl],
+      replicaOptions: { maxLagMs: 600_000, checkIntervalMs: 0 },
+      logger: { error: (...args: unknown[]) => void logged.push(args) },
+    })
+    const message =
+      "A transaction of database 'ryw-no-lsn' committed, but reading the primary's WAL position right after it " +
+      "failed (SQLSTATE 42501): until a later commit's position is known, this context's replica reads go to the primary."
+    try {
+      await withReadYourWrites(async () => {
+        await expect(app.atomic(() => app.query('insert into items values (20)'))).resolves.toMatchObject({
+          rowCount: 1,
+        })
+        expect(logged).toEqual([[message]])
+        expect(app.replica.lastCommitLsn()).toBe('FFFFFFFF/FFFFFFFF')
+        expect((await app.replica.query<Read>(READ)).rows).toEqual([{ ids: [20], standby: false }])
+        // A statement outside blocks: the same.
+        await expect(app.query('insert into items values (21)')).resolves.toMatchObject({ rowCount: 1 })
+        expect(logged).toEqual([[message], [message]])
+        expect((await app.replica.query<Read>(READ)).rows).toEqual([{ ids: [20, 21], standby: false }])
+      })
+      const { rows } = await pair.admin.query<{ ids: number[] }>(
+        'select array(select id from items order by id) as ids',
+      )
+      expect(rows).toEqual([{ ids: [20, 21] }])
+    } finally {
+      await pair.admin.query('grant execute on function pg_current_wal_insert_lsn() to public')
+      await app.close()
+    }
+  }, 30_000)
+
   test('a read-only block commits no WAL position: the context keeps reading on the replica', async () => {
     await withReadYourWrites(async () => {
       const server = await db.atomic({ readOnly: true }, async () => (await db.query<ServerIdentity>(WHO)).rows[0])
