@@ -40,7 +40,9 @@ import { formatLsn, parseLsn } from './replicas/lsn'
 import type { Server } from './replicas/route'
 import { ReplicaSet } from './replicas/router'
 import { UNKNOWN_LSN, forgetDatabase, noteCommit, requiredLsn } from './replicas/session'
-import { WAL_INSERT_LSN_QUERY } from './sql/replicas'
+import { BEGIN_READ_ONLY_QUERY, READ_ONLY_TRANSACTION_QUERY, WAL_INSERT_LSN_QUERY } from './sql/replicas'
+import { COMMIT, ROLLBACK } from './sql/transaction'
+import { canPipeline, runPipelined, withSerializedValues } from './atomic/pipeline'
 
 /** How long a requiresNew block waits for its second connection when the database sets no acquireTimeoutMs. */
 const REQUIRES_NEW_ACQUIRE_TIMEOUT_MS = 5000
@@ -146,6 +148,8 @@ export class DatabaseImpl implements Database, DatabaseCore {
   readonly retry: RetryPolicy | undefined
   private readonly acquireTimeoutMs: number | undefined
   readonly realPool: Pool
+  /** The replica pool of each replica connection checked out (a pooled client never changes pool). */
+  private readonly replicaPools = new WeakMap<PoolClient, Pool>()
   readonly pool: Pool
   readonly replica: ReplicaReader
   readonly hasReplicas: boolean
@@ -211,7 +215,14 @@ export class DatabaseImpl implements Database, DatabaseCore {
     // A commit of the context whose position is unknown: no replica can be shown to have replayed it.
     if (required === UNKNOWN_LSN) return this.connectPrimary(independent)
     const found = await replicas.checkout(required)
-    return found.kind === 'replica' ? found.client : this.connectPrimary(independent)
+    if (found.kind !== 'replica') return this.connectPrimary(independent)
+    this.replicaPools.set(found.client, found.pool)
+    return found.client
+  }
+
+  /** Whether `client` is a connection of the primary (not of a replica). @internal */
+  isPrimaryClient(client: PoolClient): boolean {
+    return !this.replicaPools.has(client)
   }
 
   /** Records the primary's WAL position after a commit in the current read-your-writes context. */
@@ -454,7 +465,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
     const client = await this.checkout(server)
     let failure: unknown
     try {
-      const result = await client.query<R>(config)
+      const result =
+        server === 'replica' && this.hasReplicas && this.isPrimaryClient(client)
+          ? await this.readOnlyOnPrimary<R>(client, config)
+          : await client.query<R>(config)
       if (server === 'primary' && this.hasReplicas) {
         try {
           await this.noteAutocommit(client)
@@ -472,6 +486,39 @@ export class DatabaseImpl implements Database, DatabaseCore {
     } finally {
       this.checkin(client, failure)
     }
+  }
+
+  /**
+   * A `db.replica` statement outside blocks that the primary serves (no replica usable): run in a
+   * read-only transaction, so that a write fails with 25006 there as it would on a standby. A
+   * pipelinable statement shares its round trip with {@link READ_ONLY_TRANSACTION_QUERY}; another
+   * gets an explicit read-only transaction (two more round trips).
+   */
+  private async readOnlyOnPrimary<R extends QueryResultRow>(
+    client: PoolClient,
+    config: QueryConfig,
+  ): Promise<QueryResult<R>> {
+    if (canPipeline(config)) {
+      const outcome = await runPipelined<R>(
+        client,
+        [{ sql: READ_ONLY_TRANSACTION_QUERY }],
+        withSerializedValues(config),
+      )
+      if (outcome.ok) return outcome.result
+      if (outcome.error instanceof Error) Error.captureStackTrace(outcome.error)
+      throw outcome.error
+    }
+    await client.query(BEGIN_READ_ONLY_QUERY)
+    let result: QueryResult<R>
+    try {
+      result = await client.query<R>(config)
+    } catch (error) {
+      // The statement's error is the one to report; a connection that cannot roll back is destroyed.
+      if (!isConnectionLoss(error)) await client.query(ROLLBACK).catch(() => undefined)
+      throw error
+    }
+    await client.query(COMMIT)
+    return result
   }
 
   /** Statements outside blocks are still allowed while running blocks finish, not once closed. */
@@ -560,7 +607,10 @@ export class DatabaseImpl implements Database, DatabaseCore {
     const client = await this.checkout(server)
     let failure: unknown
     let cursor: Cursor<R> | undefined
+    // A db.replica cursor the primary serves: in an explicit read-only transaction (see readOnlyOnPrimary).
+    const readOnly = server === 'replica' && this.hasReplicas && this.isPrimaryClient(client)
     try {
+      if (readOnly) await client.query(BEGIN_READ_ONLY_QUERY)
       cursor = client.query(new Cursor<R>(text, values as unknown[] | undefined))
       for (;;) {
         const rows = await cursor.read(batchSize)
@@ -575,6 +625,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
       if (cursor !== undefined && failure === undefined) {
         try {
           await cursor.close()
+          if (readOnly) await client.query(COMMIT)
         } catch (error) {
           closeError = error
           this.logger.error(

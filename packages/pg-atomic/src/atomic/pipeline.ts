@@ -36,6 +36,7 @@ interface ProtocolConnection {
 interface QueryInternals {
   submit(connection: ProtocolConnection): Error | null
   handleCommandComplete(msg: unknown, connection: ProtocolConnection): void
+  handleDataRow(msg: unknown): void
 }
 
 /**
@@ -103,6 +104,12 @@ class PipelinedQuery extends BaseQuery {
     } finally {
       stream.uncork?.()
     }
+  }
+
+  override handleDataRow(msg: unknown): void {
+    // A control statement's rows (a `select set_config(...)`) are not the statement's.
+    if (this.completed < this.controls.length) return
+    super.handleDataRow(msg)
   }
 
   override handleCommandComplete(msg: unknown, connection: ProtocolConnection): void {

@@ -49,7 +49,7 @@ class Replica {
 
 /** What a checkout found: a replica's connection, or why the primary must serve the read. @internal */
 export type ReplicaCheckout =
-  | { readonly kind: 'replica'; readonly client: PoolClient; readonly replica: string }
+  | { readonly kind: 'replica'; readonly client: PoolClient; readonly replica: string; readonly pool: Pool }
   | { readonly kind: 'primary'; readonly why: 'behind' | 'no-replica' }
 
 /** The replicas of one database. @internal */
@@ -96,7 +96,8 @@ export class ReplicaSet {
       for (let i = 0; i < this.replicas.length; i++) {
         const replica = this.replicas[(start + i) % this.replicas.length] as Replica
         const found = await this.tryReplica(replica, required)
-        if (found.kind === 'use') return { kind: 'replica', client: found.client, replica: replica.label }
+        if (found.kind === 'use')
+          return { kind: 'replica', client: found.client, replica: replica.label, pool: replica.pool }
         if (found.kind === 'behind') {
           behind = true
           continue

@@ -32,3 +32,23 @@ export const REPLICA_CHECK_QUERY =
   'case when not pg_is_in_recovery() or pg_last_wal_receive_lsn() is null ' +
   'or pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0 ' +
   'else coalesce(floor(extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000), 0) end::float8 as lag_ms'
+
+/**
+ * Makes the current transaction read-only: sent before a `db.replica` statement outside blocks that
+ * the primary serves (no replica usable), in the same round trip and before the same Sync, so the
+ * statement runs in the same implicit transaction and a write fails with 25006 as on a standby.
+ * `set_config(..., true)` rather than `SET LOCAL`: not a top-level utility statement, so no
+ * "can only be used in transaction blocks" warning; it ends with the implicit transaction (safe
+ * under PgBouncer's transaction pooling). It also takes the transaction's snapshot, so the statement
+ * can no longer switch the transaction back to read-write (25001).
+ * @internal
+ */
+export const READ_ONLY_TRANSACTION_QUERY = "select set_config('transaction_read_only', 'on', true)"
+
+/**
+ * The same, for a statement that cannot share a round trip (several statements, a named prepared
+ * statement, COPY): an explicit read-only transaction whose snapshot is taken at once, ended by
+ * COMMIT (or ROLLBACK) after the statement.
+ * @internal
+ */
+export const BEGIN_READ_ONLY_QUERY = `BEGIN READ ONLY; ${READ_ONLY_TRANSACTION_QUERY}`

@@ -140,6 +140,70 @@ describeWithReplica('read replicas: routing', () => {
     expect(pair.statements).toEqual([])
   })
 
+  test('db.replica outside blocks is read-only on the primary too: a write fails with 25006 wherever it lands', async () => {
+    // On the replica: refused by the standby.
+    await expect(db.replica.query("insert into items values (40, 'forty')")).rejects.toMatchObject({ code: '25006' })
+    await db.close()
+    // No replica usable (nothing listens on port 1): the primary serves, in a read-only transaction.
+    db = createDatabase({
+      alias: 'routing',
+      pool: pair.primaryPool,
+      replicas: ['postgres://postgres@127.0.0.1:1/postgres'],
+    })
+    pair.reset()
+    const readOnly = 'select current_setting($1) as r'
+    expect((await db.replica.query(readOnly, ['transaction_read_only'])).rows).toEqual([{ r: 'on' }])
+    await expect(db.replica.query("insert into items values (41, 'forty-one')")).rejects.toMatchObject({
+      code: '25006',
+    })
+    await expect(
+      db.replica.query({ text: 'insert into items values ($1, $2)', values: [42, 'x'] }),
+    ).rejects.toMatchObject({ code: '25006' })
+    // The statement cannot switch its transaction back to read-write: the snapshot is taken.
+    await expect(db.replica.query('set transaction_read_only = off')).rejects.toMatchObject({ code: '25001' })
+    // Several statements in one string (no pipelining): an explicit read-only transaction.
+    await expect(db.replica.query("select 1; insert into items values (44, 'forty-four')")).rejects.toMatchObject({
+      code: '25006',
+    })
+    const multi = await db.replica.query('select 1 as a; select 2 as b')
+    expect((multi as unknown as pg.QueryResult[]).map((r) => r.rows)).toEqual([[{ a: 1 }], [{ b: 2 }]])
+    const rs = "select set_config('transaction_read_only', 'on', true)"
+    expect(pair.statements).toEqual([
+      rs,
+      readOnly,
+      rs,
+      "insert into items values (41, 'forty-one')",
+      rs,
+      'insert into items values ($1, $2)',
+      rs,
+      'set transaction_read_only = off',
+      `BEGIN READ ONLY; ${rs}`,
+      "select 1; insert into items values (44, 'forty-four')",
+      'ROLLBACK',
+      `BEGIN READ ONLY; ${rs}`,
+      'select 1 as a; select 2 as b',
+      'COMMIT',
+    ])
+    // db.replica.cursor the same.
+    pair.reset()
+    const read: unknown[] = []
+    for await (const row of db.replica.cursor(readOnly, ['transaction_read_only'])) read.push(row)
+    expect(read).toEqual([{ r: 'on' }])
+    const write = async (): Promise<void> => {
+      for await (const row of db.replica.cursor("insert into items values (45, 'x') returning id")) read.push(row)
+    }
+    await expect(write()).rejects.toMatchObject({ code: '25006' })
+    expect(pair.statements).toEqual([
+      `BEGIN READ ONLY; ${rs}`,
+      readOnly,
+      'COMMIT',
+      `BEGIN READ ONLY; ${rs}`,
+      "insert into items values (45, 'x') returning id",
+    ])
+    const { rows } = await pair.admin.query('select id from items where id >= 40')
+    expect(rows).toEqual([])
+  })
+
   test('db.replica inside a read-write block reads in the block: it sees the uncommitted row', async () => {
     const seen = await db.atomic(async () => {
       await db.query("insert into items values (3, 'three')")
