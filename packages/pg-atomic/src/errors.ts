@@ -101,10 +101,13 @@ export class ReplicaUnavailableError extends AtomicError {
   /** Alias of the database. */
   readonly database: string
   /** Why each replica was skipped, by replica (`host:port/database`). */
-  readonly skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby'>>
+  readonly skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby' | 'not-streaming'>>
   constructor(
     message: string,
-    fields: { database: string; skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby'>> },
+    fields: {
+      database: string
+      skipped: Readonly<Record<string, 'down' | 'lagging' | 'not-standby' | 'not-streaming'>>
+    },
     options?: { cause?: unknown },
   ) {
     super(message, options)

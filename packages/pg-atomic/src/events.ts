@@ -99,7 +99,7 @@ export const retryChannel = diagnostics_channel.channel(RETRY_CHANNEL)
 export const REPLICA_CHANNEL = 'pg-atomic:replica'
 
 /** Why a replica was skipped, or why a read went to the primary. */
-export type ReplicaEventReason = 'down' | 'lagging' | 'not-standby' | 'no-replica'
+export type ReplicaEventReason = 'down' | 'lagging' | 'not-standby' | 'not-streaming' | 'no-replica'
 
 /** Payload published on {@link REPLICA_CHANNEL}. */
 export interface ReplicaEvent {
@@ -107,7 +107,9 @@ export interface ReplicaEvent {
    * `'skipped'`: the replica `replica` was not used for this read (`reason` says why: `'down'` —
    * connecting or checking it failed, `error` says how, or it failed less than
    * `replicaOptions.checkIntervalMs` ago; `'lagging'` — its replay lags more than `maxLagMs`;
-   * `'not-standby'` — it is not in recovery, e.g. promoted). `'fallback'`: no replica was usable
+   * `'not-standby'` — it is not in recovery, e.g. promoted; `'not-streaming'` — a standby whose WAL
+   * receiver is not streaming from the primary, so its replay position and lag say nothing of how far
+   * behind it is). `'fallback'`: no replica was usable
    * and the primary serves the read (`reason` `'no-replica'`).
    */
   readonly kind: 'skipped' | 'fallback'

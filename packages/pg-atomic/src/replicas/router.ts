@@ -4,7 +4,8 @@
  *
  * 1. Replicas are tried round robin. One that failed (connecting or checking it) is skipped for
  *    `checkIntervalMs`, then tried again; one whose replay lags more than `maxLagMs`, or that is not
- *    a standby, is skipped. Each skip is an event on the replica channel.
+ *    a standby, or whose WAL receiver is not streaming from the primary (its lag would read 0), is
+ *    skipped. Each skip is an event on the replica channel.
  * 2. Health is checked on the connection the read then uses (no background timer, nothing keeps
  *    the process alive): when the last check is older than `checkIntervalMs`, or when the read's
  *    context needs a WAL position past the replay position last seen (read your writes).
@@ -37,6 +38,8 @@ class Replica {
   replayLsn: bigint | undefined = undefined
   lagMs: number | undefined = undefined
   standby = true
+  /** Whether its WAL receiver was streaming from the primary. */
+  streaming = true
   /** When connecting or checking it last failed, if it has not worked since. */
   failedAt: number | undefined = undefined
 
@@ -145,6 +148,7 @@ export class ReplicaSet {
     const replayed = required === undefined || (replica.replayLsn !== undefined && replica.replayLsn >= required)
     // What is known, and fresh, already rules it out: no connection needed.
     if (fresh && !replica.standby) return { kind: 'skip', reason: 'not-standby', error: undefined }
+    if (fresh && !replica.streaming) return { kind: 'skip', reason: 'not-streaming', error: undefined }
     if (fresh && (replica.lagMs ?? 0) > this.options.maxLagMs)
       return { kind: 'skip', reason: 'lagging', error: undefined }
     let client: PoolClient
@@ -156,11 +160,15 @@ export class ReplicaSet {
     }
     if (!fresh || !replayed) {
       try {
-        const { rows } = await client.query<{ standby: boolean; replay: string | null; lag_ms: number }>(
-          REPLICA_CHECK_QUERY,
-        )
+        const { rows } = await client.query<{
+          standby: boolean
+          streaming: boolean
+          replay: string | null
+          lag_ms: number
+        }>(REPLICA_CHECK_QUERY)
         const row = rows[0]
         replica.standby = row?.standby === true
+        replica.streaming = row?.streaming === true
         replica.replayLsn = parseLsn(row?.replay)
         replica.lagMs = row?.lag_ms ?? undefined
         replica.checkedAt = Date.now()
@@ -174,6 +182,10 @@ export class ReplicaSet {
     if (!replica.standby) {
       client.release()
       return { kind: 'skip', reason: 'not-standby', error: undefined }
+    }
+    if (!replica.streaming) {
+      client.release()
+      return { kind: 'skip', reason: 'not-streaming', error: undefined }
     }
     if ((replica.lagMs ?? 0) > this.options.maxLagMs) {
       client.release()

@@ -21,14 +21,18 @@ export const WAL_INSERT_LSN_QUERY =
   'select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn'
 
 /**
- * A replica's health in one round trip: whether it is a standby, the WAL position it has replayed,
- * and its replay lag in ms — `now() - pg_last_xact_replay_timestamp()` while it has received WAL it
- * has not replayed yet, else 0 (an idle replica is not behind, however old its last replayed
- * transaction).
+ * A replica's health in one round trip: whether it is a standby, whether its WAL receiver streams
+ * from the primary, the WAL position it has replayed, and its replay lag in ms — `now() -
+ * pg_last_xact_replay_timestamp()` while it has received WAL it has not replayed yet, else 0 (an idle
+ * replica is not behind, however old its last replayed transaction). The lag says nothing once the
+ * replication link is broken (received = replayed: 0 forever), hence `streaming`: a row of
+ * `pg_stat_wal_receiver` (there is one only while the receiver process runs) whose status is
+ * `'streaming'` — or NULL, which is what a role without `pg_read_all_stats` sees.
  * @internal
  */
 export const REPLICA_CHECK_QUERY =
   'select pg_is_in_recovery() as standby, pg_last_wal_replay_lsn()::text as replay, ' +
+  "exists (select from pg_stat_wal_receiver where coalesce(status, 'streaming') = 'streaming') as streaming, " +
   'case when not pg_is_in_recovery() or pg_last_wal_receive_lsn() is null ' +
   'or pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0 ' +
   'else coalesce(floor(extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000), 0) end::float8 as lag_ms'

@@ -11,7 +11,7 @@ import type { Database, DatabaseConfig, ReplicaEvent } from 'pg-atomic'
 import { rejection } from '../support/errors'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
 import type { ReplicaPair, ServerIdentity } from '../support/replica'
-import { sleep } from '../support/wait'
+import { sleep, waitUntil } from '../support/wait'
 
 let pair: ReplicaPair
 const events: ReplicaEvent[] = []
@@ -173,6 +173,44 @@ describeWithReplica('read replicas: health', () => {
     }, 60_000)
   })
 
+  test('a standby whose replication link is broken (lag would read 0) is skipped as not-streaming', async () => {
+    const { rows } = await pair.standbyAdmin.query<{ c: string }>("select current_setting('primary_conninfo') as c")
+    const conninfo = rows[0]?.c as string
+    const db = database({ checkIntervalMs: 0 })
+    expect(await who(db)).toEqual(replica)
+    try {
+      // Nothing listens on port 1: the WAL receiver stops and cannot reconnect.
+      await pair.standbyAdmin.query("alter system set primary_conninfo = 'host=127.0.0.1 port=1 user=postgres'")
+      await pair.standbyAdmin.query('select pg_reload_conf()')
+      await waitUntil(async () => {
+        const r = await pair.standbyAdmin.query("select from pg_stat_wal_receiver where status = 'streaming'")
+        return r.rowCount === 0
+      }, 'the standby to stop streaming')
+      await pair.admin.query('insert into items values (3)')
+      events.length = 0
+      expect(await fresh(() => who(db))).toEqual(primary)
+      expect(await fresh(() => readOnlyWho(db))).toEqual(primary)
+      expect(events.map((e) => [e.kind, e.reason, e.replica, e.lagMs])).toEqual([
+        ['skipped', 'not-streaming', label, 0],
+        ['fallback', 'no-replica', undefined, undefined],
+        ['skipped', 'not-streaming', label, 0],
+        ['fallback', 'no-replica', undefined, undefined],
+      ])
+    } finally {
+      await pair.standbyAdmin.query(`alter system set primary_conninfo = ${pgLiteral(conninfo)}`)
+      await pair.standbyAdmin.query('select pg_reload_conf()')
+      await waitUntil(async () => {
+        const r = await pair.standbyAdmin.query("select from pg_stat_wal_receiver where status = 'streaming'")
+        return r.rowCount === 1
+      }, 'the standby to stream again')
+      await pair.admin.query('delete from items where id = 3')
+      await pair.waitForReplay()
+    }
+    events.length = 0
+    expect(await fresh(() => who(db))).toEqual(replica)
+    expect(events).toEqual([])
+  }, 60_000)
+
   describe('a replica that lags', () => {
     afterEach(async () => {
       await pair.setApplyDelay(0)
@@ -216,6 +254,10 @@ describeWithReplica('read replicas: health', () => {
     }, 60_000)
   })
 })
+
+function pgLiteral(text: string): string {
+  return `'${text.replace(/'/g, "''")}'`
+}
 
 async function who(db: Database): Promise<ServerIdentity> {
   return (await db.replica.query<ServerIdentity>(WHO)).rows[0] as ServerIdentity
