@@ -251,8 +251,9 @@ async function runIndependent<T>(
       const block = new Block(tx, undefined, options)
       tx.stack.push(block)
       db.transactionStarted(tx)
-      // Only on the primary, where the suspended session is: a replica's sessions cannot wait for it.
-      const watch = server === 'primary' ? new SuspensionWatch(db, enclosing.tx, tx) : undefined
+      // Whatever the routing: a block routed to a replica may be served by the primary (no replica
+      // usable). The watch checks only while both sessions are the primary's (isPrimaryClient).
+      const watch = new SuspensionWatch(db, enclosing.tx, tx)
       try {
         const tracer = instrumentation.current
         return await (tracer === undefined ? block.execute(fn, suspended) : runTraced(tracer, block, fn, suspended))
@@ -308,6 +309,12 @@ class SuspensionWatch {
     const outerPid = processId(this.outer.client)
     if (this.checking || innerPid === undefined || outerPid === undefined) return
     if (!inner.wire.busy || this.detected !== undefined) return
+    // Decided by the connections actually checked out: a replica's sessions cannot wait for a
+    // primary's (and their process ids mean nothing on the primary).
+    const innerClient = inner.client
+    const outerClient = this.outer.client
+    if (innerClient === undefined || outerClient === undefined) return
+    if (!this.db.isPrimaryClient(innerClient) || !this.db.isPrimaryClient(outerClient)) return
     this.checking = true
     try {
       if (await this.db.blockedBy(innerPid, outerPid)) {

@@ -59,6 +59,8 @@ export interface DatabaseCore extends WireDatabase {
    * (`pg_blocking_pids`), asked on a short-lived connection of its own.
    */
   blockedBy(waiting: number, holder: number): Promise<boolean>
+  /** Whether `client` is a connection of the primary (a replica-routed block may fall back to it). */
+  isPrimaryClient(client: PoolClient): boolean
   /** Read replicas are configured: read-only outermost blocks may go to one (replicas/route.ts). */
   readonly hasReplicas: boolean
 }

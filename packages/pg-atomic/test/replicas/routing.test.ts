@@ -4,7 +4,13 @@
  * (`inet_server_port()`, `pg_is_in_recovery()`), the rows, and what reached the primary.
  */
 import pg from 'pg'
-import { Atomic, InvalidOptionError, TransactionManagementError, createDatabase } from 'pg-atomic'
+import {
+  Atomic,
+  InvalidOptionError,
+  SuspendedTransactionDeadlockError,
+  TransactionManagementError,
+  createDatabase,
+} from 'pg-atomic'
 import type { Database, DatabaseConfig } from 'pg-atomic'
 import { rejection, thrown } from '../support/errors'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
@@ -203,6 +209,36 @@ describeWithReplica('read replicas: routing', () => {
     const { rows } = await pair.admin.query('select id from items where id >= 40')
     expect(rows).toEqual([])
   })
+
+  test('a requiresNew readOnly block the primary serves (no replica usable) gets the self-deadlock watch', async () => {
+    await db.close()
+    db = createDatabase({
+      alias: 'routing',
+      connectionString: pair.primaryUrl,
+      max: 3,
+      replicas: ['postgres://postgres@127.0.0.1:1/postgres'],
+    })
+    const pidOf = async (): Promise<number> =>
+      (await db.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid as number
+    let outerPid = 0
+    let innerPid = 0
+    const started = Date.now()
+    const error = await rejection(
+      db.atomic(async () => {
+        outerPid = await pidOf()
+        await db.query('lock table items in access exclusive mode')
+        await db.atomic({ propagation: 'requiresNew', readOnly: true }, async () => {
+          innerPid = await pidOf()
+          await db.query('select count(*) from items')
+        })
+      }),
+    )
+    expect(error).toBeInstanceOf(SuspendedTransactionDeadlockError)
+    expect(error).toMatchObject({ innerPid, outerPid, cause: expect.objectContaining({ code: '57014' }) })
+    expect(innerPid).not.toBe(outerPid)
+    // Found within the watchdog's period (1 s), not after a timeout.
+    expect(Date.now() - started).toBeLessThan(5000)
+  }, 30_000)
 
   test('db.replica inside a read-write block reads in the block: it sees the uncommitted row', async () => {
     const seen = await db.atomic(async () => {
