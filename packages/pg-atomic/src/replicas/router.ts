@@ -3,7 +3,7 @@
  * the checkout of a connection for a read that should go to a replica.
  *
  * 1. Replicas are tried round robin. One that failed (connecting or checking it) is skipped for
- *    `checkIntervalMs`, then tried again; one whose replay lags more than `maxLagMs`, or that is not
+ *    `checkIntervalMs`, then tried again by one read at a time (the others skip it meanwhile); one whose replay lags more than `maxLagMs`, or that is not
  *    a standby, or whose WAL receiver is not streaming from the primary (its lag would read 0), is
  *    skipped. Each skip is an event on the replica channel.
  * 2. Health is checked on the connection the read then uses (no background timer, nothing keeps
@@ -42,6 +42,8 @@ class Replica {
   streaming = true
   /** When connecting or checking it last failed, if it has not worked since. */
   failedAt: number | undefined = undefined
+  /** A read is trying it again after it failed: the others skip it meanwhile, as down. */
+  probing = false
 
   constructor(
     readonly pool: Pool,
@@ -142,8 +144,28 @@ export class ReplicaSet {
     { kind: 'use'; client: PoolClient } | { kind: 'behind' } | { kind: 'skip'; reason: SkipReason; error: unknown }
   > {
     const now = Date.now()
-    if (replica.failedAt !== undefined && now - replica.failedAt < this.options.checkIntervalMs)
-      return { kind: 'skip', reason: 'down', error: undefined }
+    if (replica.failedAt !== undefined) {
+      // Down: skipped for checkIntervalMs, then tried again by one read at a time (a connect to a
+      // host that drops packets can take connectionTimeoutMillis; the other reads must not all wait).
+      if (replica.probing || now - replica.failedAt < this.options.checkIntervalMs)
+        return { kind: 'skip', reason: 'down', error: undefined }
+      replica.probing = true
+      try {
+        return await this.connectAndCheck(replica, required, now)
+      } finally {
+        replica.probing = false
+      }
+    }
+    return this.connectAndCheck(replica, required, now)
+  }
+
+  private async connectAndCheck(
+    replica: Replica,
+    required: bigint | undefined,
+    now: number,
+  ): Promise<
+    { kind: 'use'; client: PoolClient } | { kind: 'behind' } | { kind: 'skip'; reason: SkipReason; error: unknown }
+  > {
     const fresh = now - replica.checkedAt < this.options.checkIntervalMs
     const replayed = required === undefined || (replica.replayLsn !== undefined && replica.replayLsn >= required)
     // What is known, and fresh, already rules it out: no connection needed.

@@ -6,6 +6,8 @@
  */
 import diagnostics_channel from 'node:diagnostics_channel'
 import { AsyncResource } from 'node:async_hooks'
+import { createServer } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { REPLICA_CHANNEL, ReplicaUnavailableError, createDatabase, withReadYourWrites } from 'pg-atomic'
 import type { Database, DatabaseConfig, ReplicaEvent } from 'pg-atomic'
 import { rejection } from '../support/errors'
@@ -210,6 +212,49 @@ describeWithReplica('read replicas: health', () => {
     expect(await fresh(() => who(db))).toEqual(replica)
     expect(events).toEqual([])
   }, 60_000)
+
+  test('a down replica is tried again by one read at a time: the others skip it while that one waits', async () => {
+    // A host that accepts connections and never answers (as one that drops packets): each connect
+    // waits connectionTimeoutMillis.
+    const sockets: Socket[] = []
+    const server = createServer((socket) => void sockets.push(socket))
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const port = (server.address() as AddressInfo).port
+    const db = createDatabase({
+      alias: 'health-silent',
+      pool: pair.primaryPool,
+      replicas: [{ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 1_000 }],
+      replicaOptions: { checkIntervalMs: 300 },
+    })
+    databases.push(db)
+    try {
+      expect(await who(db)).toEqual(primary)
+      expect(sockets.length).toBe(1)
+      await sleep(350)
+      events.length = 0
+      // The backoff has passed: five reads at once, one of which tries the replica again.
+      const timed = async (): Promise<number> => {
+        const start = Date.now()
+        expect(await who(db)).toEqual(primary)
+        return Date.now() - start
+      }
+      const took = await Promise.all([timed(), timed(), timed(), timed(), timed()])
+      expect(sockets.length).toBe(2)
+      expect(took.filter((ms) => ms >= 900)).toHaveLength(1)
+      expect(took.filter((ms) => ms < 500)).toHaveLength(4)
+      const skips = events.filter((e) => e.kind === 'skipped')
+      expect(skips.map((e) => [e.reason, e.error === undefined])).toEqual([
+        ['down', true],
+        ['down', true],
+        ['down', true],
+        ['down', true],
+        ['down', false],
+      ])
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }, 30_000)
 
   describe('a replica that lags', () => {
     afterEach(async () => {
