@@ -316,14 +316,15 @@ export class DatabaseImpl implements Database, DatabaseCore {
 
   /**
    * Sends a protocol cancel request for the statement `client` may be running, from a short-lived
-   * connection, and waits (at most 2 s) for the server to take it. Works through PgBouncer, which
+   * connection to the server `client` is connected to (the primary or its replica), and waits (at most 2 s) for the server to take it. Works through PgBouncer, which
    * maps the key to the right server, and needs no privilege (unlike pg_terminate_backend).
    */
   async cancelStatement(client: PoolClient): Promise<void> {
     // Sent whether or not a statement is running: the server ignores a cancel for an idle session.
     const target = client as PoolClient & { processID?: number; secretKey?: number }
     if (typeof target.processID !== 'number') return
-    const pool = this.realPool as Pool & { Client: typeof pg.Client }
+    // The server the client is connected to: a replica's key means nothing to the primary.
+    const pool = (this.replicaPools.get(client) ?? this.realPool) as Pool & { Client: typeof pg.Client }
     const canceler = new pool.Client(pool.options) as pg.Client & {
       connection: EventEmitter & {
         connect(port: number | string, host?: string): void

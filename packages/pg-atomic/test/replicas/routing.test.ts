@@ -6,6 +6,7 @@
 import pg from 'pg'
 import {
   Atomic,
+  ConnectionLostError,
   InvalidOptionError,
   SuspendedTransactionDeadlockError,
   TransactionManagementError,
@@ -13,6 +14,7 @@ import {
 } from 'pg-atomic'
 import type { Database, DatabaseConfig } from 'pg-atomic'
 import { rejection, thrown } from '../support/errors'
+import { waitUntil } from '../support/wait'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
 import type { ReplicaPair, ServerIdentity } from '../support/replica'
 
@@ -238,6 +240,16 @@ describeWithReplica('read replicas: routing', () => {
     expect(innerPid).not.toBe(outerPid)
     // Found within the watchdog's period (1 s), not after a timeout.
     expect(Date.now() - started).toBeLessThan(5000)
+  }, 30_000)
+
+  test("db.close() at its deadline cancels a replica block's statement on the replica", async () => {
+    const running = "select pid from pg_stat_activity where query like '%rf-cancel-marker%' and pid <> pg_backend_pid()"
+    const block = rejection(db.atomic({ readOnly: true }, () => db.query('select pg_sleep(30) /* rf-cancel-marker */')))
+    await waitUntil(async () => (await pair.standbyAdmin.query(running)).rowCount === 1, 'the sleep on the standby')
+    await db.close({ timeoutMs: 100 })
+    expect(await block).toBeInstanceOf(ConnectionLostError)
+    // The cancel request went to the replica (with the replica session's key): the sleep ended at once.
+    await waitUntil(async () => (await pair.standbyAdmin.query(running)).rowCount === 0, 'the sleep to end', 3_000)
   }, 30_000)
 
   test('db.replica inside a read-write block reads in the block: it sees the uncommitted row', async () => {
