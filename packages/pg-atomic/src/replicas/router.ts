@@ -93,6 +93,9 @@ export class ReplicaSet {
    */
   async checkout(required: bigint | undefined): Promise<ReplicaCheckout> {
     const deadline = Date.now() + this.options.waitForReplayMs
+    // While the read waits for replay (polling every REPLAY_POLL_MS), a replica skipped for the same
+    // reason again, without a new error, is not published again: one event per change.
+    let published: Map<Replica, SkipReason> | undefined
     for (;;) {
       const skipped: Record<string, SkipReason> = {}
       let lastError: unknown
@@ -109,7 +112,11 @@ export class ReplicaSet {
         }
         skipped[replica.label] = found.reason
         if (found.error !== undefined) lastError = found.error
-        this.publish('skipped', found.reason, replica, found.error)
+        if (found.error !== undefined || published?.get(replica) !== found.reason) {
+          this.publish('skipped', found.reason, replica, found.error)
+          published ??= new Map()
+          published.set(replica, found.reason)
+        }
       }
       if (behind) {
         // Healthy, but not yet at the context's last commit: wait for replay, within the bound.

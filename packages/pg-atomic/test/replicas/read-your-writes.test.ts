@@ -5,8 +5,9 @@
  * once the standby has replayed the commit, the context reads on the replica again.
  */
 import { AsyncResource } from 'node:async_hooks'
-import { createDatabase, withReadYourWrites } from 'pg-atomic'
-import type { Database } from 'pg-atomic'
+import diagnostics_channel from 'node:diagnostics_channel'
+import { REPLICA_CHANNEL, createDatabase, withReadYourWrites } from 'pg-atomic'
+import type { Database, ReplicaEvent } from 'pg-atomic'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
 import type { ReplicaPair, ServerIdentity } from '../support/replica'
 
@@ -220,6 +221,32 @@ describeWithReplica('read replicas: read your writes', () => {
       await pair.admin.query('grant execute on function pg_current_wal_insert_lsn() to public')
       await app.close()
     }
+  }, 30_000)
+
+  test('while a read waits for replay, a down replica is published once, not on every poll', async () => {
+    await db.close()
+    db = createDatabase({
+      alias: 'ryw',
+      pool: pair.primaryPool,
+      replicas: ['postgres://postgres@127.0.0.1:1/nowhere', pair.replicaUrl],
+      replicaOptions: { maxLagMs: 600_000, checkIntervalMs: 60_000, waitForReplayMs: APPLY_DELAY_MS * 5 },
+    })
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    const events: ReplicaEvent[] = []
+    const onEvent = (message: unknown): void => void events.push(message as ReplicaEvent)
+    diagnostics_channel.subscribe(REPLICA_CHANNEL, onEvent)
+    try {
+      await withReadYourWrites(async () => {
+        await db.atomic(() => db.query('insert into items values (30)'))
+        // About APPLY_DELAY_MS of polls every 20 ms, each of which skips the dead replica.
+        expect(await readReplica()).toEqual({ ids: [30], standby: true })
+      })
+    } finally {
+      diagnostics_channel.unsubscribe(REPLICA_CHANNEL, onEvent)
+    }
+    expect(events.map((e) => [e.kind, e.reason, e.replica, (e.error as { code?: string } | undefined)?.code])).toEqual([
+      ['skipped', 'down', '127.0.0.1:1/nowhere', 'ECONNREFUSED'],
+    ])
   }, 30_000)
 
   test('a read-only block commits no WAL position: the context keeps reading on the replica', async () => {
