@@ -316,7 +316,8 @@ export class DatabaseImpl implements Database, DatabaseCore {
 
   /**
    * Sends a protocol cancel request for the statement `client` may be running, from a short-lived
-   * connection to the server `client` is connected to (the primary or its replica), and waits (at most 2 s) for the server to take it. Works through PgBouncer, which
+   * connection to the server `client` is connected to (the primary or its replica), and waits (at
+   * most 2 s) for the server to take it. Works through PgBouncer, which
    * maps the key to the right server, and needs no privilege (unlike pg_terminate_backend).
    */
   async cancelStatement(client: PoolClient): Promise<void> {

@@ -3,9 +3,9 @@
  * the checkout of a connection for a read that should go to a replica.
  *
  * 1. Replicas are tried round robin. One that failed (connecting or checking it) is skipped for
- *    `checkIntervalMs`, then tried again by one read at a time (the others skip it meanwhile); one whose replay lags more than `maxLagMs`, or that is not
- *    a standby, or whose WAL receiver is not streaming from the primary (its lag would read 0), is
- *    skipped. Each skip is an event on the replica channel.
+ *    `checkIntervalMs`, then tried again by one read at a time (the others skip it meanwhile); one
+ *    whose replay lags more than `maxLagMs`, or that is not a standby, or whose WAL receiver is not
+ *    streaming from the primary (its lag would read 0), is skipped. Each skip is an event on the replica channel.
  * 2. Health is checked on the connection the read then uses (no background timer, nothing keeps
  *    the process alive): when the last check is older than `checkIntervalMs`, or when the read's
  *    context needs a WAL position past the replay position last seen (read your writes).

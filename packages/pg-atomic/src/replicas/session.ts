@@ -7,9 +7,10 @@
  *    Its own AsyncLocalStorage (not the block frames of context.ts): a context outlives the blocks
  *    that commit in it, and the request integrations leave the frames of earlier blocks behind.
  * 2. Outside any context, the process is the context: every commit of the process counts. A context
- *    opened outside any other starts from the process's positions at that moment, so the commits
- *    made just before it (a request's middleware or hooks that run before the integration opens
- *    the request's context) count for its reads.
+ *    opened outside any other starts from the positions of the commits made outside any context
+ *    until then, so those made just before it (a request's middleware or hooks that run before the
+ *    integration opens the request's context) count for its reads; another context's commits do
+ *    not (another request reads replicas as usual).
  * 3. A context nested in another sees the outer context's commits, and its commits count for the
  *    outer one too (a request's helper that opens its own context must not lose the request's writes).
  *
@@ -21,21 +22,21 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 interface ReadContext {
   readonly commits: Map<object, bigint>
   readonly outer: ReadContext | undefined
-  /** For a context opened outside any other: the process's positions when it was opened. */
-  readonly before: ProcessCommits | undefined
+  /** For a context opened outside any other: the positions of commits outside contexts when it was opened. */
+  readonly before: ReadonlyMap<object, bigint> | undefined
 }
-
-/** The process's commit positions, per database, copied on write so a context can keep a snapshot. */
-type ProcessCommits = ReadonlyMap<object, bigint>
 
 const readContexts = new AsyncLocalStorage<ReadContext>()
 
+/** Commit positions of the process, per database: the context of code outside any other. */
+const processCommits = new WeakMap<object, bigint>()
+
 /**
- * Commit positions of the process, per database: the context of code outside any other. Replaced
- * (never mutated) on each commit, so that opening a context only keeps a reference. A closed
- * database is removed by {@link forgetDatabase}.
+ * Positions of the commits made outside any context, per database: where a context opened outside
+ * any other starts. Replaced (never mutated) on each such commit, so that opening a context only
+ * keeps a reference. A closed database is removed by {@link forgetDatabase}.
  */
-let processCommits: ProcessCommits = new Map()
+let outsideCommits: ReadonlyMap<object, bigint> = new Map()
 
 /**
  * Runs `fn` in a read-your-writes context of its own: after a block (or a statement outside
@@ -57,7 +58,7 @@ let processCommits: ProcessCommits = new Map()
 export function withReadYourWrites<T>(fn: () => T): T {
   if (typeof fn !== 'function') throw new TypeError('withReadYourWrites() expects a function.')
   const outer = readContexts.getStore()
-  return readContexts.run({ commits: new Map(), outer, before: outer === undefined ? processCommits : undefined }, fn)
+  return readContexts.run({ commits: new Map(), outer, before: outer === undefined ? outsideCommits : undefined }, fn)
 }
 
 /**
@@ -74,18 +75,21 @@ function supersedes(lsn: bigint, known: bigint | undefined): boolean {
 
 /** Records that the current context committed on `db`'s primary at `lsn` ({@link UNKNOWN_LSN}: unknown). @internal */
 export function noteCommit(db: object, lsn: bigint): void {
-  for (let c = readContexts.getStore(); c !== undefined; c = c.outer) {
+  const context = readContexts.getStore()
+  for (let c = context; c !== undefined; c = c.outer) {
     if (supersedes(lsn, c.commits.get(db))) c.commits.set(db, lsn)
   }
-  if (supersedes(lsn, processCommits.get(db))) processCommits = new Map(processCommits).set(db, lsn)
+  if (supersedes(lsn, processCommits.get(db))) processCommits.set(db, lsn)
+  if (context === undefined && supersedes(lsn, outsideCommits.get(db)))
+    outsideCommits = new Map(outsideCommits).set(db, lsn)
 }
 
-/** Forgets the process's positions of a closed database. @internal */
+/** Forgets the positions of commits outside contexts of a closed database. @internal */
 export function forgetDatabase(db: object): void {
-  if (!processCommits.has(db)) return
-  const next = new Map(processCommits)
+  if (!outsideCommits.has(db)) return
+  const next = new Map(outsideCommits)
   next.delete(db)
-  processCommits = next
+  outsideCommits = next
 }
 
 /** The position a replica must have replayed before it may answer a read of the current context. @internal */

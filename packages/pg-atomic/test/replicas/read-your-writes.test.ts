@@ -165,7 +165,7 @@ describeWithReplica('read replicas: read your writes', () => {
     expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
   }, 30_000)
 
-  test('a context opened after a commit of the process outside any context starts from it (middleware writes)', async () => {
+  test('a context opened after a commit of the process outside any context starts from it (middleware)', async () => {
     await pair.setApplyDelay(APPLY_DELAY_MS)
     // A hook or middleware that runs before the integration opens the request's context.
     await db.query('insert into items values (8)')
@@ -178,10 +178,11 @@ describeWithReplica('read replicas: read your writes', () => {
     })
   }, 30_000)
 
-  test('a commit whose WAL position cannot be read is committed, logged, and its context reads on the primary', async () => {
+  test('a commit whose WAL position cannot be read is committed, logged; its context reads the primary', async () => {
     const role = 'pga_ryw_no_lsn'
     await pair.admin.query(
-      `do $$ begin if not exists (select from pg_roles where rolname = '${role}') then create role ${role} login; end if; end $$`,
+      `do $$ begin if not exists (select from pg_roles where rolname = '${role}') ` +
+        `then create role ${role} login; end if; end $$`,
     )
     await pair.admin.query(`grant all on items to ${role}`)
     // The statement after COMMIT fails with 42501 (insufficient privilege) once COMMIT has completed.
@@ -199,7 +200,8 @@ describeWithReplica('read replicas: read your writes', () => {
     })
     const message =
       "A transaction of database 'ryw-no-lsn' committed, but reading the primary's WAL position right after it " +
-      "failed (SQLSTATE 42501): until a later commit's position is known, this context's replica reads go to the primary."
+      "failed (SQLSTATE 42501): until a later commit's position is known, this context's replica reads go to the " +
+      'primary.'
     try {
       await withReadYourWrites(async () => {
         await expect(app.atomic(() => app.query('insert into items values (20)'))).resolves.toMatchObject({

@@ -148,7 +148,7 @@ describeWithReplica('read replicas: routing', () => {
     expect(pair.statements).toEqual([])
   })
 
-  test('db.replica outside blocks is read-only on the primary too: a write fails with 25006 wherever it lands', async () => {
+  test('db.replica outside blocks is read-only on the primary too: a write fails with 25006 anywhere', async () => {
     // On the replica: refused by the standby.
     await expect(db.replica.query("insert into items values (40, 'forty')")).rejects.toMatchObject({ code: '25006' })
     await db.close()
