@@ -505,6 +505,7 @@ export class DatabaseImpl implements Database, DatabaseCore {
         client,
         [{ sql: READ_ONLY_TRANSACTION_QUERY }],
         withSerializedValues(config),
+        true,
       )
       if (outcome.ok) return outcome.result
       if (outcome.error instanceof Error) Error.captureStackTrace(outcome.error)

@@ -85,7 +85,7 @@ class PipelinedQuery extends BaseQuery {
 
   constructor(
     config: QueryConfig,
-    private readonly controls: readonly { readonly sql: string }[],
+    protected readonly controls: readonly { readonly sql: string }[],
     callback: (error: Error | undefined, result: unknown) => void,
   ) {
     super({ ...config, queryMode: 'extended' }, undefined, callback)
@@ -106,18 +106,24 @@ class PipelinedQuery extends BaseQuery {
     }
   }
 
-  override handleDataRow(msg: unknown): void {
-    // A control statement's rows (a `select set_config(...)`) are not the statement's.
-    if (this.completed < this.controls.length) return
-    super.handleDataRow(msg)
-  }
-
   override handleCommandComplete(msg: unknown, connection: ProtocolConnection): void {
     if (this.completed < this.controls.length) {
       this.completed++
       return
     }
     super.handleCommandComplete(msg, connection)
+  }
+}
+
+/**
+ * A {@link PipelinedQuery} whose control statements return rows (`select set_config(...)`): those
+ * rows are not the statement's. A subclass of its own, so that the block's pipelined statements
+ * (whose control statements return none) keep pg's row handling untouched.
+ */
+class RowSkippingPipelinedQuery extends PipelinedQuery {
+  override handleDataRow(msg: unknown): void {
+    if (this.completed < this.controls.length) return
+    super.handleDataRow(msg)
   }
 }
 
@@ -145,15 +151,17 @@ interface SubmittingClient {
 /**
  * Sends `controls` and then `config` on `client` in one round trip. Never rejects: the outcome says
  * whether a control statement failed (`controlsCompleted < controls.length`: the statement did not
- * run) or the statement itself.
+ * run) or the statement itself. `controlsReturnRows`: the control statements' rows are dropped.
  */
 export function runPipelined<R extends QueryResultRow>(
   client: SubmittingClient,
   controls: readonly { readonly sql: string }[],
   config: QueryConfig,
+  controlsReturnRows = false,
 ): Promise<PipelineOutcome<R>> {
   return new Promise((resolve) => {
-    const query: PipelinedQuery = new PipelinedQuery(config, controls, (error, result) => {
+    const Submittable = controlsReturnRows ? RowSkippingPipelinedQuery : PipelinedQuery
+    const query: PipelinedQuery = new Submittable(config, controls, (error, result) => {
       if (error !== undefined && error !== null) resolve({ ok: false, error, controlsCompleted: query.completed })
       else resolve({ ok: true, result: result as QueryResult<R> })
     })

@@ -304,15 +304,16 @@ export class Wire {
     let sql = statements.length === 1 ? (statements[0] as ControlStatement).sql : statements.map(sqlOf).join('; ')
     if (trailer !== undefined) sql = `${sql}; ${trailer.sql}`
     this.roundTrips++
-    const run = (): Promise<QueryResult | QueryResult[]> =>
-      trailer === undefined
+    if (!statementChannel.hasSubscribers)
+      return trailer === undefined
         ? (client.query(sql) as Promise<QueryResult | QueryResult[]>)
         : queryRecordingTags(client, sql, trailer.tags)
-    if (!statementChannel.hasSubscribers) return run()
     const start = performance.now()
     let error: unknown
     try {
-      return await run()
+      return trailer === undefined
+        ? ((await client.query(sql)) as QueryResult | QueryResult[])
+        : await queryRecordingTags(client, sql, trailer.tags)
     } catch (e) {
       error = e
       throw e
