@@ -44,7 +44,9 @@ let outsideCommits: ReadonlyMap<object, bigint> = new Map()
  * only once the replica has replayed that commit (else to the primary, or they wait up to
  * `replicaOptions.waitForReplayMs`). Each request of the per-request integrations already runs in
  * one; use this for jobs, queue consumers, or a server without those integrations. Outside any
- * context the whole process is one. Returns what `fn` returns.
+ * context the whole process is one, and a context opened outside any other starts from the commits
+ * made outside any context (a request's middleware that wrote before the context was opened).
+ * Returns what `fn` returns.
  *
  * @example
  * ```ts
