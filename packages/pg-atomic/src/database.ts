@@ -39,7 +39,7 @@ import type { CursorOptions, TransactionHandle, TransactionInfo } from './types'
 import { formatLsn, parseLsn } from './replicas/lsn'
 import type { Server } from './replicas/route'
 import { ReplicaSet } from './replicas/router'
-import { UNKNOWN_LSN, forgetDatabase, noteCommit, requiredLsn } from './replicas/session'
+import { UNKNOWN_LSN, forgetDatabase, noteCommit, notePending, requiredLsn, settlePending } from './replicas/session'
 import { BEGIN_READ_ONLY_QUERY, READ_ONLY_TRANSACTION_QUERY, WAL_INSERT_LSN_QUERY } from './sql/replicas'
 import { COMMIT, ROLLBACK } from './sql/transaction'
 import { canPipeline, runPipelined, withSerializedValues } from './atomic/pipeline'
@@ -211,6 +211,9 @@ export class DatabaseImpl implements Database, DatabaseCore {
   }
 
   private async connectForRead(replicas: ReplicaSet, independent: boolean): Promise<PoolClient> {
+    // A write on a db.pool connection released just before: its position is being read.
+    const pending = settlePending()
+    if (pending !== undefined) await pending
     const required = requiredLsn(this)
     // A commit of the context whose position is unknown: no replica can be shown to have replayed it.
     if (required === UNKNOWN_LSN) return this.connectPrimary(independent)
@@ -237,6 +240,21 @@ export class DatabaseImpl implements Database, DatabaseCore {
    * to the primary until a later commit's position is known (WAL positions only grow: any position
    * read after this commit covers it).
    */
+  /**
+   * A `db.pool` connection used outside blocks, released on a database with replicas: its work may
+   * have committed writes, so the primary's WAL position is read on it before it goes back
+   * (`giveBack`), and replica reads wait for that (read your writes for query builders). When the
+   * read fails, the position counts as unknown and the connection is destroyed. @internal
+   */
+  positionAtRelease(client: PoolClient, giveBack: () => void, destroy: (error: Error) => void): void {
+    notePending(
+      this.noteAutocommit(client).then(giveBack, (error: unknown) => {
+        this.commitPositionUnknown(error)
+        destroy(new Error('pg-atomic could not read the WAL position after work on a db.pool connection'))
+      }),
+    )
+  }
+
   commitPositionUnknown(error: unknown): void {
     noteCommit(this, UNKNOWN_LSN)
     const code = sqlState(error)

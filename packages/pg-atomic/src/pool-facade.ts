@@ -161,15 +161,19 @@ class PoolFacade extends EventEmitter {
         release(err)
         return
       }
-      db.returnIfIdle(
-        client,
-        release,
-        (status) =>
-          `A connection obtained from the pool of database '${db.alias}' was released ` +
-          `inside a transaction (status '${status}'); it was destroyed instead of being ` +
-          `returned, which rolled the transaction back. Commit or roll back before ` +
-          `release(), or use atomic().`,
-      )
+      const giveBack = () =>
+        db.returnIfIdle(
+          client,
+          release,
+          (status) =>
+            `A connection obtained from the pool of database '${db.alias}' was released ` +
+            `inside a transaction (status '${status}'); it was destroyed instead of being ` +
+            `returned, which rolled the transaction back. Commit or roll back before ` +
+            `release(), or use atomic().`,
+        )
+      // With replicas, what it committed counts for read your writes (Kysely writes this way).
+      if (db.hasReplicas && client.getTransactionStatus?.() === 'I') db.positionAtRelease(client, giveBack, release)
+      else giveBack()
     }
     return client
   }

@@ -107,3 +107,23 @@ export function requiredLsn(db: object): bigint | undefined {
   }
   return required
 }
+
+/**
+ * Reads of WAL positions in flight: a `db.pool` connection used outside blocks has its position
+ * read when it is released (its work may have committed writes: Kysely runs each statement on such
+ * a connection, released before its promise settles), and a replica read waits for those reads
+ * first, so that it never starts before the position of a write that has already returned.
+ */
+const pendingPositions = new Set<Promise<unknown>>()
+
+/** Registers a position read in flight (see {@link pendingPositions}). @internal */
+export function notePending(promise: Promise<unknown>): void {
+  pendingPositions.add(promise)
+  const done = () => void pendingPositions.delete(promise)
+  promise.then(done, done)
+}
+
+/** Waits for the position reads in flight, if any (at most one round trip each). @internal */
+export function settlePending(): Promise<unknown> | undefined {
+  return pendingPositions.size === 0 ? undefined : Promise.allSettled([...pendingPositions])
+}

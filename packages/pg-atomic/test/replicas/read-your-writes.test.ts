@@ -6,6 +6,7 @@
  */
 import { AsyncResource } from 'node:async_hooks'
 import diagnostics_channel from 'node:diagnostics_channel'
+import { Kysely, PostgresDialect } from 'kysely'
 import { REPLICA_CHANNEL, createDatabase, withReadYourWrites } from 'pg-atomic'
 import type { Database, ReplicaEvent } from 'pg-atomic'
 import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
@@ -140,6 +141,22 @@ describeWithReplica('read replicas: read your writes', () => {
         'select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn',
       ])
       expect(await readReplica()).toEqual({ ids: [4], standby: false })
+    })
+    expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
+  }, 30_000)
+
+  test('Kysely through db.pool outside blocks counts: its position is read before the client goes back', async () => {
+    await pair.setApplyDelay(APPLY_DELAY_MS)
+    const kysely = new Kysely<{ items: { id: number } }>({ dialect: new PostgresDialect({ pool: db.pool }) })
+    const other = context()
+    await context().runInAsyncScope(async () => {
+      await kysely.insertInto('items').values({ id: 7 }).execute()
+      // Released before execute() settled; the replica read waits for the position read on it.
+      expect(await readReplica()).toEqual({ ids: [7], standby: false })
+      expect(pair.statements.slice(0, 2)).toEqual([
+        'insert into "items" ("id") values ($1)',
+        'select case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn',
+      ])
     })
     expect(await other.runInAsyncScope(readReplica)).toEqual({ ids: [], standby: true })
   }, 30_000)
