@@ -13,39 +13,32 @@ import { FastifyAdapter } from '@nestjs/platform-fastify'
 import { createDatabase } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { AtomicRoute, NonAtomic, PgAtomicModule } from 'pg-atomic/nestjs'
-import { describeWithReplica, setupReplicaPair } from '../support/replica'
-import type { ReplicaPair } from '../support/replica'
+import { ITEMS_READ, describeWithReplica, setupItemsPair } from '../support/replica'
+import type { ItemsRead, ReplicaPair } from '../support/replica'
 
 const APPLY_DELAY_MS = 2_000
-const READ = 'select array(select id from items order by id) as ids, pg_is_in_recovery() as standby'
-
 let pair: ReplicaPair
 let db: Database
-
-interface Read {
-  ids: number[]
-  standby: boolean
-}
 
 @Controller()
 class ItemsController {
   @Post('items/:id')
   @NonAtomic()
-  async create(@Param('id') id: string): Promise<Read> {
+  async create(@Param('id') id: string): Promise<ItemsRead> {
     await db.atomic(() => db.query('insert into items values ($1)', [Number(id)]))
-    return (await db.replica.query<Read>(READ)).rows[0] as Read
+    return (await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0] as ItemsRead
   }
 
   @Get('items')
   @NonAtomic()
-  async list(): Promise<Read> {
-    return (await db.replica.query<Read>(READ)).rows[0] as Read
+  async list(): Promise<ItemsRead> {
+    return (await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0] as ItemsRead
   }
 
   @Get('report')
   @AtomicRoute({ readOnly: true })
-  async report(): Promise<Read> {
-    return (await db.query<Read>(READ)).rows[0] as Read
+  async report(): Promise<ItemsRead> {
+    return (await db.query<ItemsRead>(ITEMS_READ)).rows[0] as ItemsRead
   }
 }
 
@@ -56,9 +49,7 @@ const platforms = [
 
 describeWithReplica('read replicas: NestJS request contexts', () => {
   beforeAll(async () => {
-    pair = await setupReplicaPair('nestjs')
-    await pair.admin.query('create table items (id int primary key)')
-    await pair.waitForReplay()
+    pair = await setupItemsPair('nestjs')
   }, 120_000)
   afterAll(async () => {
     await pair?.close()
@@ -89,9 +80,9 @@ describeWithReplica('read replicas: NestJS request contexts', () => {
       await db.close()
     })
 
-    async function call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: Read }> {
+    async function call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: ItemsRead }> {
       const response = await fetch(`${url}${path}`, { method })
-      return { status: response.status, body: (await response.json()) as Read }
+      return { status: response.status, body: (await response.json()) as ItemsRead }
     }
 
     test('a @NonAtomic() request that committed reads its row on the primary; others read the replica', async () => {

@@ -9,23 +9,16 @@ import diagnostics_channel from 'node:diagnostics_channel'
 import { Kysely, PostgresDialect } from 'kysely'
 import { REPLICA_CHANNEL, createDatabase, withReadYourWrites } from 'pg-atomic'
 import type { Database, ReplicaEvent } from 'pg-atomic'
-import { WHO, describeWithReplica, setupReplicaPair } from '../support/replica'
-import type { ReplicaPair, ServerIdentity } from '../support/replica'
+import { ITEMS_READ, WHO, describeWithReplica, setupItemsPair } from '../support/replica'
+import type { ItemsRead, ReplicaPair, ServerIdentity } from '../support/replica'
 
 const APPLY_DELAY_MS = 2_000
-const READ = 'select array(select id from items order by id) as ids, pg_is_in_recovery() as standby'
-
 let pair: ReplicaPair
 let db: Database
 
-interface Read {
-  ids: number[]
-  standby: boolean
-}
-
-const readReplica = async (): Promise<Read> => (await db.replica.query<Read>(READ)).rows[0] as Read
-const readInReadOnlyBlock = (): Promise<Read> =>
-  db.atomic({ readOnly: true }, async () => (await db.query<Read>(READ)).rows[0] as Read)
+const readReplica = async (): Promise<ItemsRead> => (await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0] as ItemsRead
+const readInReadOnlyBlock = (): Promise<ItemsRead> =>
+  db.atomic({ readOnly: true }, async () => (await db.query<ItemsRead>(ITEMS_READ)).rows[0] as ItemsRead)
 
 /**
  * A read-your-writes context of its own (not nested in the caller's), to run code in later:
@@ -35,9 +28,7 @@ const context = (): AsyncResource => withReadYourWrites(() => new AsyncResource(
 
 describeWithReplica('read replicas: read your writes', () => {
   beforeAll(async () => {
-    pair = await setupReplicaPair('ryw')
-    await pair.admin.query('create table items (id int primary key)')
-    await pair.waitForReplay()
+    pair = await setupItemsPair('ryw')
   }, 120_000)
   afterAll(async () => {
     await pair?.close()
@@ -226,11 +217,11 @@ describeWithReplica('read replicas: read your writes', () => {
         })
         expect(logged).toEqual([[message]])
         expect(app.replica.lastCommitLsn()).toBe('FFFFFFFF/FFFFFFFF')
-        expect((await app.replica.query<Read>(READ)).rows).toEqual([{ ids: [20], standby: false }])
+        expect((await app.replica.query<ItemsRead>(ITEMS_READ)).rows).toEqual([{ ids: [20], standby: false }])
         // A statement outside blocks: the same.
         await expect(app.query('insert into items values (21)')).resolves.toMatchObject({ rowCount: 1 })
         expect(logged).toEqual([[message], [message]])
-        expect((await app.replica.query<Read>(READ)).rows).toEqual([{ ids: [20, 21], standby: false }])
+        expect((await app.replica.query<ItemsRead>(ITEMS_READ)).rows).toEqual([{ ids: [20, 21], standby: false }])
       })
       const { rows } = await pair.admin.query<{ ids: number[] }>(
         'select array(select id from items order by id) as ids',

@@ -12,22 +12,15 @@ import { createDatabase } from 'pg-atomic'
 import type { Database } from 'pg-atomic'
 import { atomicRequests, atomicRoute, nonAtomic } from 'pg-atomic/express'
 import { atomicRequests as atomicRequestsPlugin } from 'pg-atomic/fastify'
-import { describeWithReplica, setupReplicaPair } from '../support/replica'
-import type { ReplicaPair } from '../support/replica'
+import { ITEMS_READ, describeWithReplica, setupItemsPair } from '../support/replica'
+import type { ItemsRead, ReplicaPair } from '../support/replica'
 import { serve } from '../web/server'
 import type { Served } from '../web/server'
 
 const APPLY_DELAY_MS = 2_000
-const READ = 'select array(select id from items order by id) as ids, pg_is_in_recovery() as standby'
-
 let pair: ReplicaPair
 let db: Database
 let served: Served | undefined
-
-interface Read {
-  ids: number[]
-  standby: boolean
-}
 
 function app(): Express {
   const a = express()
@@ -35,19 +28,19 @@ function app(): Express {
   // Autocommit routes that manage their own blocks: the request is still a read-your-writes context.
   a.post('/items/:id', nonAtomic(), async (req, res) => {
     await db.atomic(() => db.query('insert into items values ($1)', [Number(req.params['id'])]))
-    res.json((await db.replica.query<Read>(READ)).rows[0])
+    res.json((await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0])
   })
   a.get('/items', nonAtomic(), async (_req, res) => {
-    res.json((await db.replica.query<Read>(READ)).rows[0])
+    res.json((await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0])
   })
   // The request's own transaction, read-only: it runs on the replica.
   a.get('/report', atomicRoute({ readOnly: true }), async (_req, res) => {
-    res.json((await db.query<Read>(READ)).rows[0])
+    res.json((await db.query<ItemsRead>(ITEMS_READ)).rows[0])
   })
   // A read-write request transaction: db.replica inside it reads in it, on the primary.
   a.post('/atomic/:id', async (req, res) => {
     await db.query('insert into items values ($1)', [Number(req.params['id'])])
-    res.json((await db.replica.query<Read>(READ)).rows[0])
+    res.json((await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0])
   })
   return a
 }
@@ -58,26 +51,28 @@ async function fastifyApp(): Promise<{ app: FastifyInstance; url: string }> {
   await app.register(atomicRequestsPlugin)
   app.post<{ Params: { id: string } }>('/items/:id', { config: { atomic: false } }, async (req) => {
     await db.atomic(() => db.query('insert into items values ($1)', [Number(req.params.id)]))
-    return (await db.replica.query<Read>(READ)).rows[0]
+    return (await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0]
   })
-  app.get('/items', { config: { atomic: false } }, async () => (await db.replica.query<Read>(READ)).rows[0])
-  app.get('/report', { config: { atomic: { readOnly: true } } }, async () => (await db.query<Read>(READ)).rows[0])
+  app.get('/items', { config: { atomic: false } }, async () => (await db.replica.query<ItemsRead>(ITEMS_READ)).rows[0])
+  app.get(
+    '/report',
+    { config: { atomic: { readOnly: true } } },
+    async () => (await db.query<ItemsRead>(ITEMS_READ)).rows[0],
+  )
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, url }
 }
 
 let baseUrl: string | undefined
 
-async function call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: Read }> {
+async function call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: ItemsRead }> {
   const response = await fetch(`${baseUrl ?? (served as Served).url}${path}`, { method })
-  return { status: response.status, body: (await response.json()) as Read }
+  return { status: response.status, body: (await response.json()) as ItemsRead }
 }
 
 describeWithReplica('read replicas: per-request read your writes (Express, real HTTP)', () => {
   beforeAll(async () => {
-    pair = await setupReplicaPair('web')
-    await pair.admin.query('create table items (id int primary key)')
-    await pair.waitForReplay()
+    pair = await setupItemsPair('web')
   }, 120_000)
   afterAll(async () => {
     await pair?.close()

@@ -244,3 +244,20 @@ export interface ServerIdentity {
 
 /** The statement that says which server runs it. */
 export const WHO = 'select inet_server_port() as port, pg_is_in_recovery() as standby'
+
+/** The read the read-your-writes tests make: the ids of `items`, and whether a standby answered. */
+export const ITEMS_READ = 'select array(select id from items order by id) as ids, pg_is_in_recovery() as standby'
+
+/** A row of {@link ITEMS_READ}. */
+export interface ItemsRead {
+  ids: number[]
+  standby: boolean
+}
+
+/** {@link setupReplicaPair} with the table `items (id int primary key)`, replayed on the standby. */
+export async function setupItemsPair(label: string): Promise<ReplicaPair> {
+  const pair = await setupReplicaPair(label)
+  await pair.admin.query('create table items (id int primary key)')
+  await pair.waitForReplay()
+  return pair
+}
