@@ -82,8 +82,13 @@ async function main(): Promise<void> {
   })
   const setup = new pg.Pool({ connectionString: server.url, max: 2 })
   // Pools created by the application need an 'error' listener, or a server restart crashes Node.
+  // pg's end() can resolve before the sockets of idle connections have closed: the server stopping
+  // right after can still end one of them, which is expected then and not worth printing.
+  let stopping = false
   for (const pool of [tracingPool, setup])
-    pool.on('error', (error) => console.error(`   (idle connection closed: ${error.message})`))
+    pool.on('error', (error) => {
+      if (!stopping) console.error(`   (idle connection closed: ${error.message})`)
+    })
   const db = createDatabase({ pool: tracingPool, lockTimeout: 2000 })
   try {
     const version = (await setup.query<{ v: string }>("select current_setting('server_version') as v")).rows[0]?.v
@@ -294,6 +299,7 @@ async function main(): Promise<void> {
     )
     await setup.query('drop table demo_audit, demo_accounts')
   } finally {
+    stopping = true
     await db.close()
     await tracingPool.end()
     await setup.end()
